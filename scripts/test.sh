@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian machine: installs build dependencies, starts the real
+# Redis and Kafka (scripts/services.sh), checks formatting and lints, then runs every test.
+# Tests that need Kafka or Redis fail — never skip — when those are unreachable.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+start=$SECONDS
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "build dependencies"
+scripts/setup.sh
+
+step "real services: Redis and Kafka on 127.0.0.1"
+scripts/services.sh up
+
+step "format"
+cargo fmt --all --check
+
+step "lints"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "tests"
+export WXKF_TEST_KAFKA=${WXKF_TEST_KAFKA:-127.0.0.1:${WXKF_KAFKA_PORT:-9092}}
+export WXKF_TEST_REDIS=${WXKF_TEST_REDIS:-redis://127.0.0.1:${WXKF_REDIS_PORT:-6379}/}
+cargo test --workspace --locked --no-fail-fast
+
+printf '\n==> all checks passed in %ss\n' "$((SECONDS - start))"
