@@ -1,0 +1,210 @@
+//! Two-phase deduplication of WeChat's retries, in Redis.
+//!
+//! WeChat re-sends a push it got no timely answer for, so the same message can arrive several
+//! times, even concurrently. Before publishing, a push takes a *claim* on its dedup key
+//! (`SET key pending:<owner> NX PX <lease>`). After Kafka acknowledged the record, the claim
+//! becomes `done` with a TTL longer than WeChat's retry horizon. If publishing fails the claim is
+//! released — compare-and-delete, so only its owner can — and WeChat's next retry goes through.
+//! A claim whose owner died expires with its lease.
+//!
+//! Redis is an optimisation of correctness here, not a precondition of it: when it cannot answer
+//! within the command timeout the caller publishes anyway and marks the record unchecked
+//! (a duplicate is recoverable downstream; a lost message is not).
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::Script;
+use secrecy::ExposeSecret;
+use tokio::sync::OnceCell;
+
+use crate::config::RedisSettings;
+
+/// After a failed connection attempt, further attempts wait this long; meanwhile pushes fail open
+/// at once instead of each paying the connect timeout.
+const RECONNECT_BACKOFF: Duration = Duration::from_secs(1);
+const DONE: &str = "done";
+
+/// What a claim attempt found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// The key was free and is now ours; publish, then [`DedupStore::complete`] or
+    /// [`DedupStore::release`].
+    Acquired(ClaimToken),
+    /// An earlier delivery of this push is stored in Kafka.
+    Done,
+    /// An earlier delivery is being published right now.
+    Pending,
+}
+
+/// Proof of owning a claim; needed to release it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ClaimToken {
+    key: String,
+    value: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DedupError {
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("redis is unavailable (retrying connection shortly)")]
+    Backoff,
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+pub struct DedupStore {
+    client: redis::Client,
+    connection: OnceCell<ConnectionManager>,
+    last_connect_failure: Mutex<Option<Instant>>,
+    settings: RedisSettings,
+    claim_script: Script,
+    release_script: Script,
+}
+
+impl std::fmt::Debug for DedupStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password: print only the prefix.
+        f.debug_struct("DedupStore")
+            .field("key_prefix", &self.settings.key_prefix)
+            .field("connected", &self.connection.initialized())
+            .finish_non_exhaustive()
+    }
+}
+
+impl DedupStore {
+    /// Creates the store; connecting happens on first use so the service starts without Redis.
+    pub fn new(settings: RedisSettings) -> Result<DedupStore, DedupError> {
+        let client = redis::Client::open(settings.url.expose_secret())?;
+        Ok(DedupStore {
+            client,
+            connection: OnceCell::new(),
+            last_connect_failure: Mutex::new(None),
+            settings,
+            // Claim, and on failure say what holds the key, in one atomic round trip.
+            claim_script: Script::new(
+                r"if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+                    return 'acquired'
+                  end
+                  return redis.call('GET', KEYS[1]) or 'pending'",
+            ),
+            // Only the owner of a pending claim may drop it; a `done` mark or another owner's
+            // claim (after our lease expired) stays.
+            release_script: Script::new(
+                r"if redis.call('GET', KEYS[1]) == ARGV[1] then
+                    return redis.call('DEL', KEYS[1])
+                  end
+                  return 0",
+            ),
+        })
+    }
+
+    /// The Redis key of a dedup key.
+    pub fn redis_key(&self, dedup_key: &str) -> String {
+        format!("{}{dedup_key}", self.settings.key_prefix)
+    }
+
+    /// Takes the claim on `dedup_key`, or says who holds it.
+    pub async fn claim(&self, dedup_key: &str) -> Result<Claim, DedupError> {
+        let key = self.redis_key(dedup_key);
+        let value = format!("pending:{}", uuid::Uuid::new_v4().simple());
+        let lease_ms = self.settings.claim_lease.as_millis() as u64;
+        let mut conn = self.connection().await?;
+        let mut invocation = self.claim_script.key(&key);
+        invocation.arg(&value).arg(lease_ms);
+        let found: String = self.bounded(invocation.invoke_async(&mut conn)).await?;
+        Ok(match found.as_str() {
+            "acquired" => Claim::Acquired(ClaimToken { key, value }),
+            DONE => Claim::Done,
+            _ => Claim::Pending,
+        })
+    }
+
+    /// Marks the claimed push stored: later deliveries answer `success` without publishing.
+    pub async fn complete(&self, token: &ClaimToken) -> Result<(), DedupError> {
+        let ttl_ms = self.settings.done_ttl.as_millis() as u64;
+        let mut conn = self.connection().await?;
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(&token.key).arg(DONE).arg("PX").arg(ttl_ms);
+        let () = self.bounded(cmd.query_async(&mut conn)).await?;
+        Ok(())
+    }
+
+    /// Drops our claim after a failed publish so WeChat's retry can publish.
+    pub async fn release(&self, token: &ClaimToken) -> Result<(), DedupError> {
+        let mut conn = self.connection().await?;
+        let mut invocation = self.release_script.key(&token.key);
+        invocation.arg(&token.value);
+        let _deleted: i64 = self.bounded(invocation.invoke_async(&mut conn)).await?;
+        Ok(())
+    }
+
+    /// Redis answers PING; for readiness.
+    pub async fn ping(&self) -> Result<(), DedupError> {
+        let mut conn = self.connection().await?;
+        let _: String = self
+            .bounded(redis::cmd("PING").query_async(&mut conn))
+            .await?;
+        Ok(())
+    }
+
+    async fn bounded<T>(
+        &self,
+        fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, DedupError> {
+        let limit = self.settings.command_timeout;
+        match tokio::time::timeout(limit, fut).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(DedupError::Timeout(limit)),
+        }
+    }
+
+    /// The shared connection, connecting on first use. Once established, the connection manager
+    /// reconnects by itself; until then failed attempts are spaced by [`RECONNECT_BACKOFF`].
+    async fn connection(&self) -> Result<ConnectionManager, DedupError> {
+        if let Some(conn) = self.connection.get() {
+            return Ok(conn.clone());
+        }
+        {
+            let last = self
+                .last_connect_failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|at| at.elapsed() < RECONNECT_BACKOFF) {
+                return Err(DedupError::Backoff);
+            }
+        }
+        let limit = self.settings.command_timeout;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(limit)
+            .set_response_timeout(limit)
+            .set_number_of_retries(1)
+            .set_max_delay(500);
+        let attempt = self
+            .connection
+            .get_or_try_init(|| async {
+                match tokio::time::timeout(
+                    limit,
+                    ConnectionManager::new_with_config(self.client.clone(), config),
+                )
+                .await
+                {
+                    Ok(result) => result.map_err(DedupError::from),
+                    Err(_) => Err(DedupError::Timeout(limit)),
+                }
+            })
+            .await;
+        match attempt {
+            Ok(conn) => Ok(conn.clone()),
+            Err(e) => {
+                *self
+                    .last_connect_failure
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+                Err(e)
+            }
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! Every way a push can fail, and the one place each becomes an HTTP answer.
+//!
+//! Client errors (4xx) mean WeChat — or whoever is calling — sent something we will never accept;
+//! nothing was published. Server errors (503) mean the push was not stored and WeChat should retry,
+//! which it does. No variant is ever a 500, and no message carries a secret or the payload.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+
+use crate::publisher::PublishError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("unknown app")]
+    UnknownApp,
+    #[error("body larger than {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("could not read the request body")]
+    BodyRead,
+    #[error("signature check failed: {0}")]
+    Unauthenticated(common::push::PushError),
+    #[error("timestamp outside the accepted window")]
+    StaleTimestamp,
+    #[error("this app requires encrypted pushes")]
+    EncryptionRequired,
+    #[error("malformed push: {0}")]
+    Malformed(String),
+    #[error("undecryptable push: {0}")]
+    Undecryptable(common::push::PushError),
+    #[error("push not stored: {0}")]
+    NotStored(PublishError),
+    #[error("an earlier delivery of this push is still being stored")]
+    DuplicateInFlight,
+    #[error("no answer within the ack budget")]
+    DeadlineExceeded,
+}
+
+impl IngestError {
+    /// The bounded metrics label of this failure.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            IngestError::UnknownApp => "unknown_app",
+            IngestError::TooLarge { .. } => "too_large",
+            IngestError::BodyRead => "body_read",
+            IngestError::Unauthenticated(_) => "bad_signature",
+            IngestError::StaleTimestamp => "stale_timestamp",
+            IngestError::EncryptionRequired => "encryption_required",
+            IngestError::Malformed(_) => "malformed",
+            IngestError::Undecryptable(_) => "undecryptable",
+            IngestError::NotStored(PublishError::QueueFull) => "backpressure",
+            IngestError::NotStored(PublishError::Timeout) => "publish_timeout",
+            IngestError::NotStored(PublishError::Kafka(_)) => "publish_failed",
+            IngestError::DuplicateInFlight => "duplicate_in_flight",
+            IngestError::DeadlineExceeded => "deadline_exceeded",
+        }
+    }
+}
+
+impl ResponseError for IngestError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            IngestError::UnknownApp => StatusCode::NOT_FOUND,
+            IngestError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            IngestError::BodyRead | IngestError::Malformed(_) | IngestError::Undecryptable(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            IngestError::Unauthenticated(_)
+            | IngestError::StaleTimestamp
+            | IngestError::EncryptionRequired => StatusCode::UNAUTHORIZED,
+            // Not stored: WeChat must retry, and will.
+            IngestError::NotStored(_)
+            | IngestError::DuplicateInFlight
+            | IngestError::DeadlineExceeded => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status_code())
+            .content_type("text/plain; charset=utf-8")
+            .body(self.to_string())
+    }
+}

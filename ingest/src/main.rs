@@ -1,0 +1,22 @@
+use ingest::config::Settings;
+use ingest::{telemetry, Application};
+
+#[actix_web::main]
+async fn main() -> anyhow::Result<()> {
+    let settings = match Settings::load() {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("ingest: {e}");
+            std::process::exit(2);
+        }
+    };
+    telemetry::init(settings.telemetry.log_format);
+    let app = Application::build(settings.clone(), prometheus::Registry::new())?;
+    tracing::info!(
+        port = app.port(),
+        topic = %settings.kafka.topic,
+        apps = settings.apps.len(),
+        "ingest listening"
+    );
+    app.run_until_stopped().await
+}

@@ -1,0 +1,132 @@
+//! Publishing accepted pushes to Kafka, and nothing is acknowledged before Kafka acknowledged it.
+//!
+//! The producer is idempotent with `acks=all`: a record counts as stored only once every in-sync
+//! replica has it, and librdkafka's own retries never duplicate it. Every publish is bounded twice:
+//! by `message.timeout.ms` (the configured delivery timeout, below the ack budget) and by the
+//! push's deadline. The producer queue is bounded too; a full queue is an immediate error that the
+//! edge answers with 503 — backpressure instead of memory growth.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::ClientConfig;
+
+use crate::config::KafkaSettings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("the producer queue is full")]
+    QueueFull,
+    #[error("kafka did not acknowledge in time")]
+    Timeout,
+    #[error("kafka refused the record: {0}")]
+    Kafka(#[from] KafkaError),
+}
+
+/// Where a record landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+pub struct Publisher {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Publisher {
+    pub fn new(settings: &KafkaSettings) -> Result<Publisher, KafkaError> {
+        let mut config = ClientConfig::new();
+        for (key, value) in &settings.properties {
+            config.set(key, value);
+        }
+        config
+            .set("bootstrap.servers", &settings.brokers)
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set(
+                "message.timeout.ms",
+                settings.delivery_timeout.as_millis().to_string(),
+            )
+            .set("linger.ms", settings.linger.as_millis().to_string())
+            .set("compression.type", &settings.compression)
+            .set(
+                "queue.buffering.max.messages",
+                settings.queue_max_messages.to_string(),
+            )
+            .set("client.id", "wxkf-ingest");
+        Ok(Publisher {
+            producer: config.create()?,
+            topic: settings.topic.clone(),
+        })
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Publishes one record and waits for Kafka's acknowledgement, at most until `deadline`.
+    ///
+    /// On `Timeout` the record may still be delivered later; the caller answers 503 and WeChat
+    /// retries, which can at worst duplicate the record — never lose it.
+    pub async fn publish(
+        &self,
+        key: &str,
+        payload: &[u8],
+        deadline: Instant,
+    ) -> Result<Stored, PublishError> {
+        let record = FutureRecord::to(&self.topic).key(key).payload(payload);
+        let delivery = match self.producer.send_result(record) {
+            Ok(delivery) => delivery,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                return Err(PublishError::QueueFull)
+            }
+            Err((e, _)) => return Err(PublishError::Kafka(e)),
+        };
+        match tokio::time::timeout_at(deadline.into(), delivery).await {
+            Ok(Ok(Ok(d))) => Ok(Stored {
+                partition: d.partition,
+                offset: d.offset,
+            }),
+            Ok(Ok(Err((e, _)))) => Err(PublishError::Kafka(e)),
+            // The producer dropped the delivery report: it is shutting down.
+            Ok(Err(_canceled)) => Err(PublishError::Kafka(KafkaError::Canceled)),
+            Err(_elapsed) => Err(PublishError::Timeout),
+        }
+    }
+
+    /// Records handed to the producer and not yet acknowledged or failed.
+    pub fn queued(&self) -> i32 {
+        self.producer.in_flight_count()
+    }
+
+    /// Kafka answers a metadata request for our topic within `timeout`; for readiness.
+    pub async fn ready(&self, timeout: Duration) -> Result<(), KafkaError> {
+        let producer = self.producer.clone();
+        let topic = self.topic.clone();
+        tokio::task::spawn_blocking(move || {
+            let metadata = producer.client().fetch_metadata(Some(&topic), timeout)?;
+            match metadata.topics().first().and_then(|t| t.error()) {
+                Some(e) => Err(KafkaError::MetadataFetch(e.into())),
+                None => Ok(()),
+            }
+        })
+        .await
+        .unwrap_or(Err(KafkaError::Canceled))
+    }
+
+    /// Waits until every queued record is acknowledged or failed, at most `timeout`.
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.producer.flush(timeout)
+    }
+}

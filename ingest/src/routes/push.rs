@@ -1,0 +1,386 @@
+//! `GET /wechat/{app}` (URL verification) and `POST /wechat/{app}` (a push).
+//!
+//! The push path, in order: app → bounded body → signature and timestamp window → decrypt →
+//! parse → dedup claim → publish and await Kafka's acknowledgement → mark done → answer. The whole
+//! of it runs under the ack budget; nothing is answered `success` unless Kafka stored the record
+//! (or an earlier delivery of it).
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use actix_web::http::header;
+use actix_web::web::{self, BytesMut};
+use actix_web::{HttpRequest, HttpResponse, ResponseError};
+use common::codec::Format;
+use common::dedup::DedupKey;
+use common::envelope::{record_key, DedupStatus, Envelope, EnvelopeV1};
+use common::message::Message;
+use common::push::{self, AppCredentials, Mode, OpenedPush, PushError, PushQuery};
+use common::reply;
+use futures::StreamExt;
+use secrecy::ExposeSecret;
+use tracing::Instrument;
+
+use crate::config::AnswerMode;
+use crate::dedup::Claim;
+use crate::error::IngestError;
+use crate::publisher::PublishError;
+use crate::startup::{AppState, MiniProgram};
+
+/// Time kept back from the budget for the steps after a failed publish (releasing the claim,
+/// answering), so a timeout still ends in a prompt 503.
+const ANSWER_RESERVE: Duration = Duration::from_millis(100);
+
+pub async fn verify_url(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    req: HttpRequest,
+) -> HttpResponse {
+    let Some(app) = state.apps.get(path.as_str()) else {
+        return IngestError::UnknownApp.error_response();
+    };
+    let query = match web::Query::<PushQuery>::from_query(req.query_string()) {
+        Ok(q) => q.into_inner(),
+        Err(e) => return IngestError::Malformed(e.to_string()).error_response(),
+    };
+    match push::verify_url(&query, app.settings.token.expose_secret()) {
+        // The body must be exactly echostr: no quotes, no trailing newline.
+        Ok(echostr) => HttpResponse::Ok()
+            .content_type("text/plain")
+            .body(echostr.to_owned()),
+        Err(e) => {
+            tracing::warn!(app = %app.name, error = %e, "URL verification refused");
+            IngestError::Unauthenticated(e).error_response()
+        }
+    }
+}
+
+/// How a push was settled.
+enum Settled {
+    /// Published now.
+    Stored,
+    /// An earlier delivery was already stored.
+    Duplicate,
+}
+
+pub async fn receive(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> HttpResponse {
+    let started = Instant::now();
+    let deadline = started + state.settings.deadline.ack_budget;
+    let metrics = &state.metrics;
+    metrics.in_flight.inc();
+    let span = tracing::info_span!("push", app = %path.as_str(), msg = tracing::field::Empty);
+    // The inner steps respect the deadline themselves; this outer bound is the backstop that makes
+    // "every push is answered inside the budget" hold even if one of them did not.
+    let result = tokio::time::timeout_at(
+        deadline.into(),
+        handle(&state, path.as_str(), &req, payload, deadline).instrument(span.clone()),
+    )
+    .await
+    .unwrap_or(Err(IngestError::DeadlineExceeded));
+    metrics.in_flight.dec();
+
+    let _entered = span.enter();
+    let (response, class) = match result {
+        Ok((settled, response)) => {
+            let outcome = match settled {
+                Settled::Stored => "accepted",
+                Settled::Duplicate => "duplicate",
+            };
+            metrics.pushes.with_label_values(&[outcome]).inc();
+            tracing::debug!(outcome, "push answered");
+            (response, "ok")
+        }
+        Err(e) => {
+            metrics.pushes.with_label_values(&[e.outcome()]).inc();
+            let server_side = e.status_code().is_server_error();
+            if server_side {
+                tracing::warn!(outcome = e.outcome(), error = %e, "push not stored; WeChat will retry");
+            } else {
+                tracing::info!(outcome = e.outcome(), error = %e, "push refused");
+            }
+            let class = if server_side {
+                "server_error"
+            } else {
+                "client_error"
+            };
+            (e.error_response(), class)
+        }
+    };
+    metrics
+        .ack_duration
+        .with_label_values(&[class])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn handle(
+    state: &AppState,
+    app_name: &str,
+    req: &HttpRequest,
+    payload: web::Payload,
+    deadline: Instant,
+) -> Result<(Settled, HttpResponse), IngestError> {
+    let app = state.apps.get(app_name).ok_or(IngestError::UnknownApp)?;
+    let body = read_body(req, payload, state.settings.server.max_body_bytes).await?;
+    let query = web::Query::<PushQuery>::from_query(req.query_string())
+        .map_err(|e| IngestError::Malformed(format!("query string: {e}")))?
+        .into_inner();
+    let format = app
+        .settings
+        .format
+        .or_else(|| Format::sniff(&body))
+        .ok_or_else(|| IngestError::Malformed("the body is neither XML nor JSON".into()))?;
+    let creds = credentials(app);
+
+    // Authenticity first: nothing of the body is interpreted before its signature checks out.
+    let verified = push::verify(&query, &body, format, &creds).map_err(classify)?;
+    check_timestamp(
+        verified.timestamp(),
+        state.settings.deadline.timestamp_tolerance,
+    )?;
+    if app.settings.encryption_required && verified.mode() == Mode::Plaintext {
+        return Err(IngestError::EncryptionRequired);
+    }
+    let opened = verified.open(&creds).map_err(classify)?;
+    let message = opened
+        .parse()
+        .map_err(|e| IngestError::Malformed(e.to_string()))?;
+    if let Some(id) = message.msg_id() {
+        tracing::Span::current().record("msg", id.as_str());
+    }
+
+    let dedup_key = DedupKey::for_message(app_name, &message);
+    let settled = store(state, app, &opened, &message, dedup_key, deadline).await?;
+    Ok((settled, answer(app, &query, &message, opened.mode)))
+}
+
+/// Claims the dedup key, publishes, and settles the claim: the two-phase dedup of `design.md`.
+async fn store(
+    state: &AppState,
+    app: &MiniProgram,
+    opened: &OpenedPush,
+    message: &Message,
+    dedup_key: DedupKey,
+    deadline: Instant,
+) -> Result<Settled, IngestError> {
+    let metrics = &state.metrics;
+    let mut seen_pending = false;
+    loop {
+        match state.dedup.claim(dedup_key.as_str()).await {
+            Ok(Claim::Acquired(token)) => {
+                let published = publish(
+                    state,
+                    app,
+                    opened,
+                    message,
+                    &dedup_key,
+                    DedupStatus::Checked,
+                    deadline,
+                )
+                .await;
+                return match published {
+                    Ok(()) => {
+                        // Stored. If marking it done fails, a retry may publish a duplicate, which
+                        // the consumer's send ledger absorbs; the push itself is safe.
+                        if let Err(e) = state.dedup.complete(&token).await {
+                            metrics.dedup_errors.with_label_values(&["complete"]).inc();
+                            tracing::warn!(error = %e, "could not mark the push done");
+                        }
+                        Ok(Settled::Stored)
+                    }
+                    Err(e) => {
+                        // Not stored: free the key so WeChat's retry is not taken for a duplicate.
+                        // If even that fails, the lease runs out before WeChat's next retry.
+                        if let Err(e) = state.dedup.release(&token).await {
+                            metrics.dedup_errors.with_label_values(&["release"]).inc();
+                            tracing::warn!(error = %e, "could not release the claim");
+                        }
+                        Err(IngestError::NotStored(e))
+                    }
+                };
+            }
+            Ok(Claim::Done) => {
+                metrics.duplicates.with_label_values(&["done"]).inc();
+                return Ok(Settled::Duplicate);
+            }
+            Ok(Claim::Pending) => {
+                // Another delivery of this push is being published right now. Never publish
+                // beside it: wait for its outcome. If it fails and releases the key, the next
+                // claim attempt here takes over.
+                if !seen_pending {
+                    metrics.duplicates.with_label_values(&["pending"]).inc();
+                    seen_pending = true;
+                }
+                let poll = state.settings.redis.pending_poll;
+                if Instant::now() + poll + ANSWER_RESERVE >= deadline {
+                    return Err(IngestError::DuplicateInFlight);
+                }
+                tokio::time::sleep(poll).await;
+            }
+            Err(e) => {
+                // Fail open: Redis cannot tell us whether this is a retry, so store it and say so.
+                metrics.dedup_errors.with_label_values(&["claim"]).inc();
+                metrics.unchecked_records.inc();
+                tracing::warn!(error = %e, "dedup store unavailable; publishing unchecked");
+                publish(
+                    state,
+                    app,
+                    opened,
+                    message,
+                    &dedup_key,
+                    DedupStatus::Unchecked,
+                    deadline,
+                )
+                .await
+                .map_err(IngestError::NotStored)?;
+                return Ok(Settled::Stored);
+            }
+        }
+    }
+}
+
+async fn publish(
+    state: &AppState,
+    app: &MiniProgram,
+    opened: &OpenedPush,
+    message: &Message,
+    dedup_key: &DedupKey,
+    dedup: DedupStatus,
+    deadline: Instant,
+) -> Result<(), PublishError> {
+    let envelope = Envelope::V1(EnvelopeV1 {
+        app: app.name.clone(),
+        appid: common::ids::AppId::new(app.settings.appid.clone()),
+        dedup_key: dedup_key.clone(),
+        dedup,
+        received_at_ms: unix_millis(),
+        format: opened.format,
+        mode: opened.mode,
+        message: message.clone(),
+        payload: String::from_utf8_lossy(&opened.payload).into_owned(),
+    });
+    let key = record_key(&app.name, &message.from_user_name);
+    let started = Instant::now();
+    let stored = state
+        .publisher
+        .publish(
+            &key,
+            &envelope.to_bytes(),
+            deadline.checked_sub(ANSWER_RESERVE).unwrap_or(deadline),
+        )
+        .await?;
+    state
+        .metrics
+        .publish_duration
+        .observe(started.elapsed().as_secs_f64());
+    tracing::debug!(
+        partition = stored.partition,
+        offset = stored.offset,
+        "stored in Kafka"
+    );
+    Ok(())
+}
+
+/// The answer WeChat gets once the push is stored.
+fn answer(app: &MiniProgram, query: &PushQuery, message: &Message, mode: Mode) -> HttpResponse {
+    match app.settings.answer {
+        AnswerMode::Success => HttpResponse::Ok()
+            .content_type("text/plain")
+            .body("success"),
+        AnswerMode::Empty => HttpResponse::Ok().finish(),
+        // Only real user messages may be transferred, never events.
+        AnswerMode::Transfer if message.is_user_message() => {
+            let format = app.settings.format.unwrap_or(Format::Xml);
+            let now = unix_millis() / 1000;
+            let packet = reply::transfer_customer_service(message, now, format);
+            let body = match (mode, app.aes_key.as_ref()) {
+                (Mode::Plaintext, _) | (_, None) => packet,
+                (_, Some(key)) => reply::encrypted_reply(
+                    key,
+                    app.settings.token.expose_secret(),
+                    &app.settings.appid,
+                    &packet,
+                    now,
+                    query.nonce.as_deref().unwrap_or_default(),
+                    format,
+                ),
+            };
+            let content_type = match format {
+                Format::Xml => "application/xml; charset=utf-8",
+                Format::Json => "application/json; charset=utf-8",
+            };
+            HttpResponse::Ok().content_type(content_type).body(body)
+        }
+        AnswerMode::Transfer => HttpResponse::Ok()
+            .content_type("text/plain")
+            .body("success"),
+    }
+}
+
+fn credentials(app: &MiniProgram) -> AppCredentials<'_> {
+    AppCredentials {
+        token: app.settings.token.expose_secret(),
+        aes_key: app.aes_key.as_ref(),
+        appid: &app.settings.appid,
+    }
+}
+
+/// Maps a protocol failure to the edge's answer: authentication problems are 401, everything
+/// about the body's content is 400.
+fn classify(e: PushError) -> IngestError {
+    match e {
+        PushError::MissingParam(_) | PushError::BadSignature | PushError::BadTimestamp => {
+            IngestError::Unauthenticated(e)
+        }
+        PushError::Crypto(_) | PushError::NoKey => IngestError::Undecryptable(e),
+        PushError::Malformed(_) => IngestError::Malformed(e.to_string()),
+    }
+}
+
+fn check_timestamp(timestamp: i64, tolerance: Duration) -> Result<(), IngestError> {
+    if tolerance.is_zero() {
+        return Ok(());
+    }
+    let now = unix_millis() / 1000;
+    let skew = now.abs_diff(timestamp);
+    if skew > tolerance.as_secs() {
+        return Err(IngestError::StaleTimestamp);
+    }
+    Ok(())
+}
+
+/// Reads the body, refusing more than `limit` bytes — early from Content-Length when present.
+async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<BytesMut, IngestError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(IngestError::TooLarge { limit });
+    }
+    let mut body = BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|_| IngestError::BodyRead)?;
+        if body.len() + chunk.len() > limit {
+            return Err(IngestError::TooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+fn unix_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}

@@ -1,0 +1,126 @@
+//! Building and running the HTTP server: the same code path for `main` and for tests.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::dev::Server;
+use actix_web::{web, App, HttpServer};
+use anyhow::Context;
+use prometheus::Registry;
+
+use crate::config::{AppSettings, Settings};
+use crate::dedup::DedupStore;
+use crate::metrics::{register_process_metrics, Metrics};
+use crate::publisher::Publisher;
+use crate::routes;
+
+/// One configured mini program, ready for the request path (key decoded once, at start).
+#[derive(Debug)]
+pub struct MiniProgram {
+    pub name: String,
+    pub settings: AppSettings,
+    pub aes_key: Option<common::crypto::AesKey>,
+}
+
+/// Everything a request handler needs; shared by all workers.
+#[derive(Debug)]
+pub struct AppState {
+    pub settings: Settings,
+    pub apps: HashMap<String, MiniProgram>,
+    pub dedup: DedupStore,
+    pub publisher: Arc<Publisher>,
+    pub metrics: Metrics,
+    pub registry: Registry,
+}
+
+/// A bound, not yet running, ingest server.
+pub struct Application {
+    port: u16,
+    server: Server,
+    publisher: Arc<Publisher>,
+    settings: Settings,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Application {
+    /// Binds the listener (port 0 picks a free port, for tests) and builds the server.
+    pub fn build(settings: Settings, registry: Registry) -> anyhow::Result<Application> {
+        settings.validate()?;
+        let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
+            .with_context(|| {
+                format!("binding {}:{}", settings.server.host, settings.server.port)
+            })?;
+        let port = listener.local_addr()?.port();
+        let publisher =
+            Arc::new(Publisher::new(&settings.kafka).context("creating the Kafka producer")?);
+        let dedup = DedupStore::new(settings.redis.clone()).context("configuring Redis")?;
+        let metrics = Metrics::new(&registry).context("registering metrics")?;
+        register_process_metrics(&registry);
+        let apps = settings
+            .apps
+            .iter()
+            .map(|(name, app)| {
+                let program = MiniProgram {
+                    name: name.clone(),
+                    aes_key: app.aes_key(),
+                    settings: app.clone(),
+                };
+                (name.clone(), program)
+            })
+            .collect();
+        let state = web::Data::new(AppState {
+            settings: settings.clone(),
+            apps,
+            dedup,
+            publisher: publisher.clone(),
+            metrics,
+            registry,
+        });
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .configure(routes::configure)
+        })
+        .shutdown_timeout(settings.server.shutdown_timeout.as_secs().max(1));
+        if settings.server.workers > 0 {
+            server = server.workers(settings.server.workers);
+        }
+        let server = server.listen(listener)?.run();
+        Ok(Application {
+            port,
+            server,
+            publisher,
+            settings,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A handle to stop the server gracefully (what SIGTERM does).
+    pub fn handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until stopped (SIGTERM/SIGINT or the handle): stops accepting, lets in-flight pushes
+    /// finish, then flushes the producer so nothing acknowledged-to-be is left in its queue.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.server.await?;
+        let timeout = self.settings.kafka.delivery_timeout;
+        let publisher = self.publisher;
+        tokio::task::spawn_blocking(move || publisher.flush(timeout))
+            .await?
+            .context("flushing the Kafka producer")?;
+        tracing::info!("ingest stopped");
+        Ok(())
+    }
+}
