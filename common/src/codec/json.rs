@@ -9,6 +9,7 @@ use std::fmt;
 
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
+use serde_json::error::Category;
 use serde_json::value::RawValue;
 
 use super::fields::{Fields, Sink, Value};
@@ -16,15 +17,12 @@ use super::CodecError;
 use crate::ids::MsgId;
 
 pub(super) fn read_fields(text: &str) -> Result<Fields, CodecError> {
-    let Object(entries) =
-        serde_json::from_str(text).map_err(|e| CodecError::Json(e.to_string()))?;
+    let Object(entries) = serde_json::from_str(text).map_err(json_error)?;
     let mut fields = Fields::default();
     for (name, raw) in entries {
         let raw = raw.get();
         let value = match raw.as_bytes().first() {
-            Some(b'"') => {
-                Value::Text(serde_json::from_str(raw).map_err(|e| CodecError::Json(e.to_string()))?)
-            }
+            Some(b'"') => Value::Text(serde_json::from_str(raw).map_err(json_error)?),
             Some(b'n') => continue,
             Some(b'-' | b'0'..=b'9') => Value::Number(raw.to_owned()),
             _ => Value::Raw(raw.to_owned()),
@@ -32,6 +30,19 @@ pub(super) fn read_fields(text: &str) -> Result<Fields, CodecError> {
         fields.insert(name, value);
     }
     Ok(fields)
+}
+
+/// serde_json's syntax errors say where, not what; its type errors quote the offending value,
+/// which here can only be a top-level non-object — possibly user text — so that one is reworded.
+fn json_error(error: serde_json::Error) -> CodecError {
+    CodecError::Json(match error.classify() {
+        Category::Data => format!(
+            "payload is not a JSON object at line {} column {}",
+            error.line(),
+            error.column()
+        ),
+        Category::Io | Category::Syntax | Category::Eof => error.to_string(),
+    })
 }
 
 /// A JSON object's entries in document order, duplicates included (a `Map` would silently keep
@@ -163,6 +174,15 @@ mod tests {
             fields.take_text("MsgType"),
             Err(CodecError::DuplicateField("MsgType"))
         );
+    }
+
+    #[test]
+    fn errors_do_not_quote_the_payload() {
+        let Err(CodecError::Json(message)) = read_fields(r#""a private message""#) else {
+            panic!("a string is not an object");
+        };
+        assert!(!message.contains("private"), "{message}");
+        assert!(message.contains("not a JSON object"), "{message}");
     }
 
     #[test]
