@@ -1,0 +1,275 @@
+//! Actions: what matched rules do for one record.
+//!
+//! Two halves. [`plan`] is pure: it turns the matched rules into concrete steps — the exact send
+//! bodies with templates filled in, typing commands, hand-offs, forwards — each with its
+//! idempotency key `{dedup_key}:{rule}:{index}`; `consumer explain` prints these. [`Actions::run`]
+//! executes one step with the ledger, the reply window, the token and the retry policy
+//! ([`send`] for replies, [`sinks`] for hand-off and forward).
+//!
+//! Delivery guarantees by step: replies (text, image, link, card) are **at most once** (ledger
+//! `sending` → `sent`); forwards and hand-offs are **at least once** (retried until acknowledged,
+//! marked `done` after, carrying the idempotency key so receivers can drop repeats); typing is
+//! best effort (cosmetic, failures logged and counted, never fatal); drop does nothing.
+
+pub mod calls;
+pub mod media;
+pub mod send;
+pub mod sinks;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use common::envelope::EnvelopeV1;
+
+use crate::dead_letter::Reason;
+use crate::ledger::Ledger;
+use crate::metrics::Metrics;
+use crate::processor::ProcessError;
+use crate::rules::{field, Action, ForwardTarget, MediaSource, RuleMatch, Template};
+use crate::token_broker::TokenBroker;
+use crate::wechat_api::body::{CardBody, ImageBody, LinkBody, TextBody};
+use crate::wechat_api::{OutgoingMessage, SendRequest, TypingRequest, WechatApi};
+use crate::window::ReplyWindows;
+use calls::{Caller, RetryPolicy};
+use media::MediaCache;
+use sinks::{SinkError, Sinks};
+
+/// One concrete step of one matched rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedAction {
+    pub rule: String,
+    /// 0-based position of the action within its rule.
+    pub index: usize,
+    pub idempotency_key: String,
+    pub step: Step,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// A customer-service message. When `media_file` is set, the body's media id is a
+    /// placeholder, replaced at run time by the id of the uploaded (or cached) file.
+    Send {
+        request: SendRequest,
+        media_file: Option<PathBuf>,
+    },
+    Typing(TypingRequest),
+    Handoff {
+        note: Option<String>,
+    },
+    Forward(ForwardTarget),
+    Drop,
+}
+
+/// What running one step did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Done {
+    /// A reply was delivered now.
+    Sent,
+    /// The ledger says this reply was delivered before; not sent again.
+    AlreadySent,
+    /// A forward or hand-off was acknowledged (now or before).
+    Handed,
+    /// Nothing to record (typing, drop).
+    Nothing,
+    /// The step cannot complete; the record is dead-lettered with this reason.
+    DeadLetter(Reason),
+}
+
+/// The placeholder written in place of a media id that comes from a local file.
+pub fn media_placeholder(path: &std::path::Path) -> String {
+    format!("<media_id of upload of {}>", path.display())
+}
+
+/// Turns matched rules into steps, filling templates from `env`.
+pub fn plan(env: &EnvelopeV1, matches: &[RuleMatch<'_>]) -> Vec<PlannedAction> {
+    let touser = env.message.from_user_name.as_str().to_owned();
+    let mut planned = Vec::new();
+    for m in matches {
+        let render = |t: &Template| t.render(&|name| field(env, &m.captures, name));
+        for (index, action) in m.rule.actions.iter().enumerate() {
+            let media = |source: &MediaSource| match source {
+                MediaSource::Id(id) => (id.clone(), None),
+                MediaSource::File(path) => (media_placeholder(path), Some(path.clone())),
+            };
+            let send = |message: OutgoingMessage, media_file: Option<PathBuf>| Step::Send {
+                request: SendRequest {
+                    touser: touser.clone(),
+                    message,
+                },
+                media_file,
+            };
+            let step = match action {
+                Action::Text { content } => send(
+                    OutgoingMessage::Text {
+                        text: TextBody {
+                            content: render(content),
+                        },
+                    },
+                    None,
+                ),
+                Action::Image { media: source } => {
+                    let (media_id, file) = media(source);
+                    send(
+                        OutgoingMessage::Image {
+                            image: ImageBody { media_id },
+                        },
+                        file,
+                    )
+                }
+                Action::Link {
+                    title,
+                    description,
+                    url,
+                    thumb_url,
+                } => send(
+                    OutgoingMessage::Link {
+                        link: LinkBody {
+                            title: render(title),
+                            description: render(description),
+                            url: render(url),
+                            thumb_url: render(thumb_url),
+                        },
+                    },
+                    None,
+                ),
+                Action::MiniProgramPage {
+                    title,
+                    pagepath,
+                    thumb,
+                } => {
+                    let (thumb_media_id, file) = media(thumb);
+                    send(
+                        OutgoingMessage::MiniProgramPage {
+                            miniprogrampage: CardBody {
+                                title: render(title),
+                                pagepath: render(pagepath),
+                                thumb_media_id,
+                            },
+                        },
+                        file,
+                    )
+                }
+                Action::Typing { command } => Step::Typing(TypingRequest {
+                    touser: touser.clone(),
+                    command: *command,
+                }),
+                Action::Handoff { note } => Step::Handoff { note: note.clone() },
+                Action::Forward { target } => Step::Forward(target.clone()),
+                Action::Drop => Step::Drop,
+            };
+            planned.push(PlannedAction {
+                rule: m.rule.name.clone(),
+                index,
+                idempotency_key: format!("{}:{}:{index}", env.dedup_key.as_str(), m.rule.name),
+                step,
+            });
+        }
+    }
+    planned
+}
+
+/// Replaces the media id of an image or card body.
+fn set_media_id(request: &mut SendRequest, id: String) {
+    match &mut request.message {
+        OutgoingMessage::Image { image } => image.media_id = id,
+        OutgoingMessage::MiniProgramPage { miniprogrampage } => miniprogrampage.thumb_media_id = id,
+        OutgoingMessage::Text { .. } | OutgoingMessage::Link { .. } => {}
+    }
+}
+
+/// Executes planned steps.
+#[derive(Debug, Clone)]
+pub struct Actions {
+    pub api: WechatApi,
+    pub tokens: Arc<TokenBroker>,
+    pub ledger: Ledger,
+    pub windows: ReplyWindows,
+    pub media: MediaCache,
+    pub sinks: Sinks,
+    pub policy: RetryPolicy,
+    pub metrics: Metrics,
+}
+
+impl Actions {
+    fn caller(&self) -> Caller<'_> {
+        Caller {
+            tokens: &self.tokens,
+            policy: &self.policy,
+        }
+    }
+
+    /// Runs one step for `env`.
+    pub async fn run(
+        &self,
+        env: &EnvelopeV1,
+        action: &PlannedAction,
+    ) -> Result<Done, ProcessError> {
+        match &action.step {
+            Step::Send {
+                request,
+                media_file,
+            } => self.send(env, action, request, media_file.as_deref()).await,
+            Step::Typing(request) => {
+                self.typing(env, request).await;
+                Ok(Done::Nothing)
+            }
+            Step::Handoff { note } => {
+                let sink =
+                    self.sinks
+                        .handoff(env, &action.rule, note.as_deref(), &action.idempotency_key);
+                self.at_least_once(action, sink).await
+            }
+            Step::Forward(target) => {
+                let sink = self.sinks.forward(env, target, &action.idempotency_key);
+                self.at_least_once(action, sink).await
+            }
+            Step::Drop => Ok(Done::Nothing),
+        }
+    }
+
+    /// Forward and hand-off: skipped when the ledger says done; marked done after success.
+    async fn at_least_once(
+        &self,
+        action: &PlannedAction,
+        sink: impl std::future::Future<Output = Result<(), SinkError>>,
+    ) -> Result<Done, ProcessError> {
+        if self.ledger.is_done(&action.idempotency_key).await? {
+            return Ok(Done::Handed);
+        }
+        match sink.await {
+            Ok(()) => {
+                self.ledger.mark_done(&action.idempotency_key).await?;
+                Ok(Done::Handed)
+            }
+            // A 4xx will not change by retrying: dead-letter so an operator sees it.
+            Err(SinkError::Rejected { status, detail }) => {
+                Ok(Done::DeadLetter(Reason::WebhookRejected { status, detail }))
+            }
+            // Unreachable or 5xx: the record is retried later, its offset not stored.
+            Err(SinkError::Transient(detail)) => Err(ProcessError::Sink(detail)),
+        }
+    }
+
+    /// Typing is cosmetic: one attempt, any failure logged and counted, never fatal.
+    async fn typing(&self, env: &EnvelopeV1, request: &TypingRequest) {
+        let api = &self.api;
+        let result = self
+            .caller()
+            .attempt(&env.app, |token| async move {
+                api.typing(&token, request).await
+            })
+            .await;
+        let label = match &result {
+            Ok(()) => "ok",
+            Err(calls::AttemptError::Api(e)) => e.class(true).label(),
+            Err(calls::AttemptError::Token(_)) => "token",
+        };
+        self.metrics
+            .sends
+            .with_label_values(&["typing", label])
+            .inc();
+        if let Err(e) = result {
+            tracing::info!(app = %env.app, error = %e, "typing indicator failed (ignored)");
+        }
+    }
+}

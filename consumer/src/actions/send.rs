@@ -1,0 +1,267 @@
+//! Sending one reply, at most once.
+//!
+//! Order of operations, each a decision point:
+//! 1. **Ledger claim** (`sending` mark) — first, so a redelivered record neither sends again nor
+//!    spends quota again.
+//! 2. **Window** — take one reply from the user's allowance; a refusal means WeChat would answer
+//!    45015/45047, so the reply is not attempted and the record is dead-lettered.
+//! 3. **Media** — a local image is resolved to a (cached or freshly uploaded) media id.
+//! 4. **Call** — with the token protocol; retryable failures back off and retry with the lease
+//!    renewed; an unanswered call is never retried (not idempotent) and is marked ambiguous.
+//! 5. **Outcome** — `sent` in the ledger; on a definite failure the mark is released and the reply
+//!    given back to the allowance, since nothing reached the user.
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::envelope::EnvelopeV1;
+
+use super::calls::{AttemptError, CallFailure};
+use super::media::MediaError;
+use super::{set_media_id, Actions, Done, PlannedAction};
+use crate::dead_letter::Reason;
+use crate::ledger::{Claim, Lease};
+use crate::processor::ProcessError;
+use crate::store::now_ms;
+use crate::token_broker::TokenError;
+use crate::wechat_api::error::{
+    ERRCODE_INVALID_MEDIA, ERRCODE_QUOTA_EXHAUSTED, ERRCODE_WINDOW_CLOSED,
+};
+use crate::wechat_api::{ErrorClass, SendRequest};
+use crate::window::{Allowance, Refusal};
+
+/// How often a record waiting on another attempt's live `sending` mark looks again.
+const IN_PROGRESS_POLL: Duration = Duration::from_millis(100);
+
+impl Actions {
+    pub(super) async fn send(
+        &self,
+        env: &EnvelopeV1,
+        action: &PlannedAction,
+        request: &SendRequest,
+        media_file: Option<&Path>,
+    ) -> Result<Done, ProcessError> {
+        let msgtype = request.message.msgtype();
+        let lease = loop {
+            match self.ledger.claim(&action.idempotency_key).await? {
+                Claim::Acquired(lease) => break lease,
+                Claim::AlreadySent | Claim::AlreadyDone => {
+                    self.count(msgtype, "duplicate");
+                    return Ok(Done::AlreadySent);
+                }
+                Claim::Ambiguous => {
+                    self.count(msgtype, "ambiguous");
+                    return Ok(Done::DeadLetter(Reason::Ambiguous(
+                        "an earlier attempt of this reply was interrupted mid-send; it may have \
+                         been delivered, so it is not sent again"
+                            .into(),
+                    )));
+                }
+                // Another consumer (e.g. the previous owner of this partition, before a
+                // rebalance) is sending this very reply: wait for its outcome.
+                Claim::InProgress { deadline_ms } => {
+                    let left = Duration::from_millis((deadline_ms - now_ms()).max(1) as u64);
+                    tokio::time::sleep(left.min(IN_PROGRESS_POLL)).await;
+                }
+            }
+        };
+        let allowance = match self.windows.take(env).await {
+            Ok(Ok(allowance)) => allowance,
+            Ok(Err(refusal)) => {
+                self.ledger.release(&lease).await?;
+                self.count(msgtype, "refused");
+                return Ok(Done::DeadLetter(match refusal {
+                    Refusal::WindowClosed => Reason::WindowClosed,
+                    Refusal::QuotaExhausted => Reason::QuotaExhausted,
+                }));
+            }
+            Err(e) => {
+                let _ = self.ledger.release(&lease).await;
+                return Err(e.into());
+            }
+        };
+        self.deliver(env, request, media_file, &lease, &allowance)
+            .await
+    }
+
+    /// Steps 3–5 with the claim and the allowance held.
+    async fn deliver(
+        &self,
+        env: &EnvelopeV1,
+        request: &SendRequest,
+        media_file: Option<&Path>,
+        lease: &Lease,
+        allowance: &Allowance,
+    ) -> Result<Done, ProcessError> {
+        let app = env.app.as_str();
+        let msgtype = request.message.msgtype();
+        let mut request = request.clone();
+        let mut media_refreshed = false;
+        if let Some(path) = media_file {
+            match self.media.media_id(&self.caller(), app, path).await {
+                Ok(id) => set_media_id(&mut request, id),
+                Err(e) => return self.media_failed(e, lease, allowance).await,
+            }
+        }
+        let mut attempt = 1;
+        loop {
+            if attempt > 1 {
+                if let Err(e) = self.ledger.renew(lease).await {
+                    return self.abandon(lease, allowance, e.into()).await;
+                }
+            }
+            let api = &self.api;
+            let body = &request;
+            let result = self
+                .caller()
+                .attempt(app, |token| async move { api.send(&token, body).await })
+                .await;
+            let error = match result {
+                Ok(()) => {
+                    self.count(msgtype, "ok");
+                    // If this write fails the reply was delivered but not recorded; the record's
+                    // retry then finds the `sending` mark and dead-letters as ambiguous.
+                    self.ledger.mark_sent(lease).await?;
+                    return Ok(Done::Sent);
+                }
+                Err(AttemptError::Token(e)) => {
+                    self.count(msgtype, "token");
+                    return self.token_failed(e, lease, allowance).await;
+                }
+                Err(AttemptError::Api(e)) => e,
+            };
+            let class = error.class(false);
+            self.count(msgtype, class.label());
+            match class {
+                ErrorClass::Retryable if attempt < self.policy.max_attempts => {
+                    tokio::time::sleep(self.policy.backoff(attempt, &error)).await;
+                    attempt += 1;
+                }
+                ErrorClass::Retryable => {
+                    self.undo(lease, allowance).await?;
+                    return Ok(Done::DeadLetter(Reason::RetriesExhausted {
+                        errcode: error.errcode(),
+                        detail: format!("{} attempts failed, last: {error}", attempt),
+                    }));
+                }
+                ErrorClass::Token => {
+                    self.undo(lease, allowance).await?;
+                    let (errcode, errmsg) = wechat_parts(&error);
+                    return Ok(Done::DeadLetter(Reason::TokenRejected { errcode, errmsg }));
+                }
+                // Never retried: the send API is not idempotent and this one may have arrived.
+                ErrorClass::Ambiguous => {
+                    self.ledger.mark_ambiguous(lease).await?;
+                    return Ok(Done::DeadLetter(Reason::Ambiguous(error.to_string())));
+                }
+                ErrorClass::Final => {
+                    let errcode = error.errcode();
+                    if errcode == Some(ERRCODE_INVALID_MEDIA) && !media_refreshed {
+                        if let Some(path) = media_file {
+                            // The cached upload expired early: upload again, send once more.
+                            media_refreshed = true;
+                            if let Err(e) = self.media.forget(app, path).await {
+                                return self.media_failed(e, lease, allowance).await;
+                            }
+                            match self.media.media_id(&self.caller(), app, path).await {
+                                Ok(id) => set_media_id(&mut request, id),
+                                Err(e) => return self.media_failed(e, lease, allowance).await,
+                            }
+                            continue;
+                        }
+                    }
+                    if matches!(
+                        errcode,
+                        Some(ERRCODE_WINDOW_CLOSED | ERRCODE_QUOTA_EXHAUSTED)
+                    ) {
+                        // WeChat knows better than our count: nothing more fits this window.
+                        self.windows.exhaust(allowance).await?;
+                        self.ledger.release(lease).await?;
+                    } else {
+                        self.undo(lease, allowance).await?;
+                    }
+                    let (errcode, errmsg) = wechat_parts(&error);
+                    return Ok(Done::DeadLetter(Reason::WeChatRejected { errcode, errmsg }));
+                }
+            }
+        }
+    }
+
+    /// A transient failure before anything was sent: undo (best effort) and let the record be
+    /// retried. If Redis is what failed the mark may stay, and the retry then dead-letters the
+    /// reply as ambiguous: never twice.
+    async fn abandon(
+        &self,
+        lease: &Lease,
+        allowance: &Allowance,
+        error: ProcessError,
+    ) -> Result<Done, ProcessError> {
+        tracing::warn!(error = %error, "reply interrupted before sending; undoing its claim");
+        let _ = self.undo(lease, allowance).await;
+        Err(error)
+    }
+
+    async fn undo(&self, lease: &Lease, allowance: &Allowance) -> Result<(), ProcessError> {
+        self.ledger.release(lease).await?;
+        self.windows.refund(allowance).await?;
+        Ok(())
+    }
+
+    async fn token_failed(
+        &self,
+        error: TokenError,
+        lease: &Lease,
+        allowance: &Allowance,
+    ) -> Result<Done, ProcessError> {
+        match error {
+            // A refusal by the token endpoint (bad appid/secret, IP not allowed) will not heal
+            // by retrying this record; dead-letter it so the failure is visible and redrivable.
+            TokenError::Fetch(e) if e.class(true) == ErrorClass::Final => {
+                self.undo(lease, allowance).await?;
+                Ok(Done::DeadLetter(Reason::TokenUnavailable(e.to_string())))
+            }
+            TokenError::UnknownApp(app) => {
+                self.undo(lease, allowance).await?;
+                Ok(Done::DeadLetter(Reason::UnknownApp(app)))
+            }
+            other => {
+                self.abandon(lease, allowance, ProcessError::Token(other))
+                    .await
+            }
+        }
+    }
+
+    async fn media_failed(
+        &self,
+        error: MediaError,
+        lease: &Lease,
+        allowance: &Allowance,
+    ) -> Result<Done, ProcessError> {
+        match error {
+            MediaError::Store(e) => self.abandon(lease, allowance, e.into()).await,
+            MediaError::Upload(CallFailure::Token(e)) => {
+                self.token_failed(e, lease, allowance).await
+            }
+            other => {
+                self.undo(lease, allowance).await?;
+                Ok(Done::DeadLetter(Reason::MediaUnavailable(
+                    other.to_string(),
+                )))
+            }
+        }
+    }
+
+    fn count(&self, msgtype: &str, result: &str) {
+        self.metrics
+            .sends
+            .with_label_values(&[msgtype, result])
+            .inc();
+    }
+}
+
+fn wechat_parts(error: &crate::wechat_api::ApiError) -> (i64, String) {
+    match error {
+        crate::wechat_api::ApiError::WeChat { errcode, errmsg } => (*errcode, errmsg.clone()),
+        other => (0, other.to_string()),
+    }
+}

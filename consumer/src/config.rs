@@ -1,0 +1,399 @@
+//! Typed, layered configuration, checked once at start.
+//!
+//! Layers (each overrides the previous): `config/consumer.toml` (the commented defaults, which
+//! double as documentation), `config/consumer.<APP_ENVIRONMENT>.toml`, then
+//! `CONSUMER__SECTION__KEY` environment variables. Unknown keys are rejected, durations are typed,
+//! app secrets are [`SecretString`]s so they never reach a log line, and the cross-field rules
+//! that keep the service's promises (a send lease outliving one API call, a ledger outliving the
+//! reply window, ...) are enforced by [`Settings::validate`].
+//!
+//! The routing rules live in their own file (`rules.path`), reloaded while running; see
+//! [`crate::rules`].
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// WeChat's reply window after a user message (reference §6.3). A send ledger entry never needs
+/// to outlive it by much: any send after the window fails with 45015 anyway.
+pub const REPLY_WINDOW: Duration = Duration::from_secs(48 * 3600);
+/// `stable_token` rolls a token 5 minutes before it expires (reference §7.2); refreshing earlier
+/// than that only returns the same token again.
+pub const STABLE_TOKEN_ROLLOVER: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub kafka: KafkaSettings,
+    pub processing: ProcessingSettings,
+    pub redis: RedisSettings,
+    pub wechat: WechatSettings,
+    pub ledger: LedgerSettings,
+    pub window: WindowSettings,
+    pub rules: RulesSettings,
+    pub handoff: HandoffSettings,
+    pub forward: ForwardSettings,
+    pub telemetry: TelemetrySettings,
+    #[serde(default)]
+    pub apps: BTreeMap<String, AppSettings>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Listener of `/healthz`, `/readyz` and `/metrics`.
+    pub host: String,
+    pub port: u16,
+    /// On SIGTERM: how long in-flight records may take to finish before the process stops anyway
+    /// (unfinished records are redelivered: their offsets were never stored).
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSettings {
+    pub brokers: String,
+    pub group_id: String,
+    pub inbound_topic: String,
+    pub dead_letter_topic: String,
+    pub handoff_topic: String,
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
+    /// How often stored offsets are committed in the background (besides revoke and shutdown).
+    #[serde(with = "humantime_serde")]
+    pub commit_interval: Duration,
+    /// How often librdkafka reports statistics, from which `consumer_lag_records` is set.
+    #[serde(with = "humantime_serde")]
+    pub statistics_interval: Duration,
+    /// Bound on producing one dead-letter, hand-off or forward record.
+    #[serde(with = "humantime_serde")]
+    pub produce_timeout: Duration,
+    pub topics: TopicSettings,
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+/// Partition counts used by `consumer setup`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicSettings {
+    pub inbound_partitions: i32,
+    pub dead_letter_partitions: i32,
+    pub handoff_partitions: i32,
+    pub replication_factor: i32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessingSettings {
+    /// Users (record keys) processed at the same time by one process.
+    pub max_in_flight_keys: usize,
+    /// Records received but not finished, across all users; the consumer stops fetching above it.
+    pub max_buffered_records: usize,
+    /// Backoff between attempts of a record whose processing failed transiently (Redis or Kafka
+    /// unavailable); such a record is retried until it succeeds or the process stops.
+    #[serde(with = "humantime_serde")]
+    pub retry_initial_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_max_backoff: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    pub url: SecretString,
+    pub key_prefix: String,
+    /// Bound on every Redis command.
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenEndpoint {
+    /// `cgi-bin/stable_token`, normal mode: every caller gets the same token.
+    Stable,
+    /// `cgi-bin/token`: each fetch invalidates the previous token after ~5 minutes.
+    Classic,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WechatSettings {
+    pub base_url: String,
+    /// Bound on one HTTP call to the API.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    pub token_endpoint: TokenEndpoint,
+    /// A token is refreshed this long before it expires.
+    #[serde(with = "humantime_serde")]
+    pub token_refresh_ahead: Duration,
+    /// Lease of the refresh lock; must outlive one token fetch.
+    #[serde(with = "humantime_serde")]
+    pub token_lock_lease: Duration,
+    /// How long a caller waits for another process's refresh before giving up (and retrying the
+    /// record later).
+    #[serde(with = "humantime_serde")]
+    pub token_wait: Duration,
+    /// Attempts of a call that fails retryably (-1, 5xx, network before sending, 45011).
+    pub max_attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub retry_initial_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_max_backoff: Duration,
+    /// Wait after 45011 (per-minute quota reached; WeChat says "retry next minute").
+    #[serde(with = "humantime_serde")]
+    pub minute_quota_backoff: Duration,
+    /// How long an uploaded temporary image is reused; WeChat keeps it 3 days.
+    #[serde(with = "humantime_serde")]
+    pub media_ttl: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerSettings {
+    /// How long a `sending` mark stays authoritative. A record that finds a younger `sending`
+    /// mark waits; an older one means its sender died between the mark and the outcome, and the
+    /// reply is dead-lettered as ambiguous instead of risking a second send.
+    #[serde(with = "humantime_serde")]
+    pub sending_lease: Duration,
+    /// Lifetime of every ledger entry.
+    #[serde(with = "humantime_serde")]
+    pub entry_ttl: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowSettings {
+    /// Track the 48 h / 5 replies and 1 min / 2 replies windows and refuse sends that must fail.
+    pub enabled: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulesSettings {
+    pub path: PathBuf,
+    /// How often the rules file is checked for changes.
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandoffSettings {
+    /// Publish hand-offs to `kafka.handoff_topic`.
+    pub publish: bool,
+    /// Also POST each hand-off here; empty for none.
+    #[serde(default)]
+    pub webhook: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardSettings {
+    /// Bound on one webhook POST (forward and hand-off).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySettings {
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppSettings {
+    pub appid: String,
+    /// The AppSecret; used only in token fetches, never logged, never in a Redis key.
+    pub secret: SecretString,
+}
+
+/// Why the configuration was refused; printed as it is at start.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Settings {
+    /// Loads the layers from `dir` (see the module docs) and validates the result.
+    pub fn load_from(dir: &Path, environment: &str) -> Result<Settings, ConfigError> {
+        let settings: Settings = config::Config::builder()
+            .add_source(config::File::from(dir.join("consumer.toml")).required(true))
+            .add_source(
+                config::File::from(dir.join(format!("consumer.{environment}.toml")))
+                    .required(false),
+            )
+            .add_source(
+                config::Environment::with_prefix("CONSUMER")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .build()?
+            .try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Loads from `$CONSUMER_CONFIG_DIR` (default `./config`) and `$APP_ENVIRONMENT` (default
+    /// `local`).
+    pub fn load() -> Result<Settings, ConfigError> {
+        let dir = std::env::var_os("CONSUMER_CONFIG_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("config"));
+        let environment = std::env::var("APP_ENVIRONMENT").unwrap_or_else(|_| "local".into());
+        Settings::load_from(&dir, &environment)
+    }
+
+    /// Cross-field rules; each message names the keys involved.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        let k = &self.kafka;
+        for (key, topic) in [
+            ("kafka.inbound_topic", &k.inbound_topic),
+            ("kafka.dead_letter_topic", &k.dead_letter_topic),
+            ("kafka.handoff_topic", &k.handoff_topic),
+            ("kafka.group_id", &k.group_id),
+        ] {
+            if topic.is_empty() {
+                return invalid(format!("{key} must not be empty"));
+            }
+        }
+        if k.dead_letter_topic == k.inbound_topic || k.handoff_topic == k.inbound_topic {
+            return invalid(
+                "kafka.dead_letter_topic and kafka.handoff_topic must differ from \
+                 kafka.inbound_topic, or records would loop back into the consumer"
+                    .into(),
+            );
+        }
+        let t = &k.topics;
+        if t.inbound_partitions < 1
+            || t.dead_letter_partitions < 1
+            || t.handoff_partitions < 1
+            || t.replication_factor < 1
+        {
+            return invalid(
+                "kafka.topics: partition counts and replication_factor must be ≥ 1".into(),
+            );
+        }
+        for reserved in [
+            "bootstrap.servers",
+            "group.id",
+            "enable.auto.offset.store",
+            "enable.auto.commit",
+        ] {
+            if k.properties.contains_key(reserved) {
+                return invalid(format!(
+                    "kafka.properties.{reserved} cannot be overridden; offset discipline relies on it"
+                ));
+            }
+        }
+        let p = &self.processing;
+        if p.max_in_flight_keys == 0 || p.max_buffered_records < p.max_in_flight_keys {
+            return invalid(format!(
+                "processing.max_in_flight_keys ({}) must be ≥ 1 and ≤ processing.max_buffered_records ({})",
+                p.max_in_flight_keys, p.max_buffered_records
+            ));
+        }
+        if p.retry_initial_backoff.is_zero() || p.retry_max_backoff < p.retry_initial_backoff {
+            return invalid(
+                "processing: retry_initial_backoff must be > 0 and ≤ retry_max_backoff".into(),
+            );
+        }
+        let w = &self.wechat;
+        if !(w.base_url.starts_with("http://") || w.base_url.starts_with("https://")) {
+            return invalid(format!(
+                "wechat.base_url ({}) must be an http(s) URL",
+                w.base_url
+            ));
+        }
+        if w.timeout.is_zero() || w.max_attempts == 0 {
+            return invalid("wechat.timeout must be > 0 and wechat.max_attempts ≥ 1".into());
+        }
+        if w.retry_initial_backoff.is_zero() || w.retry_max_backoff < w.retry_initial_backoff {
+            return invalid(
+                "wechat: retry_initial_backoff must be > 0 and ≤ retry_max_backoff".into(),
+            );
+        }
+        if w.token_endpoint == TokenEndpoint::Stable
+            && w.token_refresh_ahead > STABLE_TOKEN_ROLLOVER
+        {
+            return invalid(format!(
+                "wechat.token_refresh_ahead ({:?}) must not exceed 5m with stable_token: it only \
+                 hands out a new token in the last 5 minutes, so an earlier refresh would repeat",
+                w.token_refresh_ahead
+            ));
+        }
+        if w.token_lock_lease <= w.timeout {
+            return invalid(format!(
+                "wechat.token_lock_lease ({:?}) must exceed wechat.timeout ({:?}): the lock must \
+                 outlive the token fetch it protects",
+                w.token_lock_lease, w.timeout
+            ));
+        }
+        if w.media_ttl.is_zero() || w.media_ttl >= Duration::from_secs(3 * 24 * 3600) {
+            return invalid("wechat.media_ttl must be above zero and below WeChat's 3 days".into());
+        }
+        let l = &self.ledger;
+        // One attempt of a send is a token fetch (bounded by token_wait) plus the call itself.
+        let attempt = w.timeout + w.token_wait;
+        if l.sending_lease <= attempt {
+            return invalid(format!(
+                "ledger.sending_lease ({:?}) must exceed wechat.timeout + wechat.token_wait ({:?}): \
+                 a live send must never look abandoned",
+                l.sending_lease, attempt
+            ));
+        }
+        if l.entry_ttl < REPLY_WINDOW {
+            return invalid(format!(
+                "ledger.entry_ttl ({:?}) must be at least the 48 h reply window: a redelivered \
+                 record must still find its replies",
+                l.entry_ttl
+            ));
+        }
+        if self.rules.reload_interval.is_zero() {
+            return invalid("rules.reload_interval must be above zero".into());
+        }
+        if !self.handoff.webhook.is_empty() && !self.handoff.webhook.starts_with("http") {
+            return invalid("handoff.webhook must be an http(s) URL or empty".into());
+        }
+        if self.redis.command_timeout.is_zero() {
+            return invalid("redis.command_timeout must be above zero".into());
+        }
+        if self.redis.key_prefix.is_empty() {
+            return invalid("redis.key_prefix must not be empty".into());
+        }
+        for (name, app) in &self.apps {
+            let name_ok = !name.is_empty()
+                && name.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
+                });
+            if !name_ok {
+                return invalid(format!(
+                    "apps.{name}: the app name may hold only a-z, 0-9, '-' and '_'"
+                ));
+            }
+            if app.appid.is_empty() || app.secret.expose_secret().is_empty() {
+                return invalid(format!("apps.{name}: appid and secret must not be empty"));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,207 @@
+//! Dead letters: records the consumer could not finish, kept with the reason, for inspection and
+//! redrive (issue 7's `dlq list/show/redrive` reads this format).
+//!
+//! A dead letter is published to `kafka.dead_letter_topic` with the source record's key (so a
+//! redrive keeps per-user order) and:
+//! - headers `wxkf-dlq-reason`, `wxkf-dlq-source-topic`, `wxkf-dlq-source-partition`,
+//!   `wxkf-dlq-source-offset` (filterable without parsing the body);
+//! - a JSON body, [`DeadLetterRecord`] version 1, holding the original record value as base64 so
+//!   it can be re-published byte for byte, plus where it came from, the reason kind (a closed
+//!   set, also the metric label), a human detail, WeChat's errcode/errmsg when there was one, and
+//!   the rule and action that failed.
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+use crate::outbound::{Outbound, PublishError};
+use crate::store::now_ms;
+
+/// Why a record was dead-lettered. `kind()` is a closed set of labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reason {
+    /// The record value is not a decodable envelope.
+    Undecodable(String),
+    /// An envelope version this build does not know.
+    UnknownVersion(u64),
+    /// The record's app is not configured here.
+    UnknownApp(String),
+    /// The user's reply window is closed (WeChat would answer 45015); not attempted.
+    WindowClosed,
+    /// The window's replies are used up (WeChat would answer 45047); not attempted.
+    QuotaExhausted,
+    /// WeChat refused the call with a final errcode.
+    WeChatRejected { errcode: i64, errmsg: String },
+    /// Retryable failures until the attempts ran out.
+    RetriesExhausted {
+        errcode: Option<i64>,
+        detail: String,
+    },
+    /// The token was rejected again right after a refresh.
+    TokenRejected { errcode: i64, errmsg: String },
+    /// No token could be obtained for a reason retrying will not fix (bad appid or secret, ...).
+    TokenUnavailable(String),
+    /// The send may or may not have reached the user (timeout, or a crash mid-send found later).
+    Ambiguous(String),
+    /// A local image could not be read or uploaded.
+    MediaUnavailable(String),
+    /// A forward or hand-off webhook refused the record (4xx).
+    WebhookRejected { status: u16, detail: String },
+}
+
+impl Reason {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Reason::Undecodable(_) => "undecodable",
+            Reason::UnknownVersion(_) => "unknown_version",
+            Reason::UnknownApp(_) => "unknown_app",
+            Reason::WindowClosed => "window_closed",
+            Reason::QuotaExhausted => "quota_exhausted",
+            Reason::WeChatRejected { .. } => "wechat_rejected",
+            Reason::RetriesExhausted { .. } => "retries_exhausted",
+            Reason::TokenRejected { .. } => "token_rejected",
+            Reason::TokenUnavailable(_) => "token_unavailable",
+            Reason::Ambiguous(_) => "ambiguous",
+            Reason::MediaUnavailable(_) => "media_unavailable",
+            Reason::WebhookRejected { .. } => "webhook_rejected",
+        }
+    }
+
+    pub fn errcode(&self) -> Option<i64> {
+        match self {
+            Reason::WeChatRejected { errcode, .. } | Reason::TokenRejected { errcode, .. } => {
+                Some(*errcode)
+            }
+            Reason::RetriesExhausted { errcode, .. } => *errcode,
+            _ => None,
+        }
+    }
+
+    pub fn detail(&self) -> String {
+        match self {
+            Reason::Undecodable(d)
+            | Reason::TokenUnavailable(d)
+            | Reason::Ambiguous(d)
+            | Reason::MediaUnavailable(d) => d.clone(),
+            Reason::UnknownVersion(v) => format!("unknown envelope version {v}"),
+            Reason::UnknownApp(app) => format!("app `{app}` is not configured"),
+            Reason::WindowClosed => {
+                "the user's reply window is closed (45015 expected); not attempted".into()
+            }
+            Reason::QuotaExhausted => {
+                "the user's reply quota is used up (45047 expected); not attempted".into()
+            }
+            Reason::WeChatRejected { errcode, errmsg }
+            | Reason::TokenRejected { errcode, errmsg } => {
+                format!("errcode {errcode}: {errmsg}")
+            }
+            Reason::RetriesExhausted { detail, .. } => detail.clone(),
+            Reason::WebhookRejected { status, detail } => format!("HTTP {status}: {detail}"),
+        }
+    }
+}
+
+/// A dead letter with the place it failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub reason: Reason,
+    /// The rule and 0-based action index that failed, when an action failed.
+    pub rule: Option<String>,
+    pub action_index: Option<usize>,
+}
+
+impl DeadLetter {
+    pub fn record(reason: Reason) -> DeadLetter {
+        DeadLetter {
+            reason,
+            rule: None,
+            action_index: None,
+        }
+    }
+}
+
+/// Where the dead record was read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceRecord {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<String>,
+    pub timestamp_ms: Option<i64>,
+}
+
+/// The JSON body of a dead-letter record, version 1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetterRecord {
+    pub v: u32,
+    pub reason: String,
+    pub detail: String,
+    pub errcode: Option<i64>,
+    pub rule: Option<String>,
+    pub action_index: Option<usize>,
+    pub source: SourceRecord,
+    pub consumer_group: String,
+    pub dead_lettered_at_ms: i64,
+    /// The original record value, base64 (standard alphabet).
+    pub record_b64: String,
+}
+
+impl DeadLetterRecord {
+    pub fn new(letter: &DeadLetter, source: SourceRecord, group: &str, value: &[u8]) -> Self {
+        DeadLetterRecord {
+            v: 1,
+            reason: letter.reason.kind().to_owned(),
+            detail: letter.reason.detail(),
+            errcode: letter.reason.errcode(),
+            rule: letter.rule.clone(),
+            action_index: letter.action_index,
+            source,
+            consumer_group: group.to_owned(),
+            dead_lettered_at_ms: now_ms(),
+            record_b64: base64::engine::general_purpose::STANDARD.encode(value),
+        }
+    }
+
+    /// The original record value.
+    pub fn original(&self) -> Result<Vec<u8>, base64::DecodeError> {
+        base64::engine::general_purpose::STANDARD.decode(&self.record_b64)
+    }
+}
+
+/// Writes dead letters.
+#[derive(Debug, Clone)]
+pub struct DeadLetterWriter {
+    pub outbound: Outbound,
+    pub topic: String,
+    pub group: String,
+}
+
+impl DeadLetterWriter {
+    /// Publishes the dead letter for the record read at `source` with value `value`.
+    pub async fn write(
+        &self,
+        letter: &DeadLetter,
+        source: SourceRecord,
+        value: &[u8],
+    ) -> Result<(), PublishError> {
+        let partition = source.partition.to_string();
+        let offset = source.offset.to_string();
+        let source_topic = source.topic.clone();
+        let key = source.key.clone();
+        let record = DeadLetterRecord::new(letter, source, &self.group, value);
+        let body = serde_json::to_vec(&record).unwrap_or_default();
+        let headers = [
+            ("wxkf-dlq-reason", letter.reason.kind()),
+            ("wxkf-dlq-source-topic", source_topic.as_str()),
+            ("wxkf-dlq-source-partition", partition.as_str()),
+            ("wxkf-dlq-source-offset", offset.as_str()),
+        ];
+        self.outbound
+            .publish(
+                &self.topic,
+                key.as_deref().map(str::as_bytes),
+                &body,
+                &headers,
+            )
+            .await
+    }
+}

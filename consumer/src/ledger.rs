@@ -1,0 +1,209 @@
+//! The send ledger: at-most-once replies across retries, redeliveries, rebalances and restarts.
+//!
+//! Every side effect of a rule has an idempotency key, `{dedup_key}:{rule}:{action index}`,
+//! stored at `{prefix}ledger:{idempotency key}` with the entry TTL (≥ the 48 h reply window; a
+//! reply after that would fail anyway). Entry values:
+//! - `sending:{owner}:{deadline_ms}` — a send is in progress; written *before* the API call;
+//! - `sent:{at_ms}` — WeChat accepted it; never sent again;
+//! - `ambiguous:{at_ms}` — the call got no answer (timeout): it may or may not have arrived;
+//! - `done:{at_ms}` — an at-least-once action (forward, hand-off) completed.
+//!
+//! **The crash window.** Between WeChat's answer and the `sent` write there is one Redis round
+//! trip; a process dying exactly there leaves `sending`. Nothing can close that window without an
+//! idempotent send API, so it is made safe instead of small-and-hoped-for: a record that finds a
+//! live `sending` mark (deadline ahead) waits for it to resolve; one that finds an expired mark
+//! cannot know whether the reply arrived and dead-letters it as `ambiguous` rather than sending
+//! it twice. Same for a crash between the mark and the call (the reply was then never sent, but
+//! the ledger cannot tell; an operator can redrive it). A definite failure (errcode) releases the
+//! mark, since nothing reached the user.
+
+use std::time::Duration;
+
+use redis::Script;
+
+use crate::config::LedgerSettings;
+use crate::store::{now_ms, Store, StoreError};
+
+/// Writes a `sending` mark unless an entry exists; returns the existing entry otherwise.
+const CLAIM_SCRIPT: &str = r"
+local current = redis.call('GET', KEYS[1])
+if current then return current end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false
+";
+
+/// Replaces our own `sending` mark (release: delete; or a new deadline); never touches others'.
+const OWNED_SCRIPT: &str = r"
+local current = redis.call('GET', KEYS[1])
+if not current or string.sub(current, 1, string.len(ARGV[1])) ~= ARGV[1] then return 0 end
+if ARGV[2] == '' then redis.call('DEL', KEYS[1]) else redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end
+return 1
+";
+
+/// What the ledger says about an idempotency key when a send wants to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// Nothing was recorded: the caller now holds a `sending` mark and must resolve it.
+    Acquired(Lease),
+    /// Already delivered: do not send.
+    AlreadySent,
+    /// An at-least-once action already completed.
+    AlreadyDone,
+    /// Another attempt is sending right now; its lease ends at `deadline_ms`.
+    InProgress { deadline_ms: i64 },
+    /// A previous attempt may or may not have reached the user.
+    Ambiguous,
+}
+
+/// Proof of a `sending` mark, needed to resolve it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    key: String,
+    owner: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Ledger {
+    store: Store,
+    sending_lease: Duration,
+    entry_ttl: Duration,
+    claim_script: Script,
+    owned_script: Script,
+}
+
+impl Ledger {
+    pub fn new(store: Store, settings: &LedgerSettings) -> Ledger {
+        Ledger {
+            store,
+            sending_lease: settings.sending_lease,
+            entry_ttl: settings.entry_ttl,
+            claim_script: Script::new(CLAIM_SCRIPT),
+            owned_script: Script::new(OWNED_SCRIPT),
+        }
+    }
+
+    fn key(&self, idempotency_key: &str) -> String {
+        self.store.key(&format!("ledger:{idempotency_key}"))
+    }
+
+    fn ttl_ms(&self) -> u64 {
+        self.entry_ttl.as_millis() as u64
+    }
+
+    /// Takes a `sending` mark for an at-most-once send, or says why not.
+    pub async fn claim(&self, idempotency_key: &str) -> Result<Claim, StoreError> {
+        let key = self.key(idempotency_key);
+        let owner = uuid::Uuid::new_v4().simple().to_string();
+        let deadline = now_ms() + self.sending_lease.as_millis() as i64;
+        let mut conn = self.store.conn();
+        let existing: Option<String> = self
+            .store
+            .bounded(
+                self.claim_script
+                    .key(&key)
+                    .arg(format!("sending:{owner}:{deadline}"))
+                    .arg(self.ttl_ms())
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        match existing {
+            None => Ok(Claim::Acquired(Lease { key, owner })),
+            Some(value) => parse_entry(&value),
+        }
+    }
+
+    /// Pushes the lease's deadline forward before another attempt of the same send.
+    pub async fn renew(&self, lease: &Lease) -> Result<bool, StoreError> {
+        let deadline = now_ms() + self.sending_lease.as_millis() as i64;
+        self.owned(lease, &format!("sending:{}:{deadline}", lease.owner))
+            .await
+    }
+
+    /// WeChat accepted the send. Unconditional: delivery is the truth, whoever holds the mark.
+    pub async fn mark_sent(&self, lease: &Lease) -> Result<(), StoreError> {
+        self.set(&lease.key, &format!("sent:{}", now_ms())).await
+    }
+
+    /// The send got no answer; it may have been delivered.
+    pub async fn mark_ambiguous(&self, lease: &Lease) -> Result<(), StoreError> {
+        self.set(&lease.key, &format!("ambiguous:{}", now_ms()))
+            .await
+    }
+
+    /// Nothing reached the user (a definite error, or the send was refused before calling):
+    /// removes our mark so a later attempt may send.
+    pub async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+        self.owned(lease, "").await.map(|_| ())
+    }
+
+    /// Whether an at-least-once action already completed.
+    pub async fn is_done(&self, idempotency_key: &str) -> Result<bool, StoreError> {
+        let mut conn = self.store.conn();
+        let value: Option<String> = self
+            .store
+            .bounded(
+                redis::cmd("GET")
+                    .arg(self.key(idempotency_key))
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(value.is_some_and(|v| v.starts_with("done:")))
+    }
+
+    /// Records that an at-least-once action completed.
+    pub async fn mark_done(&self, idempotency_key: &str) -> Result<(), StoreError> {
+        self.set(&self.key(idempotency_key), &format!("done:{}", now_ms()))
+            .await
+    }
+
+    async fn set(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        let mut conn = self.store.conn();
+        self.store
+            .bounded(
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(value)
+                    .arg("PX")
+                    .arg(self.ttl_ms())
+                    .query_async::<()>(&mut conn),
+            )
+            .await
+    }
+
+    async fn owned(&self, lease: &Lease, replacement: &str) -> Result<bool, StoreError> {
+        let mut conn = self.store.conn();
+        let changed: i64 = self
+            .store
+            .bounded(
+                self.owned_script
+                    .key(&lease.key)
+                    .arg(format!("sending:{}:", lease.owner))
+                    .arg(replacement)
+                    .arg(self.ttl_ms())
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        Ok(changed == 1)
+    }
+}
+
+fn parse_entry(value: &str) -> Result<Claim, StoreError> {
+    let mut parts = value.split(':');
+    match parts.next() {
+        Some("sent") => Ok(Claim::AlreadySent),
+        Some("done") => Ok(Claim::AlreadyDone),
+        Some("ambiguous") => Ok(Claim::Ambiguous),
+        Some("sending") => {
+            let deadline_ms = parts.nth(1).and_then(|d| d.parse::<i64>().ok());
+            match deadline_ms {
+                Some(deadline_ms) if deadline_ms > now_ms() => {
+                    Ok(Claim::InProgress { deadline_ms })
+                }
+                // The sender's lease ran out without an outcome: it died mid-send.
+                Some(_) => Ok(Claim::Ambiguous),
+                None => Err(StoreError::Unexpected(format!("ledger entry `{value}`"))),
+            }
+        }
+        _ => Err(StoreError::Unexpected(format!("ledger entry `{value}`"))),
+    }
+}

@@ -1,0 +1,133 @@
+//! Prometheus metrics of the consumer.
+//!
+//! Registered into a registry the caller injects (never the global one), so tests read them.
+//! Every label value is bounded: outcomes, reasons, message types and result classes come from
+//! closed enums in this crate; rule names come from the rules file (configuration, not traffic);
+//! partitions are bounded by the topic. No openid, errmsg or URL ever becomes a label.
+
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+/// API latency buckets in seconds, from a fast local fake up to the configured timeout range.
+const API_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    /// Records finished, by outcome: `replied`, `skipped`, `dead_lettered`.
+    pub records: IntCounterVec,
+    /// Rules that matched a record, by rule name.
+    pub rule_matches: IntCounterVec,
+    /// API calls carrying a message or typing state, by msgtype and result class.
+    pub sends: IntCounterVec,
+    /// Duration of each WeChat API call, by endpoint.
+    pub api_duration: HistogramVec,
+    /// Token fetches, by result (`ok`, `error`, `fenced`).
+    pub token_refreshes: IntCounterVec,
+    /// Dead letters written, by reason.
+    pub dead_letters: IntCounterVec,
+    /// Transient processing failures that put a record back for another attempt, by kind.
+    pub process_retries: IntCounterVec,
+    /// Users (record keys) with records in progress.
+    pub in_flight_keys: IntGauge,
+    /// Records between the committed position and the end of each assigned partition.
+    pub lag: IntGaugeVec,
+    /// Rules files refused by the hot reload (the running rules stayed).
+    pub rules_reloads: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new(registry: &Registry) -> Result<Metrics, prometheus::Error> {
+        let metrics = Metrics {
+            records: IntCounterVec::new(
+                Opts::new("consumer_records_total", "Records finished, by outcome."),
+                &["outcome"],
+            )?,
+            rule_matches: IntCounterVec::new(
+                Opts::new("consumer_rule_matches_total", "Rule matches, by rule name."),
+                &["rule"],
+            )?,
+            sends: IntCounterVec::new(
+                Opts::new(
+                    "consumer_sends_total",
+                    "Customer-service API calls, by message type and result class.",
+                ),
+                &["msgtype", "result"],
+            )?,
+            api_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "consumer_api_duration_seconds",
+                    "Duration of WeChat API calls, by endpoint.",
+                )
+                .buckets(API_BUCKETS.to_vec()),
+                &["endpoint"],
+            )?,
+            token_refreshes: IntCounterVec::new(
+                Opts::new(
+                    "consumer_token_refreshes_total",
+                    "Access-token fetches, by result.",
+                ),
+                &["result"],
+            )?,
+            dead_letters: IntCounterVec::new(
+                Opts::new(
+                    "consumer_dead_letters_total",
+                    "Dead letters written, by reason.",
+                ),
+                &["reason"],
+            )?,
+            process_retries: IntCounterVec::new(
+                Opts::new(
+                    "consumer_process_retries_total",
+                    "Records put back for another attempt after a transient failure, by kind.",
+                ),
+                &["kind"],
+            )?,
+            in_flight_keys: IntGauge::new(
+                "consumer_in_flight_keys",
+                "Users (record keys) with records in progress.",
+            )?,
+            lag: IntGaugeVec::new(
+                Opts::new(
+                    "consumer_lag_records",
+                    "Records behind the end of each assigned inbound partition.",
+                ),
+                &["partition"],
+            )?,
+            rules_reloads: IntCounterVec::new(
+                Opts::new(
+                    "consumer_rules_reloads_total",
+                    "Rules file reloads, by result (`ok`, `refused`).",
+                ),
+                &["result"],
+            )?,
+        };
+        registry.register(Box::new(metrics.records.clone()))?;
+        registry.register(Box::new(metrics.rule_matches.clone()))?;
+        registry.register(Box::new(metrics.sends.clone()))?;
+        registry.register(Box::new(metrics.api_duration.clone()))?;
+        registry.register(Box::new(metrics.token_refreshes.clone()))?;
+        registry.register(Box::new(metrics.dead_letters.clone()))?;
+        registry.register(Box::new(metrics.process_retries.clone()))?;
+        registry.register(Box::new(metrics.in_flight_keys.clone()))?;
+        registry.register(Box::new(metrics.lag.clone()))?;
+        registry.register(Box::new(metrics.rules_reloads.clone()))?;
+        Ok(metrics)
+    }
+
+    /// Metrics on a private registry, for tests and one-shot commands.
+    pub fn unregistered() -> Metrics {
+        Metrics::new(&Registry::new()).expect("fresh registry accepts every metric")
+    }
+}
+
+/// Adds the process collector (CPU seconds, RSS, open fds) to `registry`, where supported.
+pub fn register_process_metrics(registry: &Registry) {
+    #[cfg(target_os = "linux")]
+    {
+        let collector = prometheus::process_collector::ProcessCollector::for_self();
+        let _ = registry.register(Box::new(collector));
+    }
+}

@@ -1,0 +1,183 @@
+//! Reply windows: how many replies WeChat will still accept for a user, and until when
+//! (reference §6.3).
+//!
+//! A user message opens a window of 48 h and 5 replies; entering the session opens 1 min and 2
+//! replies. Allowances do not accumulate: each such action resets both the count and the window,
+//! measured from its `CreateTime`. Per user, Redis holds `{prefix}window:{app}:{openid}` =
+//! `{remaining, expires_ms, anchor_time, anchor_key}` where the anchor is the record that opened
+//! the current window. Invariants:
+//! - a redelivered record does not reset its own window again (its dedup key is the anchor), and
+//!   an older action never replaces a newer one, so quota already spent stays spent;
+//! - a reply is taken from the allowance *before* the API call, atomically (Lua), and given back
+//!   only when WeChat definitely did not deliver it;
+//! - a send that WeChat would refuse (window closed: 45015; quota used: 45047) is not attempted:
+//!   the caller dead-letters it with that reason. No window on record counts as closed.
+
+use std::time::Duration;
+
+use common::envelope::EnvelopeV1;
+use common::message::MessageBody;
+use redis::Script;
+
+use crate::store::{now_ms, Store, StoreError};
+
+/// Replies allowed after a user message, and for how long.
+pub const MESSAGE_ALLOWANCE: (i64, Duration) = (5, Duration::from_secs(48 * 3600));
+/// Replies allowed after the user enters the session, and for how long.
+pub const ENTER_ALLOWANCE: (i64, Duration) = (2, Duration::from_secs(60));
+
+const OPEN_SCRIPT: &str = r"
+local anchor_time = tonumber(redis.call('HGET', KEYS[1], 'anchor_time') or '-1')
+if redis.call('HGET', KEYS[1], 'anchor_key') == ARGV[2] then return 0 end
+if tonumber(ARGV[1]) < anchor_time then return 0 end
+redis.call('HSET', KEYS[1], 'remaining', ARGV[3], 'expires_ms', ARGV[4], 'anchor_time', ARGV[1], 'anchor_key', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return 1
+";
+
+const TAKE_SCRIPT: &str = r"
+local expires = tonumber(redis.call('HGET', KEYS[1], 'expires_ms') or '0')
+if expires <= tonumber(ARGV[1]) then return {'window_closed', ''} end
+local remaining = tonumber(redis.call('HGET', KEYS[1], 'remaining') or '0')
+if remaining <= 0 then return {'quota_exhausted', ''} end
+redis.call('HINCRBY', KEYS[1], 'remaining', -1)
+return {'ok', redis.call('HGET', KEYS[1], 'anchor_key')}
+";
+
+/// Gives a reply back, or (ARGV[2] = '0') sets the allowance to zero, only within the same window.
+const ADJUST_SCRIPT: &str = r"
+if redis.call('HGET', KEYS[1], 'anchor_key') ~= ARGV[1] then return 0 end
+if ARGV[2] == '0' then redis.call('HSET', KEYS[1], 'remaining', 0) else redis.call('HINCRBY', KEYS[1], 'remaining', 1) end
+return 1
+";
+
+/// Why a reply must not be attempted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Outside the window (WeChat would answer 45015).
+    WindowClosed,
+    /// The window's replies are used up (WeChat would answer 45047).
+    QuotaExhausted,
+}
+
+/// One reply taken from a window; hand it back with [`ReplyWindows::refund`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allowance {
+    key: String,
+    anchor: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReplyWindows {
+    store: Store,
+    enabled: bool,
+    open_script: Script,
+    take_script: Script,
+    adjust_script: Script,
+}
+
+impl ReplyWindows {
+    pub fn new(store: Store, enabled: bool) -> ReplyWindows {
+        ReplyWindows {
+            store,
+            enabled,
+            open_script: Script::new(OPEN_SCRIPT),
+            take_script: Script::new(TAKE_SCRIPT),
+            adjust_script: Script::new(ADJUST_SCRIPT),
+        }
+    }
+
+    fn key(&self, env: &EnvelopeV1) -> String {
+        self.store.key(&format!(
+            "window:{}:{}",
+            env.app, env.message.from_user_name
+        ))
+    }
+
+    /// Opens (resets) the user's window when `env` is a qualifying action. Called for every
+    /// record before its rules run, whether or not a rule replies.
+    pub async fn observe(&self, env: &EnvelopeV1) -> Result<(), StoreError> {
+        let msg = &env.message;
+        let (replies, length) = match &msg.body {
+            MessageBody::EnterSession { .. } => ENTER_ALLOWANCE,
+            _ if msg.is_user_message() => MESSAGE_ALLOWANCE,
+            _ => return Ok(()),
+        };
+        if !self.enabled {
+            return Ok(());
+        }
+        let opened_ms = msg.create_time.saturating_mul(1000);
+        let expires_ms = opened_ms + length.as_millis() as i64;
+        let ttl_ms = (expires_ms - now_ms()).max(1);
+        let mut conn = self.store.conn();
+        let _changed: i64 = self
+            .store
+            .bounded(
+                self.open_script
+                    .key(self.key(env))
+                    .arg(msg.create_time)
+                    .arg(env.dedup_key.as_str())
+                    .arg(replies)
+                    .arg(expires_ms)
+                    .arg(ttl_ms)
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Takes one reply from the user's allowance, or says why WeChat would refuse it.
+    pub async fn take(&self, env: &EnvelopeV1) -> Result<Result<Allowance, Refusal>, StoreError> {
+        let key = self.key(env);
+        if !self.enabled {
+            return Ok(Ok(Allowance {
+                key,
+                anchor: String::new(),
+            }));
+        }
+        let mut conn = self.store.conn();
+        let (verdict, anchor): (String, String) = self
+            .store
+            .bounded(
+                self.take_script
+                    .key(&key)
+                    .arg(now_ms())
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        match verdict.as_str() {
+            "ok" => Ok(Ok(Allowance { key, anchor })),
+            "window_closed" => Ok(Err(Refusal::WindowClosed)),
+            "quota_exhausted" => Ok(Err(Refusal::QuotaExhausted)),
+            other => Err(StoreError::Unexpected(format!("window verdict `{other}`"))),
+        }
+    }
+
+    /// The reply was definitely not delivered: give it back.
+    pub async fn refund(&self, allowance: &Allowance) -> Result<(), StoreError> {
+        self.adjust(allowance, "1").await
+    }
+
+    /// WeChat said the window is closed or used up although we counted otherwise: believe it.
+    pub async fn exhaust(&self, allowance: &Allowance) -> Result<(), StoreError> {
+        self.adjust(allowance, "0").await
+    }
+
+    async fn adjust(&self, allowance: &Allowance, how: &str) -> Result<(), StoreError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let mut conn = self.store.conn();
+        let _: i64 = self
+            .store
+            .bounded(
+                self.adjust_script
+                    .key(&allowance.key)
+                    .arg(&allowance.anchor)
+                    .arg(how)
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        Ok(())
+    }
+}
