@@ -22,6 +22,8 @@ ARG RUNTIME_IMAGE=debian:bookworm-slim
 FROM ${RUST_IMAGE} AS chef
 # rdkafka builds its vendored librdkafka with cmake. The -dev packages cover the optional
 # librdkafka features (zlib is linked; curl and OpenSSL only if those features get enabled later).
+# Versions are not pinned: the Debian release of the base image pins them.
+# hadolint ignore=DL3008
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       cmake libcurl4-openssl-dev zlib1g-dev libssl-dev pkg-config \
@@ -59,6 +61,7 @@ FROM ${RUNTIME_IMAGE} AS runtime
 # The binaries link only glibc, libgcc and zlib (all in the base image; reqwest uses rustls with
 # its own roots). ca-certificates serves TLS to Kafka or Redis when configured; curl is the
 # HEALTHCHECK probe.
+# hadolint ignore=DL3008
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ca-certificates curl \
  && rm -rf /var/lib/apt/lists/* \
@@ -83,7 +86,7 @@ ENV CONSUMER_CONFIG_DIR=/app/config \
     CONSUMER__TELEMETRY__LOG_FORMAT=json
 EXPOSE 9090
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
-  CMD curl -fsS -o /dev/null "http://127.0.0.1:${CONSUMER__SERVER__PORT:-9090}/healthz" || exit 1
+  CMD ["/bin/sh", "-c", "curl -fsS -o /dev/null \"http://127.0.0.1:${CONSUMER__SERVER__PORT:-9090}/healthz\" || exit 1"]
 # `consumer setup` creates the topics; `consumer explain` dry-runs the rules.
 ENTRYPOINT ["/usr/local/bin/consumer"]
 CMD ["run"]
@@ -103,5 +106,5 @@ ENV INGEST_CONFIG_DIR=/app/config \
     INGEST__TELEMETRY__LOG_FORMAT=json
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
-  CMD curl -fsS -o /dev/null "http://127.0.0.1:${INGEST__SERVER__PORT:-8080}/healthz" || exit 1
+  CMD ["/bin/sh", "-c", "curl -fsS -o /dev/null \"http://127.0.0.1:${INGEST__SERVER__PORT:-8080}/healthz\" || exit 1"]
 ENTRYPOINT ["/usr/local/bin/ingest"]
