@@ -64,7 +64,7 @@ pub struct KafkaSettings {
     pub handoff_topic: String,
     #[serde(with = "humantime_serde")]
     pub session_timeout: Duration,
-    /// How often stored offsets are committed in the background (besides revoke and shutdown).
+    /// How often stored offsets are committed (besides on revoke and on shutdown).
     #[serde(with = "humantime_serde")]
     pub commit_interval: Duration,
     /// How often librdkafka reports statistics, from which `consumer_lag_records` is set.
@@ -304,6 +304,14 @@ impl Settings {
                     "kafka.properties.{reserved} cannot be overridden; offset discipline relies on it"
                 ));
             }
+        }
+        if k.commit_interval.is_zero()
+            || k.statistics_interval.is_zero()
+            || k.produce_timeout.is_zero()
+        {
+            return invalid(
+                "kafka: commit_interval, statistics_interval and produce_timeout must be above zero".into(),
+            );
         }
         let p = &self.processing;
         if p.max_in_flight_keys == 0 || p.max_buffered_records < p.max_in_flight_keys {

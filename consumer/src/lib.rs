@@ -12,14 +12,23 @@
 //! the ceiling.
 
 pub mod actions;
+pub mod cli;
 pub mod config;
 pub mod dead_letter;
+pub mod explain;
+pub mod http;
 pub mod ledger;
 pub mod metrics;
 pub mod outbound;
+pub mod pipeline;
 pub mod processor;
 pub mod rules;
+pub mod setup;
+pub mod startup;
 pub mod store;
+pub mod telemetry;
 pub mod token_broker;
 pub mod wechat_api;
 pub mod window;
+
+pub use startup::Application;

@@ -1,1 +1,81 @@
-fn main() {}
+use clap::Parser;
+use consumer::cli::{Cli, Command};
+use consumer::config::Settings;
+use consumer::{explain, rules, setup, startup, telemetry};
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let settings = match Settings::load() {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("consumer: {e}");
+            std::process::exit(2);
+        }
+    };
+    telemetry::init(settings.telemetry.log_format);
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => run(settings).await,
+        Command::Setup => {
+            for (topic, status) in setup::create_topics(&settings.kafka).await? {
+                println!("{topic}: {status:?}");
+            }
+            Ok(())
+        }
+        Command::Explain(args) => {
+            let Some(source) = args.source() else {
+                eprintln!("consumer explain: give --file PATH or --topic NAME");
+                std::process::exit(2);
+            };
+            let path = args.rules.unwrap_or_else(|| settings.rules.path.clone());
+            let rules = match rules::load_file(&path, &startup::rules_context(&settings)) {
+                Ok(rules) => rules,
+                Err(e) => {
+                    eprintln!("consumer: {e}");
+                    std::process::exit(2);
+                }
+            };
+            let mut out = std::io::stdout().lock();
+            explain::explain(&settings, &rules, &source, &mut out)?;
+            Ok(())
+        }
+    }
+}
+
+async fn run(settings: Settings) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let app =
+        match startup::Application::build(settings, prometheus::Registry::new(), shutdown.clone())
+            .await
+        {
+            Ok(app) => app,
+            Err(e) => {
+                // Start-up errors (rules file with line numbers, unreachable Redis) as one line.
+                eprintln!("consumer: {e:#}");
+                std::process::exit(2);
+            }
+        };
+    tracing::info!(port = app.port(), "consumer running");
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown signal received");
+        shutdown.cancel();
+    });
+    app.run_until_stopped().await
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! `consumer explain`: a dry run of the rules over recorded records.
+//!
+//! Reads envelopes from a JSON-lines file (one record value per line, as on Kafka) or from a
+//! topic, partition and offset range, and prints for each record the rules that match and the
+//! exact requests the live consumer would make — method, URL (with `ACCESS_TOKEN` standing in for
+//! the token) and JSON body. It sends nothing: no WeChat call, no Redis access, no produce. Reading
+//! a topic uses `assign` with an explicit start offset: it never joins the consumer group and
+//! never commits, so the live group is not disturbed.
+//!
+//! What it cannot know without Redis, it says: whether a reply was already sent (ledger), whether
+//! the user's window still allows it, and whether a local image is already uploaded.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::envelope::{record_key, Envelope};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message as _;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use crate::actions::{plan, Step};
+use crate::config::Settings;
+use crate::rules::{ForwardTarget, RuleSet};
+use crate::wechat_api::{WechatApi, PATH_SEND, PATH_TYPING, PATH_UPLOAD};
+
+/// Where `explain` reads records.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// JSON lines; blank lines are skipped.
+    File(std::path::PathBuf),
+    /// Offsets `from..to` (end exclusive; to the end of the partition when `to` is `None`).
+    Topic {
+        topic: String,
+        partition: i32,
+        from: i64,
+        to: Option<i64>,
+    },
+}
+
+/// Prints the explanation of every record of `source` to `out`; returns the records seen.
+pub fn explain(
+    settings: &Settings,
+    rules: &RuleSet,
+    source: &Source,
+    out: &mut dyn Write,
+) -> anyhow::Result<usize> {
+    let api = WechatApi::new(
+        &settings.wechat.base_url,
+        settings.wechat.timeout,
+        crate::metrics::Metrics::unregistered(),
+    )?;
+    let explainer = Explainer {
+        settings,
+        rules,
+        api,
+    };
+    match source {
+        Source::File(path) => explainer.file(path, out),
+        Source::Topic {
+            topic,
+            partition,
+            from,
+            to,
+        } => explainer.topic(topic, *partition, *from, *to, out),
+    }
+}
+
+struct Explainer<'a> {
+    settings: &'a Settings,
+    rules: &'a RuleSet,
+    api: WechatApi,
+}
+
+impl Explainer<'_> {
+    fn file(&self, path: &Path, out: &mut dyn Write) -> anyhow::Result<usize> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+        let mut seen = 0;
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            seen += 1;
+            self.record(
+                &format!("{}:{}", path.display(), i + 1),
+                line.as_bytes(),
+                out,
+            )?;
+        }
+        Ok(seen)
+    }
+
+    fn topic(
+        &self,
+        topic: &str,
+        partition: i32,
+        from: i64,
+        to: Option<i64>,
+        out: &mut dyn Write,
+    ) -> anyhow::Result<usize> {
+        let k = &self.settings.kafka;
+        let mut config = ClientConfig::new();
+        for (key, value) in &k.properties {
+            config.set(key, value);
+        }
+        let consumer: BaseConsumer = config
+            .set("bootstrap.servers", &k.brokers)
+            // Required by librdkafka, never used: no subscribe, no commit.
+            .set("group.id", format!("{}-explain", k.group_id))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "true")
+            .create()?;
+        let mut assignment = TopicPartitionList::new();
+        assignment.add_partition_offset(topic, partition, Offset::Offset(from))?;
+        consumer.assign(&assignment)?;
+        let idle_limit = Duration::from_secs(10);
+        let mut last_progress = Instant::now();
+        let mut seen = 0;
+        loop {
+            if to.is_some_and(|to| from + seen as i64 >= to) {
+                break;
+            }
+            match consumer.poll(Duration::from_millis(200)) {
+                None if last_progress.elapsed() > idle_limit => {
+                    anyhow::bail!("no record from {topic}/{partition} for {idle_limit:?}")
+                }
+                None => continue,
+                Some(Err(KafkaError::PartitionEOF(_))) => break,
+                Some(Err(e)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) => {
+                    break
+                }
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(message)) => {
+                    last_progress = Instant::now();
+                    if to.is_some_and(|to| message.offset() >= to) {
+                        break;
+                    }
+                    seen += 1;
+                    let label = format!("{topic}/{partition}@{}", message.offset());
+                    self.record(&label, message.payload().unwrap_or_default(), out)?;
+                }
+            }
+        }
+        Ok(seen)
+    }
+
+    fn record(&self, label: &str, value: &[u8], out: &mut dyn Write) -> anyhow::Result<()> {
+        let envelope = match Envelope::from_bytes(value) {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                writeln!(out, "== {label}: poison ({}): {e}", e.kind())?;
+                writeln!(
+                    out,
+                    "   -> dead letter to {}",
+                    self.settings.kafka.dead_letter_topic
+                )?;
+                return Ok(());
+            }
+        };
+        let env = envelope.v1();
+        let msg = &env.message;
+        writeln!(
+            out,
+            "== {label}: app={} openid={} msg_type={} event={} dedup_key={}",
+            env.app,
+            msg.from_user_name,
+            msg.msg_type(),
+            msg.event().unwrap_or("-"),
+            env.dedup_key
+        )?;
+        if !self.settings.apps.contains_key(&env.app) {
+            writeln!(
+                out,
+                "   app `{}` is not configured -> dead letter (unknown_app)",
+                env.app
+            )?;
+            return Ok(());
+        }
+        let matches = self.rules.evaluate(env);
+        if matches.is_empty() {
+            writeln!(out, "   no rule matched -> skipped")?;
+            return Ok(());
+        }
+        let names: Vec<&str> = matches.iter().map(|m| m.rule.name.as_str()).collect();
+        writeln!(out, "   matched: {}", names.join(", "))?;
+        for action in plan(env, &matches) {
+            let tag = format!("   [{} #{}]", action.rule, action.index + 1);
+            match &action.step {
+                Step::Send {
+                    request,
+                    media_file,
+                } => {
+                    if let Some(path) = media_file {
+                        let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or_default();
+                        writeln!(
+                            out,
+                            "{tag} POST {} (multipart: media=@{}, {size} bytes; only when no uploaded id is cached)",
+                            self.api.display_url(PATH_UPLOAD, "&type=image"),
+                            path.display()
+                        )?;
+                    }
+                    writeln!(out, "{tag} POST {}", self.api.display_url(PATH_SEND, ""))?;
+                    writeln!(out, "{tag}   {}", serde_json::to_string(request)?)?;
+                    writeln!(
+                        out,
+                        "{tag}   (at most once: idempotency key {}; not sent if the reply window is closed or used up)",
+                        action.idempotency_key
+                    )?;
+                }
+                Step::Typing(request) => {
+                    writeln!(out, "{tag} POST {}", self.api.display_url(PATH_TYPING, ""))?;
+                    writeln!(out, "{tag}   {}", serde_json::to_string(request)?)?;
+                }
+                Step::Handoff { note } => {
+                    let h = &self.settings.handoff;
+                    let key = record_key(&env.app, &msg.from_user_name);
+                    if h.publish {
+                        writeln!(
+                            out,
+                            "{tag} hand-off: produce to {} (key {key}, note {note:?})",
+                            self.settings.kafka.handoff_topic
+                        )?;
+                    }
+                    if !h.webhook.is_empty() {
+                        writeln!(
+                            out,
+                            "{tag} hand-off: POST {} (JSON, note {note:?})",
+                            h.webhook
+                        )?;
+                    }
+                }
+                Step::Forward(ForwardTarget::Topic(topic)) => {
+                    let key = record_key(&env.app, &msg.from_user_name);
+                    writeln!(
+                        out,
+                        "{tag} forward: produce the envelope to {topic} (key {key})"
+                    )?;
+                }
+                Step::Forward(ForwardTarget::Webhook(url)) => {
+                    writeln!(out, "{tag} forward: POST {url} (the envelope as JSON)")?;
+                }
+                Step::Drop => writeln!(out, "{tag} drop")?,
+            }
+        }
+        Ok(())
+    }
+}

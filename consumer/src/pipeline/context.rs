@@ -1,0 +1,94 @@
+//! The consumer's librdkafka callbacks: rebalances, commits, statistics.
+//!
+//! - **Assign**: each partition gets a fresh generation in the [`OffsetTracker`].
+//! - **Revoke**: the partitions leave the tracker first (records still running for them will
+//!   store nothing), then the offsets stored so far are committed synchronously, so the next
+//!   owner starts right after the last record this process finished. Records in flight for a
+//!   revoked partition are redelivered to the new owner; the send ledger makes that safe.
+//! - **Statistics**: `consumer_lag_records{partition}` from librdkafka's own lag per partition.
+//!
+//! These run on the thread polling the consumer, inside `recv()`, and must stay short.
+
+use std::sync::Arc;
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientContext, TopicPartitionList};
+
+use super::offsets::OffsetTracker;
+use crate::metrics::Metrics;
+
+#[derive(Debug)]
+pub struct PipelineContext {
+    pub tracker: Arc<OffsetTracker>,
+    pub metrics: Metrics,
+    pub topic: String,
+}
+
+impl ClientContext for PipelineContext {
+    fn stats(&self, statistics: Statistics) {
+        let Some(topic) = statistics.topics.get(&self.topic) else {
+            return;
+        };
+        for partition in topic.partitions.values() {
+            // Partition -1 is librdkafka's internal "unassigned" bucket; lag -1 means unknown.
+            if partition.partition >= 0 && partition.consumer_lag >= 0 {
+                self.metrics
+                    .lag
+                    .with_label_values(&[&partition.partition.to_string()])
+                    .set(partition.consumer_lag);
+            }
+        }
+    }
+}
+
+pub(crate) fn is_no_offset(e: &KafkaError) -> bool {
+    matches!(e, KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset))
+}
+
+impl ConsumerContext for PipelineContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(partitions) => {
+                for p in partitions.elements() {
+                    self.tracker.assign(p.topic(), p.partition());
+                }
+                tracing::info!(partitions = ?names(partitions), "partitions assigned");
+            }
+            Rebalance::Revoke(partitions) => {
+                for p in partitions.elements() {
+                    self.tracker.revoke(p.topic(), p.partition());
+                    let _ = self
+                        .metrics
+                        .lag
+                        .remove_label_values(&[&p.partition().to_string()]);
+                }
+                // Commit what finished records stored, before the partitions move on.
+                match consumer.commit_consumer_state(CommitMode::Sync) {
+                    Ok(()) => {}
+                    Err(e) if is_no_offset(&e) => {}
+                    Err(e) => tracing::warn!(error = %e, "commit on revoke failed"),
+                }
+                tracing::info!(partitions = ?names(partitions), "partitions revoked");
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) => {}
+            Err(e) if is_no_offset(&e) => {}
+            Err(e) => tracing::warn!(error = %e, "offset commit failed"),
+        }
+    }
+}
+
+fn names(partitions: &TopicPartitionList) -> Vec<String> {
+    partitions
+        .elements()
+        .iter()
+        .map(|p| format!("{}/{}", p.topic(), p.partition()))
+        .collect()
+}

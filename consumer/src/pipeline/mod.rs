@@ -1,0 +1,337 @@
+//! The Kafka side: the consumer-group loop that feeds [`Processor::process`] and stores offsets.
+//!
+//! Offset discipline (invariant 6): `enable.auto.offset.store=false` and `enable.auto.commit=false`;
+//! this loop commits the offsets it stored every `commit_interval`, and nothing else ever commits
+//! (a process that dies commits nothing more). A record's offset is stored when its outcome
+//! is final (replied, skipped, or dead-lettered *and* the dead letter acknowledged), and only up
+//! to the lowest unfinished record of its partition ([`offsets`]). Stored offsets are also
+//! committed on revoke ([`context`]) and on shutdown. A transient failure retries the same record
+//! with backoff, holding back only its own user ([`dispatch`]) and its partition's committed
+//! position — never skipping it.
+//!
+//! Poison records (not an envelope, unknown version) are dead-lettered with the reason, counted,
+//! and their offset advances like any other final outcome.
+//!
+//! Scaling: each partition of the inbound topic is read by one process of the group, so the
+//! partition count is the ceiling on processes; inside a process, users run concurrently.
+
+pub mod context;
+pub mod dispatch;
+pub mod offsets;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::envelope::{Envelope, EnvelopeError};
+use futures::FutureExt;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::Message as _;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::actions::calls::exponential_jitter;
+use crate::config::Settings;
+use crate::dead_letter::{DeadLetter, DeadLetterWriter, Reason, SourceRecord};
+use crate::metrics::Metrics;
+use crate::processor::{Outcome, ProcessError, Processor};
+use context::PipelineContext;
+use dispatch::Dispatcher;
+use offsets::OffsetTracker;
+
+/// One received record, owned.
+#[derive(Debug, Clone)]
+pub struct InboundRecord {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub timestamp_ms: Option<i64>,
+    generation: u64,
+}
+
+impl InboundRecord {
+    fn source(&self) -> SourceRecord {
+        SourceRecord {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            offset: self.offset,
+            key: self
+                .key
+                .as_deref()
+                .map(|k| String::from_utf8_lossy(k).into_owned()),
+            timestamp_ms: self.timestamp_ms,
+        }
+    }
+}
+
+/// The librdkafka settings of the group consumer.
+pub fn consumer_config(settings: &Settings) -> ClientConfig {
+    let k = &settings.kafka;
+    let mut config = ClientConfig::new();
+    // Pass-through first, so the settings below always win.
+    config.set("auto.offset.reset", "earliest");
+    for (key, value) in &k.properties {
+        config.set(key, value);
+    }
+    config
+        .set("bootstrap.servers", &k.brokers)
+        .set("group.id", &k.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set(
+            "session.timeout.ms",
+            k.session_timeout.as_millis().to_string(),
+        )
+        .set(
+            "statistics.interval.ms",
+            k.statistics_interval.as_millis().to_string(),
+        );
+    config
+}
+
+/// What every record task shares.
+struct Shared {
+    consumer: Arc<StreamConsumer<PipelineContext>>,
+    processor: Processor,
+    dead_letters: DeadLetterWriter,
+    tracker: Arc<OffsetTracker>,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+    retry_initial: Duration,
+    retry_max: Duration,
+}
+
+/// The consumer group member.
+#[derive(Debug)]
+pub struct Pipeline {
+    shared: Arc<Shared>,
+    topic: String,
+    max_keys: usize,
+    max_buffered: usize,
+    shutdown_timeout: Duration,
+    commit_interval: Duration,
+    /// Set once subscribed; read by `/readyz`.
+    pub running: Arc<AtomicBool>,
+}
+
+impl Pipeline {
+    pub fn new(
+        settings: &Settings,
+        processor: Processor,
+        dead_letters: DeadLetterWriter,
+        metrics: Metrics,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Pipeline> {
+        let tracker = Arc::new(OffsetTracker::default());
+        let context = PipelineContext {
+            tracker: Arc::clone(&tracker),
+            metrics: metrics.clone(),
+            topic: settings.kafka.inbound_topic.clone(),
+        };
+        let consumer: StreamConsumer<PipelineContext> =
+            consumer_config(settings).create_with_context(context)?;
+        let p = &settings.processing;
+        Ok(Pipeline {
+            shared: Arc::new(Shared {
+                consumer: Arc::new(consumer),
+                processor,
+                dead_letters,
+                tracker,
+                metrics,
+                shutdown,
+                retry_initial: p.retry_initial_backoff,
+                retry_max: p.retry_max_backoff,
+            }),
+            topic: settings.kafka.inbound_topic.clone(),
+            max_keys: p.max_in_flight_keys,
+            max_buffered: p.max_buffered_records,
+            shutdown_timeout: settings.server.shutdown_timeout,
+            commit_interval: settings.kafka.commit_interval,
+            running: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// Consumes until the shutdown token fires, then drains, commits and leaves the group.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let shared = Arc::clone(&self.shared);
+        shared.consumer.subscribe(&[&self.topic])?;
+        self.running.store(true, Ordering::SeqCst);
+        let handler_shared = Arc::clone(&shared);
+        let dispatcher = Dispatcher::new(
+            self.max_keys,
+            self.max_buffered,
+            shared.metrics.in_flight_keys.clone(),
+            move |record: InboundRecord| {
+                let shared = Arc::clone(&handler_shared);
+                async move { shared.handle(record).await }.boxed()
+            },
+        );
+        let mut commit_ticker = tokio::time::interval(self.commit_interval);
+        commit_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let received = tokio::select! {
+                biased;
+                _ = shared.shutdown.cancelled() => break,
+                _ = commit_ticker.tick() => {
+                    // Commits only what was stored, i.e. records with a final outcome.
+                    if let Err(e) = shared.consumer.commit_consumer_state(CommitMode::Async) {
+                        if !context::is_no_offset(&e) {
+                            tracing::warn!(error = %e, "periodic commit failed");
+                        }
+                    }
+                    continue;
+                }
+                received = shared.consumer.recv() => received,
+            };
+            let record = match received {
+                Ok(message) => {
+                    let generation = shared.tracker.begin(
+                        message.topic(),
+                        message.partition(),
+                        message.offset(),
+                    );
+                    InboundRecord {
+                        topic: message.topic().to_owned(),
+                        partition: message.partition(),
+                        offset: message.offset(),
+                        key: message.key().map(<[u8]>::to_vec),
+                        value: message.payload().map(<[u8]>::to_vec),
+                        timestamp_ms: message.timestamp().to_millis(),
+                        generation,
+                    }
+                }
+                Err(e) => {
+                    // Broker or transport trouble; librdkafka reconnects on its own.
+                    tracing::warn!(error = %e, "kafka consumer error");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let key = record.key.clone().unwrap_or_default();
+            tokio::select! {
+                biased;
+                _ = shared.shutdown.cancelled() => break,
+                _ = dispatcher.dispatch(key, record) => {}
+            }
+        }
+        tracing::info!("stopping: finishing records in progress");
+        self.running.store(false, Ordering::SeqCst);
+        if !dispatcher.shutdown(self.shutdown_timeout).await {
+            tracing::warn!(
+                timeout = ?self.shutdown_timeout,
+                "records still running at the shutdown deadline; they will be redelivered"
+            );
+        }
+        match shared.consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => tracing::info!("offsets committed"),
+            Err(e) => tracing::info!(error = %e, "final commit (nothing new to commit?)"),
+        }
+        shared.consumer.unsubscribe();
+        // Dropping the last handle closes the consumer, which leaves the group.
+        drop(dispatcher);
+        drop(shared);
+        drop(self.shared);
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// Takes one record to a final outcome (retrying transient failures), then stores its offset.
+    async fn handle(&self, record: InboundRecord) {
+        let span = tracing::info_span!(
+            "record",
+            partition = record.partition,
+            offset = record.offset
+        );
+        async {
+            let mut attempt = 0;
+            let outcome = loop {
+                // Revoked meanwhile: the new owner will redeliver it; do nothing twice.
+                if !self
+                    .tracker
+                    .is_current(&record.topic, record.partition, record.generation)
+                {
+                    return;
+                }
+                match self.outcome_of(&record).await {
+                    Ok(outcome) => break outcome,
+                    // Transient: back off and retry the same record. Its offset stays unstored,
+                    // so even a crash now redelivers it.
+                    Err(e) => {
+                        attempt += 1;
+                        self.metrics
+                            .process_retries
+                            .with_label_values(&[e.kind()])
+                            .inc();
+                        tracing::warn!(error = %e, attempt, "record failed transiently; retrying");
+                        let wait = exponential_jitter(attempt, self.retry_initial, self.retry_max);
+                        tokio::select! {
+                            _ = self.shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(wait) => {}
+                        }
+                    }
+                }
+            };
+            self.metrics
+                .records
+                .with_label_values(&[outcome.label()])
+                .inc();
+            tracing::debug!(outcome = outcome.label(), "record finished");
+            self.tracker.complete(
+                &record.topic,
+                record.partition,
+                record.offset,
+                record.generation,
+                |next| self.store(&record.topic, record.partition, next),
+            );
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Decodes and processes; dead letters are published before the outcome counts as final.
+    async fn outcome_of(&self, record: &InboundRecord) -> Result<Outcome, ProcessError> {
+        let value = record.value.as_deref().unwrap_or_default();
+        let letter = match Envelope::from_bytes(value) {
+            // Poison: retrying cannot decode it. Dead-letter with the reason and move on.
+            Err(e) => DeadLetter::record(match e {
+                EnvelopeError::UnknownVersion(v) => Reason::UnknownVersion(v),
+                EnvelopeError::Malformed(detail) => Reason::Undecodable(detail),
+            }),
+            Ok(envelope) => match self.processor.process(envelope.v1()).await? {
+                Outcome::DeadLettered(letter) => letter,
+                other => return Ok(other),
+            },
+        };
+        self.dead_letters
+            .write(&letter, record.source(), value)
+            .await
+            .map_err(|e| ProcessError::Sink(e.to_string()))?;
+        self.metrics
+            .dead_letters
+            .with_label_values(&[letter.reason.kind()])
+            .inc();
+        Ok(Outcome::DeadLettered(letter))
+    }
+
+    fn store(&self, topic: &str, partition: i32, next: i64) {
+        let mut list = TopicPartitionList::new();
+        if let Err(e) = list.add_partition_offset(topic, partition, Offset::Offset(next)) {
+            tracing::warn!(error = %e, "cannot build the offset list");
+            return;
+        }
+        // Fails only if the partition was revoked this instant; the new owner redelivers.
+        if let Err(e) = self.consumer.store_offsets(&list) {
+            tracing::debug!(error = %e, partition, next, "offset not stored");
+        }
+    }
+}

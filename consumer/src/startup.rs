@@ -1,0 +1,189 @@
+//! Wiring: builds every part from the settings, and runs them until shutdown.
+//!
+//! [`Services`] holds the parts a record needs (used by `run`, by tests that call
+//! `process()` directly, and nowhere else); [`Application`] adds the Kafka loop, the rules
+//! watcher and the HTTP listener, all stopped by one cancellation token from `main`.
+
+use std::collections::BTreeSet;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use prometheus::Registry;
+use tokio_util::sync::CancellationToken;
+
+use crate::actions::calls::RetryPolicy;
+use crate::actions::media::MediaCache;
+use crate::actions::sinks::Sinks;
+use crate::actions::Actions;
+use crate::config::Settings;
+use crate::dead_letter::DeadLetterWriter;
+use crate::ledger::Ledger;
+use crate::metrics::{register_process_metrics, Metrics};
+use crate::outbound::Outbound;
+use crate::pipeline::Pipeline;
+use crate::processor::Processor;
+use crate::rules::{RulesContext, RulesWatcher};
+use crate::store::Store;
+use crate::token_broker::TokenBroker;
+use crate::wechat_api::WechatApi;
+use crate::window::ReplyWindows;
+
+/// What the rules file may refer to under `settings`.
+pub fn rules_context(settings: &Settings) -> RulesContext {
+    RulesContext {
+        apps: Some(settings.apps.keys().cloned().collect::<BTreeSet<_>>()),
+        handoff_available: settings.handoff.publish || !settings.handoff.webhook.is_empty(),
+    }
+}
+
+/// The parts that process records.
+#[derive(Debug)]
+pub struct Services {
+    pub store: Store,
+    pub api: WechatApi,
+    pub tokens: Arc<TokenBroker>,
+    pub outbound: Outbound,
+    pub processor: Processor,
+    pub dead_letters: DeadLetterWriter,
+    pub watcher: RulesWatcher,
+    /// The rules file contents the watcher started from.
+    pub rules_source: String,
+}
+
+impl Services {
+    /// Connects to Redis (failing when it is unreachable), loads the rules (failing with a
+    /// line-numbered message), and builds the rest.
+    pub async fn build(settings: &Settings, metrics: &Metrics) -> anyhow::Result<Services> {
+        let (watcher, rules_source) = RulesWatcher::initial(
+            settings.rules.path.clone(),
+            settings.rules.reload_interval,
+            rules_context(settings),
+            metrics.clone(),
+        )?;
+        let r = &settings.redis;
+        let store = Store::connect(&r.url, &r.key_prefix, r.command_timeout).await?;
+        let w = &settings.wechat;
+        let api = WechatApi::new(&w.base_url, w.timeout, metrics.clone())?;
+        let tokens = Arc::new(TokenBroker::new(
+            settings,
+            store.clone(),
+            api.clone(),
+            metrics.clone(),
+        ));
+        let outbound = Outbound::new(&settings.kafka)?;
+        let h = &settings.handoff;
+        let sinks = Sinks::new(
+            outbound.clone(),
+            settings.forward.timeout,
+            h.publish.then(|| settings.kafka.handoff_topic.clone()),
+            (!h.webhook.is_empty()).then(|| h.webhook.clone()),
+        )?;
+        let actions = Actions {
+            api: api.clone(),
+            tokens: Arc::clone(&tokens),
+            ledger: Ledger::new(store.clone(), &settings.ledger),
+            windows: ReplyWindows::new(store.clone(), settings.window.enabled),
+            media: MediaCache::new(store.clone(), api.clone(), w.media_ttl),
+            sinks,
+            policy: RetryPolicy::from_settings(w),
+            metrics: metrics.clone(),
+        };
+        let processor = Processor {
+            rules: watcher.handle.clone(),
+            actions,
+            apps: settings.apps.keys().cloned().collect(),
+            metrics: metrics.clone(),
+        };
+        let dead_letters = DeadLetterWriter {
+            outbound: outbound.clone(),
+            topic: settings.kafka.dead_letter_topic.clone(),
+            group: settings.kafka.group_id.clone(),
+        };
+        Ok(Services {
+            store,
+            api,
+            tokens,
+            outbound,
+            processor,
+            dead_letters,
+            watcher,
+            rules_source,
+        })
+    }
+}
+
+/// The running service.
+pub struct Application {
+    port: u16,
+    server: Server,
+    pipeline: Pipeline,
+    watcher: RulesWatcher,
+    rules_source: String,
+    outbound: Outbound,
+    shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Application {
+    /// Builds everything; `shutdown` stops it.
+    pub async fn build(
+        settings: Settings,
+        registry: Registry,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Application> {
+        register_process_metrics(&registry);
+        let metrics = Metrics::new(&registry)?;
+        let services = Services::build(&settings, &metrics).await?;
+        let pipeline = Pipeline::new(
+            &settings,
+            services.processor,
+            services.dead_letters,
+            metrics,
+            shutdown.clone(),
+        )?;
+        let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))?;
+        let port = listener.local_addr()?.port();
+        let readiness = crate::http::Readiness {
+            consuming: Arc::clone(&pipeline.running),
+            store: services.store.clone(),
+        };
+        let server = crate::http::server(listener, registry, readiness)?;
+        Ok(Application {
+            port,
+            server,
+            pipeline,
+            watcher: services.watcher,
+            rules_source: services.rules_source,
+            outbound: services.outbound,
+            shutdown,
+        })
+    }
+
+    /// The port of `/healthz`, `/readyz`, `/metrics`.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Runs until the shutdown token fires: then finishes records in progress, commits, leaves
+    /// the group, flushes the producer and stops the HTTP listener.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let server = self.server.handle();
+        tokio::spawn(self.server);
+        let watcher = tokio::spawn(self.watcher.run(self.rules_source, self.shutdown.clone()));
+        let result = self.pipeline.run().await;
+        self.outbound.flush(Duration::from_secs(5));
+        let _ = watcher.await;
+        server.stop(true).await;
+        tracing::info!("consumer stopped");
+        result
+    }
+}
