@@ -35,6 +35,7 @@ pub mod ids;
 pub mod message;
 pub mod push;
 pub mod reply;
+pub mod seal;
 pub mod signature;
 
 pub use codec::{CodecError, Format};

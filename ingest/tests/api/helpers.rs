@@ -276,12 +276,8 @@ impl Push {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PushMode {
-    Plaintext,
-    Compatible,
-    Safe,
-}
+/// WeChat's push modes, as the tests name them.
+pub use common::push::Mode as PushMode;
 
 /// Signs (and in compatible and safe mode encrypts) `message` as WeChat does, with `token`.
 pub fn push(message: &Message, format: Format, mode: PushMode, timestamp: i64) -> Push {
@@ -293,45 +289,16 @@ pub fn push(message: &Message, format: Format, mode: PushMode, timestamp: i64) -
 }
 
 pub fn push_raw(plain: &str, format: Format, mode: PushMode, timestamp: i64, token: &str) -> Push {
-    let ts = timestamp.to_string();
-    let nonce = "415670741";
-    let signature = common::signature::sign(&[token, &ts, nonce]);
-    if mode == PushMode::Plaintext {
-        return Push {
-            query: format!("signature={signature}&timestamp={ts}&nonce={nonce}"),
-            body: plain.to_owned(),
-            format,
-        };
-    }
     let key = AesKey::from_encoding_aes_key(AES_KEY).expect("test key");
-    let encrypt = common::crypto::encrypt(&key, plain.as_bytes(), APPID);
-    let msg_signature = common::signature::sign(&[token, &ts, nonce, &encrypt]);
-    let body = match (format, mode) {
-        (Format::Json, PushMode::Safe) => {
-            serde_json::json!({ "ToUserName": ORIGINAL_ID, "Encrypt": encrypt }).to_string()
-        }
-        (Format::Xml, PushMode::Safe) => format!(
-            "<xml><ToUserName><![CDATA[{ORIGINAL_ID}]]></ToUserName><Encrypt><![CDATA[{encrypt}]]></Encrypt></xml>"
-        ),
-        // Compatible mode: the plaintext fields and the ciphertext side by side.
-        (Format::Json, _) => {
-            let mut fields: serde_json::Map<String, serde_json::Value> =
-                serde_json::from_str(plain).expect("json message");
-            fields.insert("Encrypt".into(), encrypt.into());
-            serde_json::Value::Object(fields).to_string()
-        }
-        (Format::Xml, _) => plain.replacen(
-            "</xml>",
-            &format!("<Encrypt><![CDATA[{encrypt}]]></Encrypt></xml>"),
-            1,
-        ),
+    let creds = common::push::AppCredentials {
+        token,
+        aes_key: Some(&key),
+        appid: APPID,
     };
+    let sealed = common::seal::seal(plain, format, mode, &creds, timestamp, "415670741");
     Push {
-        query: format!(
-            "signature={signature}&timestamp={ts}&nonce={nonce}&openid=o9AgO5Kd5ggOC-bXrbNODIiE3bGY\
-             &encrypt_type=aes&msg_signature={msg_signature}"
-        ),
-        body,
+        query: sealed.query,
+        body: sealed.body,
         format,
     }
 }

@@ -116,12 +116,7 @@ async fn every_mode_and_format_is_accepted_and_stored_as_sent() {
         for record in stored {
             assert_eq!(&record.message, message, "{format:?} {mode:?}");
             assert_eq!(record.format, *format);
-            let expected_mode = match mode {
-                PushMode::Plaintext => Mode::Plaintext,
-                PushMode::Compatible => Mode::Compatible,
-                PushMode::Safe => Mode::Safe,
-            };
-            assert_eq!(record.mode, expected_mode);
+            assert_eq!(record.mode, *mode);
             let reparsed = common::codec::parse(record.format, record.payload.as_bytes()).unwrap();
             assert_eq!(
                 &reparsed, message,

@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# The ingest benchmark: the same open-loop load generator (wechat-sim push: signed, AES-encrypted
+# JSON pushes with unique MsgIds) against `ingest` (real Redis dedup, real Kafka acks=all) and
+# against a bare actix-web handler that answers `success`, on this machine, in one run.
+#
+# Reports, as medians over --repeat runs:
+#   (a) the highest rate each sustains with every push acknowledged and p99 < 100 ms, and the ratio;
+#   (b) p50/p99 ack latency at 2,000 pushes/s;
+#   (c) ingest CPU time per push and resident memory at that rate.
+#
+#   scripts/bench-ingest.sh [--repeat 3] [--step-seconds 10] [--rates "1000 2000 ..."]
+# Traffic goes to 127.0.0.1 only; every run is bounded in count and time.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+
+REPEAT=3
+STEP_SECONDS=10
+RATES="1000 2000 3000 4000 5000 6000 8000 10000 12000"
+FIXED_RATE=2000
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --repeat) REPEAT=$2; shift 2 ;;
+    --step-seconds) STEP_SECONDS=$2; shift 2 ;;
+    --rates) RATES=$2; shift 2 ;;
+    *) echo "unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+
+INGEST_PORT=18080
+BARE_PORT=18090
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+scripts/setup.sh
+scripts/services.sh up
+cargo build --release --locked -p ingest --bins
+SIM=target/release/wechat-sim
+TOPIC=wxkf.bench-$(date +%s)
+scripts/services.sh topic "$TOPIC" 12
+
+APP_ENVIRONMENT=local INGEST_CONFIG_DIR=config RUST_LOG=warn \
+  INGEST__SERVER__PORT=$INGEST_PORT INGEST__KAFKA__TOPIC=$TOPIC \
+  INGEST__REDIS__KEY_PREFIX="wxkf:bench:$(date +%s):" \
+  target/release/ingest >"$WORK/ingest.log" 2>&1 &
+INGEST_PID=$!; PIDS+=("$INGEST_PID")
+$SIM bare --listen 127.0.0.1:$BARE_PORT >"$WORK/bare.log" 2>&1 &
+PIDS+=($!)
+for port in $INGEST_PORT $BARE_PORT; do
+  for _ in $(seq 1 100); do curl -fs -o /dev/null -X POST "http://127.0.0.1:$port/wechat/demo" 2>/dev/null && break; curl -s -o /dev/null "http://127.0.0.1:$port/healthz" && break; sleep 0.1; done
+done
+
+# push URL RATE SECONDS -> one JSON summary line
+push() {
+  $SIM push --url "$1" --rate "$2" --duration "${3}s" --users 10000 --mode safe --format json \
+    --mix text=100 --max-in-flight 4096 --retries 0 --json 2>/dev/null || true
+}
+
+# Warm up both (connections, producer metadata, JIT-free but caches).
+push "http://127.0.0.1:$INGEST_PORT/wechat/demo" 500 3 >/dev/null
+push "http://127.0.0.1:$BARE_PORT/wechat/demo" 500 3 >/dev/null
+
+sustains() { # JSON summary -> exit 0 when all acked and p99 < 100 ms
+  python3 -c 'import json,sys; s=json.loads(sys.stdin.read()); sys.exit(0 if s["failed"]==0 and s["acknowledged"]==s["sent"] and s["latency_ms"]["p99"]<100 else 1)'
+}
+
+max_rate() { # URL -> highest sustained rate of the sweep
+  local best=0
+  for rate in $RATES; do
+    local out; out=$(push "$1" "$rate" "$STEP_SECONDS")
+    echo "  $1 @ $rate/s: $out" >&2
+    if [ -n "$out" ] && echo "$out" | sustains; then best=$rate; else break; fi
+  done
+  echo "$best"
+}
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+
+RESULTS=$WORK/results.txt
+for run in $(seq 1 "$REPEAT"); do
+  echo "run $run of $REPEAT" >&2
+  ingest_max=$(max_rate "http://127.0.0.1:$INGEST_PORT/wechat/demo")
+  bare_max=$(max_rate "http://127.0.0.1:$BARE_PORT/wechat/demo")
+  before=$(cpu_ticks "$INGEST_PID")
+  fixed=$(push "http://127.0.0.1:$INGEST_PORT/wechat/demo" "$FIXED_RATE" 20)
+  after=$(cpu_ticks "$INGEST_PID")
+  rss=$(rss_kib "$INGEST_PID")
+  bare_fixed=$(push "http://127.0.0.1:$BARE_PORT/wechat/demo" "$FIXED_RATE" 20)
+  echo "$ingest_max $bare_max $((after - before)) $rss $fixed $bare_fixed" >>"$RESULTS"
+done
+
+python3 - "$RESULTS" "$(getconf CLK_TCK)" "$FIXED_RATE" <<'PY'
+import json, statistics, sys
+path, clk, fixed_rate = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rows = []
+for line in open(path):
+    parts = line.split(" ", 4)
+    ingest_max, bare_max, ticks, rss = map(int, parts[:4])
+    dec = json.JSONDecoder()
+    rest = parts[4].strip()
+    fixed, end = dec.raw_decode(rest)
+    bare_fixed, _ = dec.raw_decode(rest[end:].strip())
+    rows.append(dict(ingest_max=ingest_max, bare_max=bare_max,
+                     cpu_us=ticks / clk * 1e6 / max(fixed["acknowledged"], 1), rss_mib=rss / 1024,
+                     p50=fixed["latency_ms"]["p50"], p99=fixed["latency_ms"]["p99"],
+                     bare_p50=bare_fixed["latency_ms"]["p50"], bare_p99=bare_fixed["latency_ms"]["p99"],
+                     acked=fixed["acknowledged"], sent=fixed["sent"]))
+med = lambda k: statistics.median(r[k] for r in rows)
+print(f"runs: {len(rows)} (medians below)")
+print(f"| measure | ingest | bare handler | ratio |")
+print(f"|---|---|---|---|")
+print(f"| highest rate with p99 < 100 ms (pushes/s) | {med('ingest_max'):.0f} | {med('bare_max'):.0f} | {med('ingest_max')/max(med('bare_max'),1):.2f} |")
+print(f"| p50 ack latency at {fixed_rate}/s (ms) | {med('p50'):.2f} | {med('bare_p50'):.2f} | |")
+print(f"| p99 ack latency at {fixed_rate}/s (ms) | {med('p99'):.2f} | {med('bare_p99'):.2f} | |")
+print(f"| ingest CPU per push at {fixed_rate}/s (µs) | {med('cpu_us'):.1f} | | |")
+print(f"| ingest RSS after {fixed_rate}/s for 20 s (MiB) | {med('rss_mib'):.1f} | | |")
+print("per run:", json.dumps(rows))
+PY
