@@ -834,13 +834,18 @@ def check_metrics(root: Path, dashboard: dict, known: KnownMetrics, from_sources
     if from_sources:
         sources_text = "\n".join(p.read_text() for p in root.glob("*/src/**/*.rs"))
     used: set[str] = set()
+    reported: set[tuple[str, str]] = set()
+    missing: set[str] = set()
     for where, expr in uses:
         for name, labels in promql_selectors(expr):
             if name in PROMETHEUS_SERIES:
                 continue
             used.add(name)
             if name not in known.names:
-                report.fail(f"{where}: {name} is not a known metric")
+                missing.add(name)
+                if (where, name) not in reported:
+                    reported.add((where, name))
+                    report.fail(f"{where}: {name} is not a known metric")
                 continue
             for label, (op, value) in labels.items():
                 if label in ("job", "instance"):
@@ -852,7 +857,11 @@ def check_metrics(root: Path, dashboard: dict, known: KnownMetrics, from_sources
                         if re.fullmatch(r"\w+", alternative) and f'"{alternative}"' not in sources_text:
                             report.fail(f"{where}: {name}{{{label}{op}...}}: value {alternative!r} "
                                         "appears nowhere in the sources")
-    report.ok(f"{len(used)} distinct metric names in {len(uses)} queries")
+    if missing and not from_sources:
+        print("    note: the prometheus crate leaves a labelled metric out of /metrics until its first\n"
+              "          observation; scrape after traffic that reached every path, or have the services\n"
+              f"          set their label values to zero at start. Missing: {', '.join(sorted(missing))}")
+    report.check(not missing, f"{len(used)} distinct metric names in {len(uses)} queries are all known")
     shown = used | {re.sub(r"_(bucket|sum|count)$", "", n) for n in used}
     unused = sorted(n for n in known.names - shown
                     if not n.endswith(("_bucket", "_sum", "_count")) and not n.startswith("process_"))
