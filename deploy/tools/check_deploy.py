@@ -215,6 +215,63 @@ def check_dockerfile(root: Path, hadolint: str, report: Report) -> set[str]:
 # Compose
 
 
+def clap_subcommands(source: str) -> set[str]:
+    """Subcommand names of the `enum Command` of a clap CLI (variants in kebab case)."""
+    m = re.search(r"enum Command\s*\{(.*?)\n\}", source, re.S)
+    if not m:
+        return set()
+    body = re.sub(r"//[^\n]*", "", m.group(1))
+    variants = re.findall(r"^\s*([A-Z]\w*)\s*(?:[({,]|$)", body, re.M)
+    return {re.sub(r"(?<!^)([A-Z])", r"-\1", v).lower() for v in variants}
+
+
+def clap_long_flags(source: str) -> set[str]:
+    """--flags of the `#[arg(long ...)]` fields in `source`."""
+    flags = set()
+    for m in re.finditer(r"#\[arg\(([^\]]*)\)\]\s*(?:#\[[^\]]*\]\s*)*(?:pub\s+)?(\w+)\s*:", source):
+        attrs, field = m.group(1), m.group(2)
+        custom = re.search(r'long\s*=\s*"([^"]+)"', attrs)
+        if custom:
+            flags.add("--" + custom.group(1))
+        elif re.search(r"\blong\b", attrs):
+            flags.add("--" + field.replace("_", "-"))
+    return flags
+
+
+def check_commands(root: Path, services: dict[str, dict], report: Report) -> None:
+    """The subcommands and flags compose passes to our binaries exist in their clap definitions."""
+    clis = {
+        "consumer": (root / "consumer/src/cli.rs", lambda sub: [root / "consumer/src/cli.rs"]),
+        "wechat-sim": (root / "ingest/src/bin/wechat-sim/main.rs",
+                       lambda sub: [root / f"ingest/src/bin/wechat-sim/{sub}.rs"]),
+    }
+    for name, service in services.items():
+        target = (service.get("build") or {}).get("target")
+        command = service.get("command")
+        if target not in clis or not command:
+            continue
+        main, args_files = clis[target]
+        if not main.exists():
+            print(f"    note: {main.relative_to(root)} does not exist yet; `{name}` command not checked")
+            continue
+        sub = command[0]
+        subcommands = clap_subcommands(main.read_text())
+        if sub not in subcommands:
+            if target == "wechat-sim":
+                print(f"    note: {name}: `wechat-sim {sub}` does not exist yet (has: {', '.join(sorted(subcommands))})")
+            else:
+                report.fail(f"{name}: `{target} {sub}` is not a subcommand (has: {', '.join(sorted(subcommands))})")
+            continue
+        flags = set()
+        for path in args_files(sub):
+            if path.exists():
+                flags |= clap_long_flags(path.read_text())
+        used = [a.split("=")[0] for a in command[1:] if a.startswith("--")]
+        unknown = [f for f in used if f not in flags]
+        report.check(not unknown, f"{name}: `{target} {sub}` accepts {' '.join(used) or 'no flags'}"
+                     + (f" (unknown: {' '.join(unknown)})" if unknown else ""))
+
+
 def check_compose(root: Path, stages: set[str], configs: dict[str, ServiceConfig],
                   report: Report) -> None:
     started = report.start("docker-compose.yml against the Compose Specification schema")
@@ -285,6 +342,7 @@ def check_compose(root: Path, stages: set[str], configs: dict[str, ServiceConfig
                 report.fail(f"{name}: {p}")
             if not problems:
                 report.ok(f"{name}: all {len(env)} environment variables are settings of {svc_name}")
+    check_commands(root, services, report)
     # Shutdown: the grace period must cover the drain.
     for svc_name, grace_key in (("ingest", "server.shutdown_timeout"), ("consumer", "server.shutdown_timeout")):
         service = services.get(svc_name, {})
@@ -405,8 +463,8 @@ def env_of_container(container: dict, configmaps: dict[str, dict]) -> dict[str, 
 SECRET_LIKE = re.compile(r"(TOKEN|SECRET|AES_KEY|PASSWORD|PASSWD|CREDENTIAL)", re.I)
 
 
-def check_rendered(name: str, docs: list[dict], configs: dict[str, ServiceConfig], report: Report,
-                   overlay: bool) -> None:
+def check_rendered(root: Path, name: str, docs: list[dict], configs: dict[str, ServiceConfig],
+                   report: Report, overlay: bool) -> None:
     by_kind: dict[str, list[dict]] = {}
     for doc in docs:
         by_kind.setdefault(doc["kind"], []).append(doc)
@@ -477,6 +535,12 @@ def check_rendered(name: str, docs: list[dict], configs: dict[str, ServiceConfig
                          f"{name}: rules file {rules_path} is on a directory mount (hot reload sees updates)")
             report.check(any(c.get("args") == ["setup"] for c in pod.get("initContainers", [])),
                          f"{name}: consumer runs `consumer setup` before joining the group")
+            cli = root / "consumer/src/cli.rs"
+            subcommands = clap_subcommands(cli.read_text()) if cli.exists() else set()
+            for container in containers:
+                sub = (container.get("args") or ["run"])[0]
+                report.check(sub in subcommands,
+                             f"{name}: consumer/{container['name']}: `consumer {sub}` is a subcommand")
 
     selectors = {n: d["spec"]["selector"]["matchLabels"] for n, d in deployments.items()}
 
@@ -548,7 +612,7 @@ def check_kubernetes(root: Path, kustomize: str, versions: list[str], configs: d
             report.ok(f"{directory}: {len(docs)} objects valid ({', '.join(kinds)})")
     for directory, overlay in (("deploy/base", False), ("deploy/overlays/production", True)):
         if directory in rendered:
-            check_rendered(directory, rendered[directory], configs, report, overlay)
+            check_rendered(root, directory, rendered[directory], configs, report, overlay)
     for path in sorted((root / "deploy/examples").glob("*.yaml")):
         docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
         valid = [validate_object(d, str(path.relative_to(root)), versions, crds, report) for d in docs]
