@@ -300,6 +300,10 @@ def check_compose(root: Path, stages: set[str], configs: dict[str, ServiceConfig
     consumer = services.get("consumer", {})
     report.check("container_name" not in consumer and "ports" not in consumer,
                  "consumer has no container_name and no host ports (docker compose up --scale consumer=N)")
+    for name in ("topics", "ingest", "consumer"):
+        service = services.get(name, {})
+        report.check(service.get("read_only") is True and "ALL" in service.get("cap_drop", []),
+                     f"{name}: read-only root filesystem, all capabilities dropped")
     report.check(services.get("topics", {}).get("command") == ["setup"],
                  "topics job runs `consumer setup`")
     demo = [n for n, s in services.items() if "demo" in s.get("profiles", [])]
