@@ -1,0 +1,408 @@
+//! The test harness: settings wired to the real Kafka (fresh topics and group per test) and the
+//! real Redis (a fresh key prefix per test), the WeChat API as a wiremock server, a rules file in
+//! a fresh folder, and builders of inbound envelopes.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::codec::Format;
+use common::dedup::DedupKey;
+use common::envelope::{record_key, DedupStatus, Envelope, EnvelopeV1};
+use common::ids::{AppId, MsgId, OpenId};
+use common::message::{Message, MessageBody};
+use common::push::Mode;
+use consumer::config::{AppSettings, Settings};
+use consumer::metrics::Metrics;
+use consumer::startup::Services;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::OwnedMessage;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
+use secrecy::SecretString;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+pub const APP: &str = "demo";
+pub const APPID: &str = "wxba5fad812f8e6fb9";
+pub const TOKEN: &str = "ACCESS-TOKEN-1";
+pub const SEND: &str = "/cgi-bin/message/custom/send";
+pub const TYPING: &str = "/cgi-bin/message/custom/typing";
+pub const UPLOAD: &str = "/cgi-bin/media/upload";
+pub const STABLE_TOKEN: &str = "/cgi-bin/stable_token";
+
+pub fn kafka_brokers() -> String {
+    std::env::var("WXKF_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("WXKF_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+pub fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as i64
+}
+
+/// A test with its own rules file, WeChat fake, key prefix, topics and group.
+pub struct Harness {
+    pub settings: Settings,
+    pub wechat: MockServer,
+    pub dir: PathBuf,
+    pub metrics: Metrics,
+    pub registry: prometheus::Registry,
+}
+
+impl Harness {
+    pub async fn new(rules: &str) -> Harness {
+        let wechat = MockServer::start().await;
+        let dir = std::env::temp_dir().join(unique("consumer-test"));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        std::fs::write(dir.join("rules.toml"), rules).expect("write rules");
+        let config_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config");
+        let mut s =
+            Settings::load_from(&config_dir, "test").expect("the default configuration loads");
+        s.server.host = "127.0.0.1".into();
+        s.server.port = 0;
+        s.server.shutdown_timeout = Duration::from_secs(10);
+        s.kafka.brokers = kafka_brokers();
+        s.kafka.group_id = unique("group");
+        s.kafka.inbound_topic = unique("inbound");
+        s.kafka.dead_letter_topic = unique("dlq");
+        s.kafka.handoff_topic = unique("handoff");
+        s.kafka.topics.inbound_partitions = 3;
+        s.kafka.topics.dead_letter_partitions = 1;
+        s.kafka.topics.handoff_partitions = 1;
+        s.kafka.session_timeout = Duration::from_secs(6);
+        s.kafka.commit_interval = Duration::from_millis(200);
+        s.kafka.statistics_interval = Duration::from_millis(500);
+        s.processing.retry_initial_backoff = Duration::from_millis(20);
+        s.processing.retry_max_backoff = Duration::from_millis(200);
+        s.redis.url = SecretString::from(redis_url());
+        s.redis.key_prefix = format!("{}:", unique("test"));
+        s.wechat.base_url = wechat.uri();
+        s.wechat.timeout = Duration::from_secs(2);
+        s.wechat.token_wait = Duration::from_secs(3);
+        s.wechat.retry_initial_backoff = Duration::from_millis(10);
+        s.wechat.retry_max_backoff = Duration::from_millis(40);
+        s.wechat.minute_quota_backoff = Duration::from_millis(50);
+        s.ledger.sending_lease = Duration::from_secs(6);
+        s.rules.path = dir.join("rules.toml");
+        s.rules.reload_interval = Duration::from_millis(100);
+        let mut apps = BTreeMap::new();
+        apps.insert(
+            APP.to_owned(),
+            AppSettings {
+                appid: APPID.into(),
+                secret: SecretString::from("test-secret"),
+            },
+        );
+        s.apps = apps;
+        s.validate().expect("test settings are valid");
+        let registry = prometheus::Registry::new();
+        let metrics = Metrics::new(&registry).expect("metrics");
+        Harness {
+            settings: s,
+            wechat,
+            dir,
+            metrics,
+            registry,
+        }
+    }
+
+    /// The record-processing parts, connected to the real Redis.
+    pub async fn services(&self) -> Services {
+        require_redis().await;
+        Services::build(&self.settings, &self.metrics)
+            .await
+            .expect("services build")
+    }
+
+    /// WeChat's stable_token endpoint hands out [`TOKEN`].
+    pub async fn mount_token(&self) {
+        mount_token_answer(&self.wechat, TOKEN, 7200).await;
+    }
+
+    /// Creates the inbound, dead-letter and hand-off topics.
+    pub async fn create_topics(&self) {
+        require_kafka();
+        consumer::setup::create_topics(&self.settings.kafka)
+            .await
+            .expect("topics created");
+    }
+
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric(&self.registry, name, labels)
+    }
+}
+
+pub async fn mount_token_answer(server: &MockServer, token: &str, expires_in: u64) {
+    Mock::given(method("POST"))
+        .and(path(STABLE_TOKEN))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(
+                serde_json::json!({"access_token": token, "expires_in": expires_in}),
+            ),
+        )
+        .mount(server)
+        .await;
+}
+
+pub fn ok() -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(serde_json::json!({"errcode": 0, "errmsg": "ok"}))
+}
+
+pub fn errcode(code: i64, msg: &str) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(serde_json::json!({"errcode": code, "errmsg": msg}))
+}
+
+/// The value of a metric sample with exactly these labels (0 when absent).
+pub fn metric(registry: &prometheus::Registry, name: &str, labels: &[(&str, &str)]) -> f64 {
+    for family in registry.gather() {
+        if family.name() != name {
+            continue;
+        }
+        for m in family.get_metric() {
+            let matches = labels.iter().all(|(k, v)| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == *k && l.value() == *v)
+            });
+            if matches {
+                return match family.get_field_type() {
+                    prometheus::proto::MetricType::COUNTER => m.get_counter().get_value(),
+                    _ => m.get_gauge().get_value(),
+                };
+            }
+        }
+    }
+    0.0
+}
+
+/// Fails the test with a clear message when Redis is not reachable.
+pub async fn require_redis() {
+    let url = redis_url();
+    let reachable = async {
+        let client = redis::Client::open(url.as_str()).ok()?;
+        let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .ok()
+    };
+    match tokio::time::timeout(Duration::from_secs(3), reachable).await {
+        Ok(Some(_)) => {}
+        _ => panic!("Redis at {url} is unreachable; start it with scripts/services.sh up"),
+    }
+}
+
+/// Fails the test with a clear message when Kafka is not reachable.
+pub fn require_kafka() {
+    let brokers = kafka_brokers();
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .expect("kafka client");
+    if let Err(e) = consumer.fetch_metadata(None, Duration::from_secs(5)) {
+        panic!("Kafka at {brokers} is unreachable ({e}); start it with scripts/services.sh up");
+    }
+}
+
+fn envelope(openid: &str, create_time: i64, body: MessageBody) -> EnvelopeV1 {
+    let message = Message {
+        to_user_name: "gh_97417a04a28d".into(),
+        from_user_name: OpenId::new(openid),
+        create_time,
+        body,
+    };
+    EnvelopeV1 {
+        app: APP.into(),
+        appid: AppId::new(APPID),
+        dedup_key: DedupKey::for_message(APP, &message),
+        dedup: DedupStatus::Checked,
+        received_at_ms: create_time * 1000,
+        format: Format::Json,
+        mode: Mode::Safe,
+        payload: "{}".into(),
+        message,
+    }
+}
+
+/// A text message sent now.
+pub fn text(openid: &str, msg_id: &str, content: &str) -> EnvelopeV1 {
+    envelope(
+        openid,
+        now(),
+        MessageBody::Text {
+            msg_id: MsgId::new(msg_id),
+            content: content.into(),
+        },
+    )
+}
+
+/// A text message sent at `create_time`.
+pub fn text_at(openid: &str, msg_id: &str, content: &str, create_time: i64) -> EnvelopeV1 {
+    let mut env = text(openid, msg_id, content);
+    env.message.create_time = create_time;
+    env
+}
+
+pub fn enter(openid: &str, session_from: &str) -> EnvelopeV1 {
+    envelope(
+        openid,
+        now(),
+        MessageBody::EnterSession {
+            session_from: session_from.into(),
+        },
+    )
+}
+
+pub fn image(openid: &str, msg_id: &str) -> EnvelopeV1 {
+    envelope(
+        openid,
+        now(),
+        MessageBody::Image {
+            msg_id: MsgId::new(msg_id),
+            pic_url: "https://mmbiz.example/pic".into(),
+            media_id: "user-media".into(),
+        },
+    )
+}
+
+pub fn card(openid: &str, msg_id: &str, title: &str, app_id: &str, page_path: &str) -> EnvelopeV1 {
+    envelope(
+        openid,
+        now(),
+        MessageBody::MiniProgramPage {
+            msg_id: MsgId::new(msg_id),
+            title: title.into(),
+            app_id: app_id.into(),
+            page_path: page_path.into(),
+            thumb_url: String::new(),
+            thumb_media_id: String::new(),
+        },
+    )
+}
+
+pub fn bytes(env: &EnvelopeV1) -> Vec<u8> {
+    Envelope::V1(env.clone()).to_bytes()
+}
+
+/// Publishes raw record values with their keys, in order, and waits for the acks.
+pub async fn produce(topic: &str, records: &[(String, Vec<u8>)]) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("producer");
+    for (key, value) in records {
+        producer
+            .send(
+                FutureRecord::to(topic).key(key.as_bytes()).payload(value),
+                Timeout::After(Duration::from_secs(10)),
+            )
+            .await
+            .expect("record acknowledged");
+    }
+}
+
+/// Publishes envelopes keyed as ingest keys them.
+pub async fn produce_envelopes(topic: &str, envs: &[EnvelopeV1]) {
+    let records: Vec<(String, Vec<u8>)> = envs
+        .iter()
+        .map(|e| (record_key(&e.app, &e.message.from_user_name), bytes(e)))
+        .collect();
+    produce(topic, &records).await;
+}
+
+/// Reads `count` records from every partition of `topic` (from the start), within `timeout`.
+pub fn read_topic(
+    topic: &str,
+    partitions: i32,
+    count: usize,
+    timeout: Duration,
+) -> Vec<OwnedMessage> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("reader");
+    let mut list = TopicPartitionList::new();
+    for p in 0..partitions {
+        list.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("partition");
+    }
+    consumer.assign(&list).expect("assign");
+    let deadline = std::time::Instant::now() + timeout;
+    let mut out = Vec::new();
+    while out.len() < count && std::time::Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            out.push(m.detach());
+        }
+    }
+    out
+}
+
+/// The group's committed offset per partition (-1001 = none).
+pub fn committed(group: &str, topic: &str, partitions: i32) -> Vec<i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .set("group.id", group)
+        .create()
+        .expect("client");
+    let mut list = TopicPartitionList::new();
+    for p in 0..partitions {
+        list.add_partition(topic, p);
+    }
+    let committed = consumer
+        .committed_offsets(list, Duration::from_secs(10))
+        .expect("committed offsets");
+    (0..partitions)
+        .map(
+            |p| match committed.find_partition(topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                _ => -1001,
+            },
+        )
+        .collect()
+}
+
+/// Polls `condition` until it holds or `timeout` passes; returns whether it held.
+pub async fn eventually<F, Fut>(timeout: Duration, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    tokio::time::timeout(timeout, async {
+        loop {
+            if condition().await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// Requests the fake WeChat received on `path`.
+pub async fn received(server: &MockServer, on: &str) -> Vec<serde_json::Value> {
+    server
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r.url.path() == on)
+        .map(|r| serde_json::from_slice(&r.body).unwrap_or(serde_json::Value::Null))
+        .collect()
+}

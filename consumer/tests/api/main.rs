@@ -1,0 +1,13 @@
+//! Integration tests of the consumer against the real Kafka and Redis (`scripts/services.sh up`),
+//! with the WeChat API as a wiremock server. They fail, never skip, when Kafka or Redis is
+//! unreachable.
+
+mod actions;
+mod errors;
+mod explain;
+mod helpers;
+mod pipeline;
+mod reload;
+mod rules_file;
+mod tokens;
+mod windows;
