@@ -9,7 +9,7 @@ use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use prometheus::Registry;
 
-use crate::config::{AppSettings, Settings};
+use crate::config::{AppSettings, Settings, TlsSettings};
 use crate::dedup::DedupStore;
 use crate::metrics::{register_process_metrics, Metrics};
 use crate::publisher::Publisher;
@@ -93,7 +93,11 @@ impl Application {
         if settings.server.workers > 0 {
             server = server.workers(settings.server.workers);
         }
-        let server = server.listen(listener)?.run();
+        let server = match &settings.server.tls {
+            Some(tls) => server.listen_rustls_0_23(listener, tls_config(tls)?)?,
+            None => server.listen(listener)?,
+        }
+        .run();
         Ok(Application {
             port,
             server,
@@ -123,4 +127,25 @@ impl Application {
         tracing::info!("ingest stopped");
         Ok(())
     }
+}
+
+/// The rustls server configuration from the PEM files; errors name the file.
+fn tls_config(tls: &TlsSettings) -> anyhow::Result<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let certs = CertificateDer::pem_file_iter(&tls.cert_path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("reading the certificate {}", tls.cert_path.display()))?;
+    if certs.is_empty() {
+        anyhow::bail!("no certificate in {}", tls.cert_path.display());
+    }
+    let key = PrivateKeyDer::from_pem_file(&tls.key_path)
+        .with_context(|| format!("reading the private key {}", tls.key_path.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("the certificate and the private key do not form a usable pair")
 }

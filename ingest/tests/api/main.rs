@@ -8,3 +8,4 @@ mod failures;
 mod health;
 mod helpers;
 mod pushes;
+mod tls;
