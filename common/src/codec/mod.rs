@@ -1,8 +1,8 @@
 //! WeChat's wire formats: reading and writing a [`Message`] as XML or JSON.
 //!
 //! Both formats carry the same flat record of PascalCase fields (`ToUserName`, `CreateTime`, …),
-//! so each format module only turns bytes into that record ([`fields::Fields`]) or writes a record
-//! out; the mapping between the record and [`Message`] lives once, in [`fields`].
+//! so each format module only turns bytes into that record (`fields::Fields`) or writes a record
+//! out; the mapping between the record and [`Message`] lives once, in `fields`.
 //!
 //! Reading is tolerant, because a push we fail to parse is a push WeChat retries until it gives up:
 //! integers arrive as numbers or numeric strings, unknown `MsgType`s, `Event`s and fields land in

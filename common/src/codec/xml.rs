@@ -5,7 +5,8 @@
 //! sections; when CDATA is present, whitespace-only text around it is formatting and is dropped.
 //! Line endings are kept as sent (no XML end-of-line normalisation), so a `\r\n` a user typed
 //! survives the same way it does in JSON mode. A field with child elements keeps its raw inner XML.
-//! The root element's name is not checked (WeChat's is `xml`).
+//! The root element's name is not checked (WeChat's is `xml`). There is no DTD processing: only
+//! the five predefined entities and character references are resolved, so no entity expansion.
 //!
 //! Writing puts every string in CDATA; a `]]>` inside a value is split across two CDATA sections
 //! (`]]]]><![CDATA[>`), which readers join back.
