@@ -12,6 +12,7 @@
 //! - [`push`] — authenticating a push: [`push::verify`] is the only way to a [`VerifiedPush`],
 //!   and only a verified push can be opened (decrypted) and parsed;
 //! - [`reply`] — the `transfer_customer_service` answer and the encrypted reply envelope;
+//! - [`seal`] — the inverse of [`push`]: sealing a push as WeChat does, for the simulator and tests;
 //! - [`dedup`] — the deduplication key of a push;
 //! - [`envelope`] — the Kafka record.
 //!
