@@ -1,1 +1,218 @@
-//! placeholder
+//! The token broker against the real Redis: one refresher across processes, fencing of slow
+//! fetches, compare-and-expire on token errors, refresh ahead of expiry, both endpoints.
+
+use std::time::Duration;
+
+use consumer::config::TokenEndpoint;
+use consumer::processor::Outcome;
+use wiremock::matchers::{method, path, query_param};
+use wiremock::{Mock, ResponseTemplate};
+
+use crate::helpers::*;
+
+const REPLY: &str =
+    "[[rule]]\nname = \"r\"\n[[rule.actions]]\ntype = \"text\"\ncontent = \"answer\"\n";
+
+/// Writes a token into Redis as another process would have stored it.
+async fn seed_token(h: &Harness, token: &str, expires_ms: i64, generation: i64) {
+    let client = redis::Client::open(redis_url()).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let key = format!("{}token:{APP}", h.settings.redis.key_prefix);
+    redis::cmd("HSET")
+        .arg(&key)
+        .arg("token")
+        .arg(token)
+        .arg("expires_ms")
+        .arg(expires_ms)
+        .arg("gen")
+        .arg(generation)
+        .query_async::<()>(&mut conn)
+        .await
+        .expect("seed token");
+}
+
+fn now_ms() -> i64 {
+    now() * 1000
+}
+
+fn token_answer(token: &str) -> ResponseTemplate {
+    ResponseTemplate::new(200)
+        .set_body_json(serde_json::json!({"access_token": token, "expires_in": 7200}))
+}
+
+#[tokio::test]
+async fn three_processes_with_an_expired_token_refresh_exactly_once() {
+    let h = Harness::new(REPLY).await;
+    seed_token(&h, "EXPIRED", now_ms() - 1000, 1).await;
+    Mock::given(method("POST"))
+        .and(path(STABLE_TOKEN))
+        .respond_with(token_answer("FRESH").set_delay(Duration::from_millis(300)))
+        .expect(1)
+        .mount(&h.wechat)
+        .await;
+    // Three brokers with their own connections: three processes sharing one Redis.
+    let (a, b, c) = (h.services().await, h.services().await, h.services().await);
+
+    let (ta, tb, tc) = tokio::join!(
+        a.tokens.token(APP),
+        b.tokens.token(APP),
+        c.tokens.token(APP)
+    );
+
+    for t in [ta, tb, tc] {
+        let t = t.expect("a token");
+        assert_eq!(t.value.expose(), "FRESH");
+        assert_eq!(t.generation, 2);
+    }
+    assert_eq!(
+        h.metric("consumer_token_refreshes_total", &[("result", "ok")]),
+        1.0
+    );
+    h.wechat.verify().await;
+}
+
+#[tokio::test]
+async fn three_sends_rejecting_the_same_token_cause_one_refresh() {
+    let h = Harness::new(REPLY).await;
+    seed_token(&h, "OLD", now_ms() + 3_600_000, 7).await;
+    Mock::given(path(STABLE_TOKEN))
+        .respond_with(token_answer("NEW").set_delay(Duration::from_millis(200)))
+        .expect(1)
+        .mount(&h.wechat)
+        .await;
+    Mock::given(path(SEND))
+        .and(query_param("access_token", "OLD"))
+        .respond_with(errcode(40001, "invalid credential"))
+        .expect(3)
+        .mount(&h.wechat)
+        .await;
+    Mock::given(path(SEND))
+        .and(query_param("access_token", "NEW"))
+        .respond_with(ok())
+        .expect(3)
+        .mount(&h.wechat)
+        .await;
+    let services = h.services().await;
+    let p = &services.processor;
+    let (e1, e2, e3) = (
+        text("o-1", "1", "q"),
+        text("o-2", "2", "q"),
+        text("o-3", "3", "q"),
+    );
+
+    let (r1, r2, r3) = tokio::join!(p.process(&e1), p.process(&e2), p.process(&e3));
+
+    for r in [r1, r2, r3] {
+        assert_eq!(
+            r.expect("processed"),
+            Outcome::Replied {
+                sent: 1,
+                already_sent: 0
+            }
+        );
+    }
+    h.wechat.verify().await;
+}
+
+#[tokio::test]
+async fn an_older_slower_fetch_never_overwrites_a_newer_token() {
+    let mut h = Harness::new(REPLY).await;
+    // A lease shorter than the slow fetch: the second process takes over the lock meanwhile.
+    h.settings.wechat.token_lock_lease = Duration::from_millis(300);
+    Mock::given(path(STABLE_TOKEN))
+        .respond_with(token_answer("SLOW-OLDER").set_delay(Duration::from_millis(1200)))
+        .up_to_n_times(1)
+        .expect(1)
+        .mount(&h.wechat)
+        .await;
+    Mock::given(path(STABLE_TOKEN))
+        .respond_with(token_answer("FAST-NEWER"))
+        .expect(1)
+        .mount(&h.wechat)
+        .await;
+    let (a, b) = (h.services().await, h.services().await);
+
+    let slow = tokio::spawn(async move {
+        a.tokens
+            .token(APP)
+            .await
+            .map(|t| t.value.expose().to_owned())
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let fast = b.tokens.token(APP).await.expect("a token");
+    let slow = slow.await.expect("task").expect("a token");
+
+    assert_eq!(fast.value.expose(), "FAST-NEWER");
+    assert_eq!(
+        slow, "FAST-NEWER",
+        "the fenced fetch adopts the newer token"
+    );
+    assert_eq!(
+        b.tokens.token(APP).await.expect("token").value.expose(),
+        "FAST-NEWER"
+    );
+    assert_eq!(
+        h.metric("consumer_token_refreshes_total", &[("result", "fenced")]),
+        1.0
+    );
+    h.wechat.verify().await;
+}
+
+#[tokio::test]
+async fn tokens_refresh_ahead_of_expiry_and_not_before() {
+    let h = Harness::new(REPLY).await;
+    Mock::given(path(STABLE_TOKEN))
+        .respond_with(token_answer("ROLLED"))
+        .expect(1)
+        .mount(&h.wechat)
+        .await;
+    let services = h.services().await;
+
+    seed_token(&h, "LONG-LIVED", now_ms() + 3_600_000, 1).await;
+    let t = services.tokens.token(APP).await.expect("token");
+    assert_eq!(t.value.expose(), "LONG-LIVED", "far from expiry: no fetch");
+
+    seed_token(&h, "ALMOST-DUE", now_ms() + 60_000, 1).await;
+    let t = services.tokens.token(APP).await.expect("token");
+    assert_eq!(
+        t.value.expose(),
+        "ROLLED",
+        "inside the refresh-ahead margin: refreshed"
+    );
+    h.wechat.verify().await;
+}
+
+#[tokio::test]
+async fn the_classic_token_endpoint_is_selectable() {
+    let mut h = Harness::new(REPLY).await;
+    h.settings.wechat.token_endpoint = TokenEndpoint::Classic;
+    Mock::given(method("GET"))
+        .and(path("/cgi-bin/token"))
+        .and(query_param("grant_type", "client_credential"))
+        .and(query_param("appid", APPID))
+        .respond_with(token_answer("CLASSIC"))
+        .expect(1)
+        .mount(&h.wechat)
+        .await;
+    Mock::given(path(STABLE_TOKEN))
+        .respond_with(token_answer("X"))
+        .expect(0)
+        .mount(&h.wechat)
+        .await;
+    let services = h.services().await;
+
+    assert_eq!(
+        services
+            .tokens
+            .token(APP)
+            .await
+            .expect("token")
+            .value
+            .expose(),
+        "CLASSIC"
+    );
+    h.wechat.verify().await;
+}
