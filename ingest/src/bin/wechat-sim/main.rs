@@ -4,11 +4,15 @@
 //!   signatures and encryption, a mix of message kinds and users), at a rate or a count, with
 //!   WeChat's 5-second attempt timeout and retries; reports what was acknowledged and the ack
 //!   latency distribution. It is also the load generator of the ingest benchmark.
+//! - `api`: the WeChat server API the consumer calls (tokens, customer-service send, typing,
+//!   media upload) with configurable latency and injected faults, recording every accepted send
+//!   for tests to read back (`GET /sim/sends`). The end-to-end tests and the local demo run it.
 //! - `bare`: a bare actix-web handler that answers every push `success`: the baseline the ingest
 //!   benchmark is measured against.
 //!
 //! Run `cargo run --release -p ingest --bin wechat-sim -- <command> --help`.
 
+mod api;
 mod bare;
 mod push;
 
@@ -28,6 +32,8 @@ struct Cli {
 enum Command {
     /// Send pushes to ingest as WeChat does, and report what was acknowledged.
     Push(Box<push::Args>),
+    /// Serve the WeChat API the consumer calls, with latency and faults; record every send.
+    Api(Box<api::Args>),
     /// Answer every push `success` at once: the baseline for the ingest benchmark.
     Bare(bare::Args),
 }
@@ -41,6 +47,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Push(args) => push::run(*args),
+        Command::Api(args) => api::run(*args),
         Command::Bare(args) => bare::run(args),
     }
 }

@@ -36,7 +36,7 @@ impl TokenPolicy {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Issuer {
     Classic,
     Stable,
