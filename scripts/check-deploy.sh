@@ -12,8 +12,10 @@
 #      reference, grace periods, KEDA's ceiling = inbound partitions, TLS on the Ingress.
 #   4. Prometheus: `promtool check config` and `promtool check rules`; `promtool test rules` with
 #      deploy/prometheus/alerts_test.yml; prometheusrule.yaml in sync with alerts.yml.
-#   5. Grafana: the dashboard JSON parses, every panel has a query on the datasource variable.
-#   6. Every metric name (and label, and label value) used by the dashboard and the alert rules
+#   5. The rules files in the manifests' ConfigMaps, through `consumer explain` when a built
+#      target/*/consumer exists (as TOML otherwise).
+#   6. Grafana: the dashboard JSON parses, every panel has a query on the datasource variable.
+#   7. Every metric name (and label, and label value) used by the dashboard and the alert rules
 #      exists: in the metric constructors of the Rust sources (default), or in the files given
 #      with --metrics (live /metrics texts, or lists of names one per line).
 #

@@ -640,6 +640,53 @@ def check_kubernetes(root: Path, kustomize: str, versions: list[str], configs: d
     return rendered
 
 
+def check_rules_files(root: Path, rendered: dict[str, list[dict]], report: Report) -> None:
+    """The rules files of the manifests, through the consumer's own parser (`consumer explain`)."""
+    started = report.start("rules files of the manifests (consumer explain)")
+    binaries = [p for p in (root / "target/release/consumer", root / "target/debug/consumer") if p.is_file()]
+    if not binaries:
+        print("    note: no built consumer binary (target/*/consumer): rules files checked as TOML only")
+    binary = max(binaries, key=lambda p: p.stat().st_mtime) if binaries else None
+    checked = 0
+    for directory, docs in rendered.items():
+        configmaps = [d for d in docs if d["kind"] == "ConfigMap"]
+        env_cm = next((d for d in configmaps if "consumer-env" in d["metadata"]["name"]), None)
+        for cm in configmaps:
+            for key, text in (cm.get("data") or {}).items():
+                if not key.endswith(".toml"):
+                    continue
+                label = f"{directory}: ConfigMap {cm['metadata']['name']} {key}"
+                try:
+                    tomllib.loads(text)
+                except tomllib.TOMLDecodeError as error:
+                    report.fail(f"{label}: not TOML: {error}")
+                    continue
+                checked += 1
+                if binary is None:
+                    report.ok(f"{label}: TOML")
+                    continue
+                env = {"PATH": "/usr/bin:/bin", "APP_ENVIRONMENT": "deploy-check",
+                       "CONSUMER_CONFIG_DIR": str(root / "config")}
+                for name, value in ((env_cm or {}).get("data") or {}).items():
+                    if name.startswith("CONSUMER__APPS__"):
+                        env[name] = value
+                        app = name.split("__")[2]
+                        env[f"CONSUMER__APPS__{app}__SECRET"] = "placeholder-for-the-check"
+                with tempfile.TemporaryDirectory() as tmp:
+                    rules = Path(tmp) / key
+                    rules.write_text(text)
+                    records = Path(tmp) / "records.jsonl"
+                    records.write_text("")
+                    result = run([str(binary), "explain", "--file", str(records), "--rules", str(rules)],
+                                 env=env, timeout=60)
+                if result.returncode == 0:
+                    report.ok(f"{label}: accepted by {binary.relative_to(root)} explain")
+                else:
+                    report.fail(f"{label}: refused by {binary.relative_to(root)} explain:\n"
+                                + indent(result.stderr + result.stdout))
+    report.done(started, f"{checked} rules files")
+
+
 # ------------------------------------------------------------------------------------------------
 # Prometheus
 
@@ -964,7 +1011,8 @@ def main() -> int:
     configs = {s: ServiceConfig(root, s) for s in ("ingest", "consumer")}
     stages = check_dockerfile(root, args.hadolint, report)
     check_compose(root, stages, configs, report)
-    check_kubernetes(root, args.kustomize, args.k8s_versions.split(","), configs, report)
+    rendered = check_kubernetes(root, args.kustomize, args.k8s_versions.split(","), configs, report)
+    check_rules_files(root, rendered, report)
     check_prometheus(root, args.promtool, report)
     dashboard = check_grafana(root, report)
     if args.metrics:
