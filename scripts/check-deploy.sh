@@ -59,7 +59,7 @@ while [ $# -gt 0 ]; do
     *) usage >&2; die "unknown argument: $1" ;;
   esac
 done
-for f in "${metrics[@]+"${metrics[@]}"}"; do [ -f "$f" ] || die "--metrics: no such file: $f"; done
+for f in "${metrics[@]+"${metrics[@]}"}"; do [ -r "$f" ] || die "--metrics: cannot read $f"; done
 
 start=$SECONDS
 mkdir -p "$TOOLS/bin"
@@ -146,7 +146,8 @@ args=(--root "$ROOT" --kustomize "$TOOLS/bin/kustomize" --promtool "$PROMTOOL"
 [ ${#metrics[@]} -gt 0 ] && args+=(--metrics "${metrics[@]}")
 
 status=0
-"$TOOLS/venv/bin/python" "$ROOT/deploy/tools/check_deploy.py" "${args[@]}" || status=$?
+# No __pycache__ in the work tree.
+PYTHONDONTWRITEBYTECODE=1 "$TOOLS/venv/bin/python" "$ROOT/deploy/tools/check_deploy.py" "${args[@]}" || status=$?
 if [ $status -eq 0 ]; then
   log "all deployment checks passed in $((SECONDS - start))s"
 else

@@ -1,0 +1,1 @@
+"""The deployment checks run by scripts/check-deploy.sh, one module per subject."""

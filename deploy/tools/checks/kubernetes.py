@@ -1,0 +1,344 @@
+"""Kubernetes: kustomize output against the Kubernetes and CRD schemas, and the project's rules."""
+
+from __future__ import annotations
+
+import copy
+import re
+import tempfile
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import yaml
+
+from .common import Report, ServiceConfig, clap_subcommands, indent, parse_duration, run
+
+
+
+def strict_crd_schema(schema: Any) -> Any:
+    """The CRD's openAPIV3Schema, made strict: unknown fields of typed objects are refused."""
+    if isinstance(schema, dict):
+        schema = {k: strict_crd_schema(v) for k, v in schema.items()}
+        if (schema.get("type") == "object" and "properties" in schema
+                and "additionalProperties" not in schema
+                and not schema.get("x-kubernetes-preserve-unknown-fields")):
+            schema["additionalProperties"] = False
+        if schema.get("nullable") and isinstance(schema.get("type"), str):
+            schema["type"] = [schema["type"], "null"]
+        if schema.get("x-kubernetes-int-or-string"):
+            schema.pop("type", None)
+            schema.setdefault("anyOf", [{"type": "integer"}, {"type": "string"}])
+        return schema
+    if isinstance(schema, list):
+        return [strict_crd_schema(v) for v in schema]
+    return schema
+
+
+def load_crd_schemas(root: Path) -> dict[tuple[str, str], dict]:
+    """(apiVersion, kind) -> strict JSON schema of the spec, from the vendored CRDs."""
+    schemas = {}
+    for path in sorted((root / "deploy/schemas/crds").glob("*.yaml")):
+        for crd in yaml.safe_load_all(path.read_text()):
+            if not crd:
+                continue
+            group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+            for version in crd["spec"]["versions"]:
+                schema = version["schema"]["openAPIV3Schema"]
+                schemas[(f"{group}/{version['name']}", kind)] = strict_crd_schema(schema)
+    return schemas
+
+
+DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?")
+
+# Trigger metadata keys of KEDA's Kafka scaler (pkg/scalers/kafka_scaler.go, v2.20.2).
+KEDA_KAFKA_KEYS = {
+    "activationLagThreshold", "allowIdleConsumers", "awsRegion", "bootstrapServers", "ca", "cert",
+    "consumerGroup", "ensureEvenDistributionOfPartitions", "excludePersistentLag",
+    "kerberosConfig", "kerberosDisableFAST", "kerberosServiceName", "key", "keyPassword", "keytab",
+    "lagThreshold", "limitToPartitionsWithLag", "oauthExtensions", "oauthTokenEndpointUri",
+    "offsetResetPolicy", "partitionLimitation", "password", "realm", "sasl", "saslTokenProvider",
+    "scaleToZeroOnInvalidOffset", "scopes", "tls", "topic", "unsafeSsl", "username", "version",
+}
+
+
+def validate_object(doc: dict, where: str, versions: list[str], crds: dict, report: Report) -> bool:
+    """Kubernetes schema validation of one object; True when valid."""
+    kind, api = doc.get("kind"), doc.get("apiVersion")
+    name = doc.get("metadata", {}).get("name", "")
+    label = f"{where}: {kind}/{name}"
+    meta = doc.get("metadata", {})
+    if not DNS_SUBDOMAIN.fullmatch(name or ""):
+        report.fail(f"{label}: metadata.name is not a DNS subdomain name")
+        return False
+    for key, value in (meta.get("labels") or {}).items():
+        if not isinstance(value, str) or not LABEL_VALUE.fullmatch(value) or len(value) > 63:
+            report.fail(f"{label}: label {key}={value!r} is not a valid label value")
+            return False
+    if (api, kind) in crds:
+        body = {k: v for k, v in doc.items() if k not in ("apiVersion", "kind", "metadata", "status")}
+        schema = copy.deepcopy(crds[(api, kind)])
+        schema.get("properties", {}).pop("metadata", None)
+        schema["properties"].pop("apiVersion", None)
+        schema["properties"].pop("kind", None)
+        errors = list(jsonschema.Draft7Validator(schema).iter_errors(body))
+        for error in errors:
+            path = ".".join(str(p) for p in error.absolute_path)
+            report.fail(f"{label}: {path}: {error.message} (CRD schema)")
+        return not errors
+    valid = True
+    for version in versions:
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            path = ".".join(str(p) for p in error.path)
+            report.fail(f"{label}: {path}: {error.message} (Kubernetes {error.version}, strict)")
+            valid = False
+        except kubernetes_validate.SchemaNotFoundError as error:
+            report.fail(f"{label}: no schema: {error.message}")
+            return False
+    return valid
+
+
+def kustomize_build(kustomize: str, directory: Path, report: Report) -> list[dict] | None:
+    result = run([kustomize, "build", str(directory)])
+    if result.returncode != 0:
+        report.fail(f"kustomize build {directory.name} failed:\n{indent(result.stderr)}")
+        return None
+    return [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
+def env_of_container(container: dict, configmaps: dict[str, dict]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        ref = source.get("configMapRef", {}).get("name")
+        if ref in configmaps:
+            env.update(configmaps[ref].get("data", {}))
+    for item in container.get("env", []):
+        env[item["name"]] = item.get("value", "<from " + next(iter(item.get("valueFrom", {"?": 0}))) + ">")
+    return env
+
+
+SECRET_LIKE = re.compile(r"(TOKEN|SECRET|AES_KEY|PASSWORD|PASSWD|CREDENTIAL)", re.I)
+
+
+def check_rendered(root: Path, name: str, docs: list[dict], configs: dict[str, ServiceConfig],
+                   report: Report, overlay: bool) -> None:
+    by_kind: dict[str, list[dict]] = {}
+    for doc in docs:
+        by_kind.setdefault(doc["kind"], []).append(doc)
+    configmaps = {d["metadata"]["name"]: d for d in by_kind.get("ConfigMap", [])}
+    deployments = {d["metadata"]["name"]: d for d in by_kind.get("Deployment", [])}
+    report.check(not by_kind.get("Secret"), f"{name}: renders no Secret (secrets are created by the operator)")
+    for cm in configmaps.values():
+        for key, value in (cm.get("data") or {}).items():
+            if SECRET_LIKE.search(key) and not key.endswith((".toml", ".json", ".yml", ".yaml")):
+                report.fail(f"{name}: ConfigMap {cm['metadata']['name']} holds {key}, which looks like a secret")
+
+    services = {"ingest": "wxkf-ingest", "consumer": "wxkf-consumer"}
+    for service, deployment_name in services.items():
+        deployment = next((d for n, d in deployments.items() if n.endswith(deployment_name)), None)
+        if not report.check(deployment is not None, f"{name}: Deployment {deployment_name} present"):
+            continue
+        pod = deployment["spec"]["template"]["spec"]
+        config = configs[service]
+        pod_sc = pod.get("securityContext", {})
+        report.check(pod_sc.get("runAsNonRoot") is True and pod_sc.get("runAsUser", 0) > 0,
+                     f"{name}: {service} pods run as non-root")
+        containers = pod.get("containers", []) + pod.get("initContainers", [])
+        for container in containers:
+            cname = f"{service}/{container['name']}"
+            sc = container.get("securityContext", {})
+            report.check(sc.get("readOnlyRootFilesystem") is True and sc.get("allowPrivilegeEscalation") is False
+                         and "ALL" in sc.get("capabilities", {}).get("drop", []),
+                         f"{name}: {cname} read-only root fs, no privilege escalation, capabilities dropped")
+            res = container.get("resources", {})
+            report.check(bool(res.get("requests")) and bool(res.get("limits")),
+                         f"{name}: {cname} has resource requests and limits")
+            env = env_of_container(container, configmaps)
+            bad = [p for p in (config.check_variable(k) for k in env) if p]
+            for p in bad:
+                report.fail(f"{name}: {cname}: {p}")
+            if not bad:
+                report.ok(f"{name}: {cname}: all {len(env)} environment variables are settings of {service}")
+            for item in container.get("env", []):
+                if SECRET_LIKE.search(item["name"]):
+                    report.check("secretKeyRef" in item.get("valueFrom", {}),
+                                 f"{name}: {cname}: {item['name']} comes from a Secret (secretKeyRef)")
+            for key in env:
+                if SECRET_LIKE.search(key) and key not in {i["name"] for i in container.get("env", [])}:
+                    report.fail(f"{name}: {cname}: {key} comes from a ConfigMap; secrets belong in a Secret")
+        main = pod["containers"][0]
+        ports = {p["name"]: p["containerPort"] for p in main.get("ports", [])}
+        env = env_of_container(main, configmaps)
+        port = int(config.get("server.port", env))
+        report.check(port in ports.values(), f"{name}: {service} container port matches server.port ({port})")
+        for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+            http = main.get(probe, {}).get("httpGet", {})
+            report.check(http.get("path") == path and (http.get("port") in ports or http.get("port") == port),
+                         f"{name}: {service} {probe} on {path}")
+        drain = parse_duration(str(config.get("server.shutdown_timeout", env)))
+        pre_stop = 0.0
+        command = main.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
+        if command and command[0].endswith("sleep"):
+            pre_stop = float(command[1])
+        grace = pod.get("terminationGracePeriodSeconds", 30)
+        report.check(grace > drain + pre_stop,
+                     f"{name}: {service} terminationGracePeriodSeconds {grace} > preStop {pre_stop:g}s "
+                     f"+ server.shutdown_timeout {drain:g}s")
+        if service == "consumer":
+            mounts = {m["name"]: m for m in main.get("volumeMounts", [])}
+            rules_path = env.get("CONSUMER__RULES__PATH", "")
+            rules_mount = next((m for m in mounts.values() if rules_path.startswith(m["mountPath"] + "/")), None)
+            report.check(rules_mount is not None and "subPath" not in rules_mount,
+                         f"{name}: rules file {rules_path} is on a directory mount (hot reload sees updates)")
+            report.check(any(c.get("args") == ["setup"] for c in pod.get("initContainers", [])),
+                         f"{name}: consumer runs `consumer setup` before joining the group")
+            cli = root / "consumer/src/cli.rs"
+            subcommands = clap_subcommands(cli.read_text()) if cli.exists() else set()
+            for container in containers:
+                sub = (container.get("args") or ["run"])[0]
+                report.check(sub in subcommands,
+                             f"{name}: consumer/{container['name']}: `consumer {sub}` is a subcommand")
+
+    selectors = {n: d["spec"]["selector"]["matchLabels"] for n, d in deployments.items()}
+
+    def selects_a_deployment(selector: dict) -> bool:
+        return any(all(sel.get(k) == v for k, v in selector.items()) for sel in selectors.values())
+
+    for svc in by_kind.get("Service", []):
+        report.check(selects_a_deployment(svc["spec"]["selector"]),
+                     f"{name}: Service {svc['metadata']['name']} selects a Deployment's pods")
+    for pdb in by_kind.get("PodDisruptionBudget", []):
+        report.check(selects_a_deployment(pdb["spec"]["selector"]["matchLabels"]),
+                     f"{name}: PodDisruptionBudget {pdb['metadata']['name']} selects a Deployment's pods")
+    for hpa in by_kind.get("HorizontalPodAutoscaler", []):
+        target = hpa["spec"]["scaleTargetRef"]["name"]
+        report.check(target in deployments and "replicas" not in deployments[target]["spec"],
+                     f"{name}: HPA {hpa['metadata']['name']} scales {target}, whose manifest sets no replicas")
+    report.check(any(h["spec"]["scaleTargetRef"]["name"].endswith("wxkf-ingest")
+                     for h in by_kind.get("HorizontalPodAutoscaler", [])), f"{name}: ingest has an HPA")
+    for ingress in by_kind.get("Ingress", []):
+        spec = ingress["spec"]
+        hosts = {r.get("host") for r in spec.get("rules", [])}
+        tls_hosts = {h for t in spec.get("tls", []) for h in t.get("hosts", [])}
+        report.check(bool(hosts) and hosts <= tls_hosts, f"{name}: Ingress serves {sorted(hosts)} over TLS")
+        paths = [p for r in spec.get("rules", []) for p in r.get("http", {}).get("paths", [])]
+        report.check(all(p["path"].startswith("/wechat") for p in paths),
+                     f"{name}: Ingress exposes only /wechat (not /metrics, /healthz, /readyz)")
+        if overlay:
+            annotations = ingress["metadata"].get("annotations", {})
+            report.check(any(k.startswith("cert-manager.io/") for k in annotations),
+                         f"{name}: Ingress certificate from cert-manager")
+    if overlay:
+        scaled = by_kind.get("ScaledObject", [])
+        if report.check(len(scaled) == 1, f"{name}: consumer autoscaling on Kafka lag (KEDA ScaledObject)"):
+            so = scaled[0]["spec"]
+            consumer_env = configmaps.get(next((n for n in configmaps if "consumer-env" in n), ""), {}).get("data", {})
+            partitions = int(configs["consumer"].get("kafka.topics.inbound_partitions", consumer_env))
+            report.check(so.get("maxReplicaCount") == partitions,
+                         f"{name}: ScaledObject maxReplicaCount {so.get('maxReplicaCount')} = inbound partitions {partitions}")
+            target = so["scaleTargetRef"]["name"]
+            report.check(target in deployments and "replicas" not in deployments[target]["spec"],
+                         f"{name}: ScaledObject scales {target}, whose manifest sets no replicas")
+            for trigger in so.get("triggers", []):
+                if trigger.get("type") == "kafka":
+                    meta = trigger.get("metadata", {})
+                    unknown = set(meta) - KEDA_KAFKA_KEYS
+                    report.check(not unknown, f"{name}: kafka trigger uses only known keys {sorted(unknown) or ''}")
+                    report.check(meta.get("topic") == configs["consumer"].get("kafka.inbound_topic", consumer_env)
+                                 and meta.get("consumerGroup") == configs["consumer"].get("kafka.group_id", consumer_env),
+                                 f"{name}: kafka trigger watches the consumer's group on the inbound topic")
+                    report.check(meta.get("bootstrapServers") == consumer_env.get("CONSUMER__KAFKA__BROKERS"),
+                                 f"{name}: kafka trigger uses the consumer's brokers")
+
+
+def check_kubernetes(root: Path, kustomize: str, versions: list[str], configs: dict[str, ServiceConfig],
+                     report: Report) -> dict[str, list[dict]]:
+    started = report.start(f"Kubernetes manifests (kustomize build; schemas of Kubernetes {', '.join(versions)})")
+    crds = load_crd_schemas(root)
+    rendered: dict[str, list[dict]] = {}
+    count = 0
+    for directory in ("deploy/base", "deploy/overlays/production", "deploy/prometheus", "deploy/grafana"):
+        docs = kustomize_build(kustomize, root / directory, report)
+        if docs is None:
+            continue
+        rendered[directory] = docs
+        valid = [validate_object(d, directory, versions, crds, report) for d in docs]
+        count += len(docs)
+        kinds = sorted({d["kind"] for d in docs})
+        if all(valid):
+            report.ok(f"{directory}: {len(docs)} objects valid ({', '.join(kinds)})")
+    for directory, overlay in (("deploy/base", False), ("deploy/overlays/production", True)):
+        if directory in rendered:
+            check_rendered(root, directory, rendered[directory], configs, report, overlay)
+    for path in sorted((root / "deploy/examples").glob("*.yaml")):
+        docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+        valid = [validate_object(d, str(path.relative_to(root)), versions, crds, report) for d in docs]
+        count += len(docs)
+        if all(valid):
+            report.ok(f"{path.relative_to(root)}: {len(docs)} objects valid")
+        for doc in docs:
+            if doc.get("kind") == "Secret":
+                values = list((doc.get("stringData") or {}).values()) + list((doc.get("data") or {}).values())
+                report.check(all("PLACEHOLDER" in v for v in values),
+                             f"{path.relative_to(root)}: every Secret value is a marked PLACEHOLDER")
+    referenced = set()
+    for kustomization in (root / "deploy").rglob("kustomization.yaml"):
+        k = yaml.safe_load(kustomization.read_text())
+        for resource in k.get("resources", []):
+            referenced.add((kustomization.parent / resource).resolve())
+    report.check(not any(p.resolve() in referenced or p.parent.resolve() in referenced
+                         for p in (root / "deploy/examples").glob("*")),
+                 "deploy/examples is applied by no kustomization")
+    report.done(started, f"{count} objects")
+    return rendered
+
+
+def check_rules_files(root: Path, rendered: dict[str, list[dict]], report: Report) -> None:
+    """The rules files of the manifests, through the consumer's own parser (`consumer explain`)."""
+    started = report.start("rules files of the manifests (consumer explain)")
+    binaries = [p for p in (root / "target/release/consumer", root / "target/debug/consumer") if p.is_file()]
+    if not binaries:
+        print("    note: no built consumer binary (target/*/consumer): rules files checked as TOML only")
+    binary = max(binaries, key=lambda p: p.stat().st_mtime) if binaries else None
+    checked = 0
+    for directory, docs in rendered.items():
+        configmaps = [d for d in docs if d["kind"] == "ConfigMap"]
+        env_cm = next((d for d in configmaps if "consumer-env" in d["metadata"]["name"]), None)
+        for cm in configmaps:
+            for key, text in (cm.get("data") or {}).items():
+                if not key.endswith(".toml"):
+                    continue
+                label = f"{directory}: ConfigMap {cm['metadata']['name']} {key}"
+                try:
+                    tomllib.loads(text)
+                except tomllib.TOMLDecodeError as error:
+                    report.fail(f"{label}: not TOML: {error}")
+                    continue
+                checked += 1
+                if binary is None:
+                    report.ok(f"{label}: TOML")
+                    continue
+                env = {"PATH": "/usr/bin:/bin", "APP_ENVIRONMENT": "deploy-check",
+                       "CONSUMER_CONFIG_DIR": str(root / "config")}
+                for name, value in ((env_cm or {}).get("data") or {}).items():
+                    if name.startswith("CONSUMER__APPS__"):
+                        env[name] = value
+                        app = name.split("__")[2]
+                        env[f"CONSUMER__APPS__{app}__SECRET"] = "placeholder-for-the-check"
+                with tempfile.TemporaryDirectory() as tmp:
+                    rules = Path(tmp) / key
+                    rules.write_text(text)
+                    records = Path(tmp) / "records.jsonl"
+                    records.write_text("")
+                    result = run([str(binary), "explain", "--file", str(records), "--rules", str(rules)],
+                                 env=env, timeout=60)
+                if result.returncode == 0:
+                    report.ok(f"{label}: accepted by {binary.relative_to(root)} explain")
+                else:
+                    report.fail(f"{label}: refused by {binary.relative_to(root)} explain:\n"
+                                + indent(result.stderr + result.stdout))
+    report.done(started, f"{checked} rules files")
