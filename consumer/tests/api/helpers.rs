@@ -406,3 +406,51 @@ pub async fn received(server: &MockServer, on: &str) -> Vec<serde_json::Value> {
         .map(|r| serde_json::from_slice(&r.body).unwrap_or(serde_json::Value::Null))
         .collect()
 }
+
+/// A consumer running in this process.
+pub struct TestApp {
+    pub port: u16,
+    pub registry: prometheus::Registry,
+    pub shutdown: tokio_util::sync::CancellationToken,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestApp {
+    /// Stops it the way SIGTERM does and waits (bounded) until it has left the group.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(20), self.task)
+            .await
+            .expect("the consumer stops within 20 s")
+            .expect("consumer task")
+            .expect("consumer stops cleanly");
+    }
+
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric(&self.registry, name, labels)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        reqwest::get(format!("http://127.0.0.1:{}{path}", self.port))
+            .await
+            .expect("consumer answers")
+    }
+}
+
+pub async fn spawn_app(h: &Harness) -> TestApp {
+    require_kafka();
+    require_redis().await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let registry = prometheus::Registry::new();
+    let app = consumer::Application::build(h.settings.clone(), registry.clone(), shutdown.clone())
+        .await
+        .expect("the consumer starts");
+    let port = app.port();
+    let task = tokio::spawn(app.run_until_stopped());
+    TestApp {
+        port,
+        registry,
+        shutdown,
+        task,
+    }
+}
