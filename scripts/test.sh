@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine: installs build dependencies, starts the real
-# Redis and Kafka (scripts/services.sh), checks formatting and lints, then runs every test.
+# Redis and Kafka (scripts/services.sh), checks formatting and lints, runs every test, then checks
+# the deployment files offline (scripts/check-deploy.sh).
 # Tests that need Kafka or Redis fail — never skip — when those are unreachable.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -21,9 +22,15 @@ cargo fmt --all --check
 step "lints"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "binaries (the end-to-end tests run them as processes)"
+cargo build --workspace --bins --locked
+
 step "tests"
 export WXKF_TEST_KAFKA=${WXKF_TEST_KAFKA:-127.0.0.1:${WXKF_KAFKA_PORT:-9092}}
 export WXKF_TEST_REDIS=${WXKF_TEST_REDIS:-redis://127.0.0.1:${WXKF_REDIS_PORT:-6379}/}
 cargo test --workspace --locked --no-fail-fast
+
+step "deployment files: Dockerfile, compose, Kubernetes manifests, alert rules, dashboard"
+scripts/check-deploy.sh
 
 printf '\n==> all checks passed in %ss\n' "$((SECONDS - start))"

@@ -80,3 +80,32 @@ impl ResponseError for IngestError {
             .body(self.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::PUSH_OUTCOMES;
+
+    #[test]
+    fn every_outcome_is_a_pre_registered_metric_label() {
+        let errors = [
+            IngestError::UnknownApp,
+            IngestError::TooLarge { limit: 1 },
+            IngestError::BodyRead,
+            IngestError::Unauthenticated(common::push::PushError::BadSignature),
+            IngestError::StaleTimestamp,
+            IngestError::EncryptionRequired,
+            IngestError::Malformed(String::new()),
+            IngestError::Undecryptable(common::push::PushError::NoKey),
+            IngestError::NotStored(PublishError::QueueFull),
+            IngestError::NotStored(PublishError::Timeout),
+            IngestError::NotStored(PublishError::Kafka(rdkafka::error::KafkaError::Canceled)),
+            IngestError::DuplicateInFlight,
+            IngestError::DeadlineExceeded,
+        ];
+        for e in errors {
+            assert!(PUSH_OUTCOMES.contains(&e.outcome()), "{}", e.outcome());
+            assert_ne!(e.status_code(), StatusCode::INTERNAL_SERVER_ERROR);
+        }
+    }
+}

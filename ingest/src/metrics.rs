@@ -16,6 +16,29 @@ const PUBLISH_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
+/// Every value of `ingest_pushes_total{outcome}`: the two successes and
+/// [`crate::error::IngestError::outcome`] of each failure.
+pub const PUSH_OUTCOMES: &[&str] = &[
+    "accepted",
+    "duplicate",
+    "unknown_app",
+    "too_large",
+    "body_read",
+    "bad_signature",
+    "stale_timestamp",
+    "encryption_required",
+    "malformed",
+    "undecryptable",
+    "backpressure",
+    "publish_timeout",
+    "publish_failed",
+    "duplicate_in_flight",
+    "deadline_exceeded",
+];
+const DUPLICATE_KINDS: &[&str] = &["done", "pending"];
+const DEDUP_OPS: &[&str] = &["claim", "complete", "release"];
+const ACK_RESULTS: &[&str] = &["ok", "client_error", "server_error"];
+
 #[derive(Debug, Clone)]
 pub struct Metrics {
     /// Pushes answered, by outcome (see `IngestError::outcome` and `Outcome`).
@@ -83,6 +106,20 @@ impl Metrics {
                 "Records in the Kafka producer's queue awaiting acknowledgement.",
             )?,
         };
+        // Every series exists from the start at zero: dashboards show it, and `increase()` in an
+        // alert sees the first event (a series born at 1 has no increase).
+        for outcome in PUSH_OUTCOMES {
+            metrics.pushes.with_label_values(&[outcome]);
+        }
+        for kind in DUPLICATE_KINDS {
+            metrics.duplicates.with_label_values(&[kind]);
+        }
+        for op in DEDUP_OPS {
+            metrics.dedup_errors.with_label_values(&[op]);
+        }
+        for result in ACK_RESULTS {
+            metrics.ack_duration.with_label_values(&[result]);
+        }
         registry.register(Box::new(metrics.pushes.clone()))?;
         registry.register(Box::new(metrics.duplicates.clone()))?;
         registry.register(Box::new(metrics.dedup_errors.clone()))?;

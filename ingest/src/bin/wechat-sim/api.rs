@@ -259,9 +259,6 @@ impl State {
         roll: faults::Roll,
         answer: Answer,
     ) -> HttpResponse {
-        if !roll.delay.is_zero() {
-            tokio::time::sleep(roll.delay).await;
-        }
         let (errcode, body) = match answer {
             Ok(body) => (body["errcode"].as_i64().unwrap_or(0), body),
             Err(refusal) => (
@@ -269,7 +266,11 @@ impl State {
                 json!({"errcode": refusal.errcode, "errmsg": format!("{} rid: {}", refusal.errmsg, rid())}),
             ),
         };
+        // Counted before waiting: a client that gives up on a slow answer drops this future.
         self.recorder.count(endpoint, errcode, roll.slow);
+        if !roll.delay.is_zero() {
+            tokio::time::sleep(roll.delay).await;
+        }
         HttpResponse::Ok()
             .insert_header((CONTENT_TYPE, "application/json; encoding=utf-8"))
             .body(body.to_string())
