@@ -1,23 +1,19 @@
-//! The rules file: its TOML model, and compiling it into a [`RuleSet`] with errors that point at
-//! a line and column (`config/rules.toml:12:5: unknown field `kewyord`...`).
+//! The rules file: its TOML model, reading it, and errors that point at a line and column
+//! (`config/rules.toml:12:5: unknown field `kewyord`...`).
 //!
 //! Syntax and shape errors (unknown keys, wrong types, unknown action types) come from the TOML
-//! parser with the exact span. Semantic errors (a bad regex, an unknown placeholder, a missing
-//! image file, an unknown app) are reported at the offending value when it carries a span, and
-//! otherwise at the rule's `name`, naming the action by its position. The commented example at
-//! `config/rules.toml` documents every key.
+//! parser with the exact span; the semantic checks live in `compile`, which reports at the
+//! offending value when it carries a span and otherwise at the rule's `name`, naming the action
+//! by its position. The commented example at `config/rules.toml` documents every key.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use regex::Regex;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::condition::{parse_utc_offset, Conditions, TimeWindow};
-use super::template::{Template, MESSAGE_FIELDS};
-use super::{Action, ForwardTarget, MediaSource, Rule, RuleSet, DEFAULT_RULE};
+use super::RuleSet;
 use crate::wechat_api::TypingCommand;
 
 /// What the rules may refer to, from the service configuration.
@@ -49,42 +45,42 @@ impl fmt::Display for RulesError {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FileDef {
+pub(super) struct FileDef {
     #[serde(default)]
-    utc_offset: Option<Spanned<String>>,
+    pub(super) utc_offset: Option<Spanned<String>>,
     #[serde(default, rename = "rule")]
-    rules: Vec<RuleDef>,
+    pub(super) rules: Vec<RuleDef>,
     #[serde(default)]
-    default: Option<Spanned<DefaultDef>>,
+    pub(super) default: Option<Spanned<DefaultDef>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RuleDef {
-    name: Spanned<String>,
+pub(super) struct RuleDef {
+    pub(super) name: Spanned<String>,
     #[serde(default, rename = "continue")]
-    continue_matching: bool,
+    pub(super) continue_matching: bool,
     #[serde(default)]
-    when: WhenDef,
+    pub(super) when: WhenDef,
     #[serde(default)]
-    actions: Vec<ActionDef>,
+    pub(super) actions: Vec<ActionDef>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct DefaultDef {
-    actions: Vec<ActionDef>,
+pub(super) struct DefaultDef {
+    pub(super) actions: Vec<ActionDef>,
 }
 
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum OneOrMany {
+pub(super) enum OneOrMany {
     One(String),
     Many(Vec<String>),
 }
 
 impl OneOrMany {
-    fn into_vec(self) -> Vec<String> {
+    pub(super) fn into_vec(self) -> Vec<String> {
         match self {
             OneOrMany::One(one) => vec![one],
             OneOrMany::Many(many) => many,
@@ -94,24 +90,24 @@ impl OneOrMany {
 
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct WhenDef {
-    app: Option<Spanned<OneOrMany>>,
-    msg_type: Option<OneOrMany>,
-    event: Option<OneOrMany>,
-    text: Option<String>,
-    keywords: Option<Spanned<Vec<String>>>,
-    regex: Option<Spanned<String>>,
-    openids: Option<Vec<String>>,
-    session_from: Option<OneOrMany>,
-    card_appid: Option<String>,
-    card_page_path: Option<String>,
-    card_title: Option<String>,
-    time: Option<Spanned<String>>,
+pub(super) struct WhenDef {
+    pub(super) app: Option<Spanned<OneOrMany>>,
+    pub(super) msg_type: Option<OneOrMany>,
+    pub(super) event: Option<OneOrMany>,
+    pub(super) text: Option<String>,
+    pub(super) keywords: Option<Spanned<Vec<String>>>,
+    pub(super) regex: Option<Spanned<String>>,
+    pub(super) openids: Option<Vec<String>>,
+    pub(super) session_from: Option<OneOrMany>,
+    pub(super) card_appid: Option<String>,
+    pub(super) card_page_path: Option<String>,
+    pub(super) card_title: Option<String>,
+    pub(super) time: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-enum ActionDef {
+pub(super) enum ActionDef {
     Text {
         content: String,
     },
@@ -160,7 +156,7 @@ pub fn load_file(path: &Path, ctx: &RulesContext) -> Result<RuleSet, RulesError>
 
 /// Compiles rules from `source`; `path` names the file in errors and anchors relative image paths.
 pub fn parse_rules(source: &str, path: &Path, ctx: &RulesContext) -> Result<RuleSet, RulesError> {
-    let compiler = Compiler {
+    let compiler = super::compile::Compiler {
         source,
         path,
         base_dir: path.parent().unwrap_or(Path::new(".")),
@@ -171,286 +167,4 @@ pub fn parse_rules(source: &str, path: &Path, ctx: &RulesContext) -> Result<Rule
         compiler.error(at, e.message().to_owned())
     })?;
     compiler.compile(def)
-}
-
-struct Compiler<'a> {
-    source: &'a str,
-    path: &'a Path,
-    base_dir: &'a Path,
-    ctx: &'a RulesContext,
-}
-
-impl Compiler<'_> {
-    fn error(&self, offset: Option<usize>, message: String) -> RulesError {
-        let position = offset.map(|offset| {
-            let before = &self.source[..offset.min(self.source.len())];
-            let line = before.matches('\n').count() + 1;
-            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-            (line, column)
-        });
-        RulesError {
-            path: self.path.display().to_string(),
-            position,
-            message,
-        }
-    }
-
-    fn compile(&self, def: FileDef) -> Result<RuleSet, RulesError> {
-        let utc_offset_secs = match &def.utc_offset {
-            Some(offset) => parse_utc_offset(offset.get_ref())
-                .map_err(|m| self.error(Some(offset.span().start), m))?,
-            None => 8 * 3600,
-        };
-        let mut names = HashSet::new();
-        let mut rules = Vec::with_capacity(def.rules.len());
-        for rule in def.rules {
-            let at = Some(rule.name.span().start);
-            let name = rule.name.into_inner();
-            let name_ok = !name.is_empty()
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-            if !name_ok {
-                return Err(self.error(
-                    at,
-                    format!("rule name `{name}` may hold only letters, digits, '_', '-' and '.'"),
-                ));
-            }
-            if name == DEFAULT_RULE || !names.insert(name.clone()) {
-                return Err(self.error(
-                    at,
-                    format!("rule name `{name}` is used twice (or is the reserved `default`)"),
-                ));
-            }
-            let (conditions, captures) = self.conditions(rule.when, &name)?;
-            let actions = self.actions(rule.actions, &name, at, &captures)?;
-            rules.push(Rule {
-                name,
-                continue_matching: rule.continue_matching,
-                conditions,
-                actions,
-            });
-        }
-        let default = match def.default {
-            Some(default) => {
-                let at = Some(default.span().start);
-                let actions = self.actions(default.into_inner().actions, DEFAULT_RULE, at, &[])?;
-                Some(Rule {
-                    name: DEFAULT_RULE.to_owned(),
-                    continue_matching: false,
-                    conditions: Conditions::default(),
-                    actions,
-                })
-            }
-            None => None,
-        };
-        Ok(RuleSet {
-            rules,
-            default,
-            utc_offset_secs,
-        })
-    }
-
-    /// Compiles `when`; also returns the regex capture names templates may use.
-    fn conditions(
-        &self,
-        when: WhenDef,
-        rule: &str,
-    ) -> Result<(Conditions, Vec<String>), RulesError> {
-        let mut captures = Vec::new();
-        let apps = match when.app {
-            Some(apps) => {
-                let at = Some(apps.span().start);
-                let apps = apps.into_inner().into_vec();
-                if let Some(known) = &self.ctx.apps {
-                    if let Some(unknown) = apps.iter().find(|a| !known.contains(*a)) {
-                        return Err(self.error(
-                            at,
-                            format!("rule `{rule}`: app `{unknown}` is not configured ([apps.{unknown}] in consumer.toml)"),
-                        ));
-                    }
-                }
-                Some(apps)
-            }
-            None => None,
-        };
-        let keywords = match when.keywords {
-            Some(keywords) => {
-                let at = Some(keywords.span().start);
-                let keywords = keywords.into_inner();
-                if keywords.is_empty() || keywords.iter().any(|k| k.trim().is_empty()) {
-                    return Err(self.error(
-                        at,
-                        format!("rule `{rule}`: keywords must be non-empty strings"),
-                    ));
-                }
-                keywords.iter().map(|k| k.to_lowercase()).collect()
-            }
-            None => Vec::new(),
-        };
-        let regex = match when.regex {
-            Some(pattern) => {
-                let regex = Regex::new(pattern.get_ref()).map_err(|e| {
-                    self.error(
-                        Some(pattern.span().start),
-                        format!("rule `{rule}`: bad regex: {e}"),
-                    )
-                })?;
-                for (i, name) in regex.capture_names().enumerate() {
-                    captures.push(i.to_string());
-                    if let Some(name) = name {
-                        captures.push(name.to_owned());
-                    }
-                }
-                Some(regex)
-            }
-            None => None,
-        };
-        let time = match when.time {
-            Some(window) => Some(TimeWindow::parse(window.get_ref()).map_err(|m| {
-                self.error(Some(window.span().start), format!("rule `{rule}`: {m}"))
-            })?),
-            None => None,
-        };
-        let conditions = Conditions {
-            apps,
-            msg_types: when.msg_type.map(OneOrMany::into_vec),
-            events: when.event.map(OneOrMany::into_vec),
-            text: when.text.map(|t| t.trim().to_owned()),
-            keywords,
-            regex,
-            openids: when.openids.map(|ids| ids.into_iter().collect()),
-            session_from: when.session_from.map(OneOrMany::into_vec),
-            card_appid: when.card_appid,
-            card_page_path: when.card_page_path,
-            card_title: when.card_title,
-            time,
-        };
-        Ok((conditions, captures))
-    }
-
-    fn actions(
-        &self,
-        defs: Vec<ActionDef>,
-        rule: &str,
-        at: Option<usize>,
-        captures: &[String],
-    ) -> Result<Vec<Action>, RulesError> {
-        let fail = |index: usize, message: String| {
-            self.error(
-                at,
-                format!("rule `{rule}`, action {}: {message}", index + 1),
-            )
-        };
-        if defs.is_empty() {
-            return Err(self.error(
-                at,
-                format!("rule `{rule}` has no actions (use type = \"drop\" to consume silently)"),
-            ));
-        }
-        if defs.len() > 1 && defs.iter().any(|d| matches!(d, ActionDef::Drop)) {
-            return Err(self.error(
-                at,
-                format!("rule `{rule}`: `drop` cannot be combined with other actions"),
-            ));
-        }
-        let known =
-            |name: &str| MESSAGE_FIELDS.contains(&name) || captures.iter().any(|c| c == name);
-        let template = |index: usize, source: &str| {
-            Template::parse(source, &known).map_err(|m| fail(index, m))
-        };
-        let mut actions = Vec::with_capacity(defs.len());
-        for (i, def) in defs.into_iter().enumerate() {
-            let action = match def {
-                ActionDef::Text { content } => {
-                    if content.trim().is_empty() {
-                        return Err(fail(i, "text content is empty".into()));
-                    }
-                    Action::Text {
-                        content: template(i, &content)?,
-                    }
-                }
-                ActionDef::Image { media_id, file } => Action::Image {
-                    media: self
-                        .media(media_id, file, "media_id", "file")
-                        .map_err(|m| fail(i, m))?,
-                },
-                ActionDef::Link {
-                    title,
-                    description,
-                    url,
-                    thumb_url,
-                } => Action::Link {
-                    title: template(i, &title)?,
-                    description: template(i, &description)?,
-                    url: template(i, &url)?,
-                    thumb_url: template(i, &thumb_url)?,
-                },
-                ActionDef::MiniProgramPage {
-                    title,
-                    pagepath,
-                    thumb_media_id,
-                    thumb_file,
-                } => Action::MiniProgramPage {
-                    title: template(i, &title)?,
-                    pagepath: template(i, &pagepath)?,
-                    thumb: self
-                        .media(thumb_media_id, thumb_file, "thumb_media_id", "thumb_file")
-                        .map_err(|m| fail(i, m))?,
-                },
-                ActionDef::Typing { command } => Action::Typing { command },
-                ActionDef::Handoff { note } => {
-                    if !self.ctx.handoff_available {
-                        return Err(fail(i, "handoff has nowhere to go: enable [handoff] publish or set a webhook in consumer.toml".into()));
-                    }
-                    Action::Handoff { note }
-                }
-                ActionDef::Forward { url, topic } => Action::Forward {
-                    target: match (url, topic) {
-                        (Some(url), None)
-                            if url.starts_with("http://") || url.starts_with("https://") =>
-                        {
-                            ForwardTarget::Webhook(url)
-                        }
-                        (Some(url), None) => {
-                            return Err(fail(i, format!("forward url `{url}` is not http(s)")))
-                        }
-                        (None, Some(topic)) if !topic.is_empty() => ForwardTarget::Topic(topic),
-                        _ => {
-                            return Err(fail(
-                                i,
-                                "forward needs exactly one of `url` or `topic`".into(),
-                            ))
-                        }
-                    },
-                },
-                ActionDef::Drop => Action::Drop,
-            };
-            actions.push(action);
-        }
-        Ok(actions)
-    }
-
-    fn media(
-        &self,
-        id: Option<String>,
-        file: Option<PathBuf>,
-        id_key: &str,
-        file_key: &str,
-    ) -> Result<MediaSource, String> {
-        match (id, file) {
-            (Some(id), None) if !id.is_empty() => Ok(MediaSource::Id(id)),
-            (None, Some(file)) => {
-                let path = self.base_dir.join(&file);
-                if !path.is_file() {
-                    return Err(format!(
-                        "{file_key} `{}` is not a readable file",
-                        path.display()
-                    ));
-                }
-                Ok(MediaSource::File(path))
-            }
-            _ => Err(format!("needs exactly one of `{id_key}` or `{file_key}`")),
-        }
-    }
 }

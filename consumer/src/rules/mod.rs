@@ -9,6 +9,7 @@
 //! `[default]` rule (if any) applies. Rule names are part of each reply's idempotency key, so
 //! renaming a rule makes its replies new ones to the ledger.
 
+mod compile;
 pub mod condition;
 pub mod file;
 pub mod reload;
