@@ -1,0 +1,432 @@
+//! One whole pipeline per test: the simulator's API, `ingest`, N `consumer` processes, and the
+//! simulator's push side, with this test's own topics, consumer group, Redis key prefixes, ports
+//! and rules file. Everything is configured the way operators do it: `INGEST__…` and
+//! `CONSUMER__…` environment variables over the project's default configuration files.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::process::Child;
+
+use super::procs::{self, Proc};
+
+/// The app as configured in ingest and consumer, with the published test secrets of the WeChat
+/// documentation (vector V1) — the simulator's push side defaults to the same.
+pub const APP: &str = "demo";
+pub const APPID: &str = "wxba5fad812f8e6fb9";
+const ORIGINAL_ID: &str = "gh_97417a04a28d";
+const TOKEN: &str = "AAAAA";
+const AES_KEY: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+const SECRET: &str = "e2e-app-secret";
+pub const INBOUND_PARTITIONS: i32 = 6;
+
+/// The rules of every scenario. Each reply names the message it answers, so the audit can tell
+/// every expected reply apart and check it arrived exactly once (see `audit::expected_replies`).
+pub const RULES: &str = r#"
+[[rule]]
+name = "welcome"
+[rule.when]
+event = "user_enter_tempsession"
+[[rule.actions]]
+type = "text"
+content = "welcome {openid} at {create_time}"
+
+[[rule]]
+name = "image"
+[rule.when]
+msg_type = "image"
+[[rule.actions]]
+type = "typing"
+command = "Typing"
+[[rule.actions]]
+type = "text"
+content = "image {msg_id} received"
+
+[[rule]]
+name = "card"
+[rule.when]
+msg_type = "miniprogrampage"
+[[rule.actions]]
+type = "text"
+content = "card {msg_id}: {title}"
+[[rule.actions]]
+type = "miniprogrampage"
+title = "{title}"
+pagepath = "{page_path}"
+thumb_media_id = "e2e-thumb"
+
+[[rule]]
+name = "other-events"
+[rule.when]
+msg_type = "event"
+[[rule.actions]]
+type = "drop"
+
+[default]
+[[default.actions]]
+type = "text"
+content = "echo {msg_id}: {content}"
+"#;
+
+pub fn kafka_brokers() -> String {
+    std::env::var("WXKF_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("WXKF_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
+}
+
+/// A running pipeline. Dropping it kills every process (SIGKILL).
+#[derive(Debug)]
+pub struct Pipeline {
+    pub name: String,
+    pub id: String,
+    /// Logs, the rules file and the push records of this test.
+    pub dir: PathBuf,
+    pub inbound_topic: String,
+    pub dead_letter_topic: String,
+    pub group: String,
+    pub sim_url: String,
+    pub ingest_port: u16,
+    pub ingest: Option<Proc>,
+    pub consumers: Vec<(Proc, u16)>,
+    pub http: reqwest::Client,
+    _sim: Child,
+    consumer_seq: usize,
+    ingest_starts: usize,
+}
+
+impl Pipeline {
+    /// Starts the simulator API, creates the topics (`consumer setup`), starts ingest and
+    /// `consumers` consumer processes, and waits until each answers.
+    pub async fn start(name: &str, consumers: usize, sim_args: &[&str]) -> Pipeline {
+        let id = format!(
+            "e2e-{name}-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let dir = procs::ingest_bin()
+            .parent()
+            .and_then(|p| p.parent())
+            .expect("target dir")
+            .join("e2e")
+            .join(&id);
+        std::fs::create_dir_all(&dir).expect("log directory");
+        std::fs::write(dir.join("rules.toml"), RULES).expect("rules file");
+        let mut args = vec!["--app".to_owned(), format!("{APPID}={SECRET}")];
+        args.extend(sim_args.iter().map(|a| (*a).to_owned()));
+        let (sim, sim_url) = procs::start_sim_api(&dir, &args).await;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("http client");
+        let mut pipeline = Pipeline {
+            name: name.to_owned(),
+            inbound_topic: format!("{id}.inbound"),
+            dead_letter_topic: format!("{id}.dead-letter"),
+            group: format!("{id}-group"),
+            sim_url,
+            ingest_port: procs::free_port(),
+            ingest: None,
+            consumers: Vec::new(),
+            http,
+            _sim: sim,
+            consumer_seq: 0,
+            ingest_starts: 0,
+            id,
+            dir,
+        };
+        let setup = procs::run(
+            "consumer setup",
+            &procs::consumer_bin(),
+            &["setup"],
+            &pipeline.consumer_env(0),
+        )
+        .await;
+        assert!(
+            setup.contains(&pipeline.inbound_topic),
+            "consumer setup: {setup}"
+        );
+        pipeline.start_ingest().await;
+        for _ in 0..consumers {
+            pipeline.start_consumer().await;
+        }
+        pipeline
+    }
+
+    fn consumer_env(&self, port: u16) -> Vec<(String, String)> {
+        let id = &self.id;
+        let root = procs::repo_root();
+        [
+            ("APP_ENVIRONMENT", "e2e".to_owned()),
+            (
+                "CONSUMER_CONFIG_DIR",
+                root.join("config").display().to_string(),
+            ),
+            ("CONSUMER__SERVER__PORT", port.to_string()),
+            ("CONSUMER__SERVER__SHUTDOWN_TIMEOUT", "5s".into()),
+            ("CONSUMER__KAFKA__BROKERS", kafka_brokers()),
+            ("CONSUMER__KAFKA__GROUP_ID", self.group.clone()),
+            ("CONSUMER__KAFKA__INBOUND_TOPIC", self.inbound_topic.clone()),
+            (
+                "CONSUMER__KAFKA__DEAD_LETTER_TOPIC",
+                self.dead_letter_topic.clone(),
+            ),
+            ("CONSUMER__KAFKA__HANDOFF_TOPIC", format!("{id}.handoff")),
+            // The broker's minimum; a killed member's partitions move after this long.
+            ("CONSUMER__KAFKA__SESSION_TIMEOUT", "6s".into()),
+            ("CONSUMER__KAFKA__COMMIT_INTERVAL", "500ms".into()),
+            (
+                "CONSUMER__KAFKA__TOPICS__INBOUND_PARTITIONS",
+                INBOUND_PARTITIONS.to_string(),
+            ),
+            (
+                "CONSUMER__KAFKA__TOPICS__DEAD_LETTER_PARTITIONS",
+                "1".into(),
+            ),
+            ("CONSUMER__KAFKA__TOPICS__HANDOFF_PARTITIONS", "1".into()),
+            (
+                "CONSUMER__PROCESSING__RETRY_INITIAL_BACKOFF",
+                "100ms".into(),
+            ),
+            ("CONSUMER__PROCESSING__RETRY_MAX_BACKOFF", "2s".into()),
+            ("CONSUMER__REDIS__URL", redis_url()),
+            ("CONSUMER__REDIS__KEY_PREFIX", format!("{id}:")),
+            ("CONSUMER__WECHAT__BASE_URL", self.sim_url.clone()),
+            // Short bounds so the slow answers of a fault storm and a killed sender's lease
+            // resolve within the test; their relations are what the consumer checks at start.
+            ("CONSUMER__WECHAT__TIMEOUT", "2s".into()),
+            ("CONSUMER__WECHAT__TOKEN_LOCK_LEASE", "3s".into()),
+            ("CONSUMER__WECHAT__TOKEN_WAIT", "3s".into()),
+            ("CONSUMER__WECHAT__MINUTE_QUOTA_BACKOFF", "1s".into()),
+            ("CONSUMER__WECHAT__RETRY_INITIAL_BACKOFF", "100ms".into()),
+            ("CONSUMER__WECHAT__RETRY_MAX_BACKOFF", "1s".into()),
+            ("CONSUMER__LEDGER__SENDING_LEASE", "6s".into()),
+            (
+                "CONSUMER__RULES__PATH",
+                self.dir.join("rules.toml").display().to_string(),
+            ),
+            ("CONSUMER__APPS__DEMO__APPID", APPID.into()),
+            ("CONSUMER__APPS__DEMO__SECRET", SECRET.into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+
+    fn ingest_env(&self) -> Vec<(String, String)> {
+        let root = procs::repo_root();
+        [
+            ("APP_ENVIRONMENT", "e2e".to_owned()),
+            (
+                "INGEST_CONFIG_DIR",
+                root.join("config").display().to_string(),
+            ),
+            ("INGEST__SERVER__PORT", self.ingest_port.to_string()),
+            ("INGEST__SERVER__WORKERS", "2".into()),
+            ("INGEST__KAFKA__BROKERS", kafka_brokers()),
+            ("INGEST__KAFKA__TOPIC", self.inbound_topic.clone()),
+            ("INGEST__REDIS__URL", redis_url()),
+            ("INGEST__REDIS__KEY_PREFIX", format!("{}:dedup:", self.id)),
+            ("INGEST__APPS__DEMO__APPID", APPID.into()),
+            ("INGEST__APPS__DEMO__ORIGINAL_ID", ORIGINAL_ID.into()),
+            ("INGEST__APPS__DEMO__TOKEN", TOKEN.into()),
+            ("INGEST__APPS__DEMO__ENCODING_AES_KEY", AES_KEY.into()),
+            ("INGEST__APPS__DEMO__ANSWER", "success".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+
+    /// Starts ingest on its port (the same port after a restart) and waits for `/healthz`.
+    pub async fn start_ingest(&mut self) {
+        self.ingest_starts += 1;
+        let name = format!("ingest-{}", self.ingest_starts);
+        let proc = Proc::start(
+            &name,
+            &self.dir,
+            &procs::ingest_bin(),
+            &[],
+            &self.ingest_env(),
+        );
+        let url = format!("http://127.0.0.1:{}/healthz", self.ingest_port);
+        procs::wait_http(&self.http, &url, Duration::from_secs(30), &name).await;
+        self.ingest = Some(proc);
+    }
+
+    /// Starts one more consumer and waits until it consumes (`/readyz`); returns its index.
+    pub async fn start_consumer(&mut self) -> usize {
+        self.consumer_seq += 1;
+        let port = procs::free_port();
+        let name = format!("consumer-{}", self.consumer_seq);
+        let mut proc = Proc::start(
+            &name,
+            &self.dir,
+            &procs::consumer_bin(),
+            &["run".to_owned()],
+            &self.consumer_env(port),
+        );
+        let url = format!("http://127.0.0.1:{port}/readyz");
+        let ready = tokio::time::timeout(
+            Duration::from_secs(30),
+            procs::wait_http(&self.http, &url, Duration::from_secs(30), &name),
+        )
+        .await;
+        proc.assert_running();
+        ready
+            .unwrap_or_else(|_| panic!("{name} not ready within 30 s; log {}", proc.log.display()));
+        self.consumers.push((proc, port));
+        self.consumers.len() - 1
+    }
+
+    /// Fails (with the log's tail) if ingest or a consumer exited on its own.
+    pub fn assert_running(&mut self) {
+        if let Some(ingest) = &mut self.ingest {
+            ingest.assert_running();
+        }
+        for (consumer, _) in &mut self.consumers {
+            consumer.assert_running();
+        }
+    }
+
+    /// `kill -9` of consumer `index`; it leaves the list.
+    pub async fn kill_consumer(&mut self, index: usize) {
+        let (mut proc, _) = self.consumers.remove(index);
+        proc.kill9().await;
+    }
+
+    /// `kill -9` of ingest.
+    pub async fn kill_ingest(&mut self) {
+        if let Some(mut ingest) = self.ingest.take() {
+            ingest.kill9().await;
+        }
+    }
+
+    /// The sum of `consumer_records_total` of consumer `index` (0 when it does not answer).
+    pub async fn consumer_records(&self, index: usize) -> f64 {
+        let port = self.consumers[index].1;
+        let Ok(response) = self
+            .http
+            .get(format!("http://127.0.0.1:{port}/metrics"))
+            .send()
+            .await
+        else {
+            return 0.0;
+        };
+        let text = response.text().await.unwrap_or_default();
+        text.lines()
+            .filter(|l| l.starts_with("consumer_records_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Changes the simulator's faults (`POST /sim/faults`).
+    pub async fn sim_faults(&self, update: serde_json::Value) {
+        let response = self
+            .http
+            .post(format!("{}/sim/faults", self.sim_url))
+            .json(&update)
+            .send()
+            .await
+            .expect("wechat-sim api answers");
+        assert!(response.status().is_success(), "POST /sim/faults {update}");
+    }
+
+    /// `GET /sim/stats`.
+    pub async fn sim_stats(&self) -> serde_json::Value {
+        self.http
+            .get(format!("{}/sim/stats", self.sim_url))
+            .send()
+            .await
+            .expect("wechat-sim api answers")
+            .json()
+            .await
+            .expect("stats JSON")
+    }
+
+    /// Starts the push side: `count` pushes at `rate`/s from `users` users, every mode and
+    /// format, the test's message mix; WeChat's 5 s attempts and three retries.
+    pub fn push(&self, count: u64, rate: f64, users: u64) -> PushRun {
+        let record = self.dir.join("pushes.jsonl");
+        let args: Vec<String> = [
+            "push",
+            "--url",
+            &format!("http://127.0.0.1:{}/wechat/{APP}", self.ingest_port),
+            "--mode",
+            "mixed",
+            "--format",
+            "mixed",
+            "--users",
+            &users.to_string(),
+            "--user-prefix",
+            &format!("{}-user", self.id),
+            "--mix",
+            "text=50,image=15,card=15,enter=10,other=10",
+            "--count",
+            &count.to_string(),
+            "--rate",
+            &rate.to_string(),
+            "--record",
+            &record.display().to_string(),
+            "--json",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+        let child = tokio::process::Command::new(procs::sim_bin())
+            .args(&args)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(self.dir.join("wechat-sim-push.log")).expect("log file"))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting wechat-sim push");
+        PushRun { child, record }
+    }
+}
+
+/// A running push side.
+#[derive(Debug)]
+pub struct PushRun {
+    child: Child,
+    record: PathBuf,
+}
+
+/// `wechat-sim push --json`'s summary (the fields the audit needs).
+#[derive(Debug, Clone, Deserialize)]
+pub struct PushSummary {
+    pub sent: u64,
+    pub acknowledged: u64,
+    pub failed: u64,
+    pub retries: u64,
+}
+
+/// One line of `wechat-sim push --record`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PushOutcome {
+    pub openid: String,
+    pub create_time: i64,
+    pub acked: bool,
+}
+
+impl PushRun {
+    /// Waits (bounded) for the push side to finish; its summary and every push's outcome.
+    pub async fn finish(self, within: Duration) -> (PushSummary, Vec<PushOutcome>) {
+        let output = tokio::time::timeout(within, self.child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("the push side did not finish within {within:?}"))
+            .expect("wechat-sim push runs");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let summary: PushSummary = stdout
+            .lines()
+            .find_map(|l| serde_json::from_str(l).ok())
+            .unwrap_or_else(|| panic!("no JSON summary from wechat-sim push: {stdout}"));
+        let text = std::fs::read_to_string(&self.record).expect("push record");
+        let outcomes = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("push record line"))
+            .collect();
+        (summary, outcomes)
+    }
+}

@@ -1,0 +1,66 @@
+//! API fault storms: `-1` errors, tokens expiring under the consumer, tokens revoked, slow
+//! answers past the client timeout, a 45011 burst — all while replies flow.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::audit::{check, Audit};
+use super::pipeline::Pipeline;
+use super::{serial, Deadline};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_fault_storm_loses_and_duplicates_nothing() {
+    let _serial = serial().await;
+    let mut p = Pipeline::start(
+        "api-storm",
+        2,
+        &["--latency", "5ms", "--jitter", "20ms", "--seed", "6"],
+    )
+    .await;
+    let mut audit = Audit::new(&p);
+    let push = p.push(500, 40.0, 50);
+    let sends_reach = |n: u64| (n, format!("{n} sends recorded by the simulator"));
+    for (step, faults) in [
+        // Errors, slow answers (the consumer's timeout is 2 s) and tokens that really expire
+        // every 3 s while announcing 7200 s, so the consumer meets 42001 rather than refreshing.
+        (
+            50,
+            json!({"error_rate": 0.1, "slow_rate": 0.03, "slow_delay": "3s",
+                   "token_ttl": "3s", "token_announced_ttl": "7200s"}),
+        ),
+        // Every token revoked at once (40001), and a minute-quota burst.
+        (150, json!({"revoke_tokens": true, "burst_45011": "2s"})),
+        // Calm again, so the run can settle.
+        (
+            250,
+            json!({"error_rate": 0.0, "slow_rate": 0.0, "token_ttl": "7200s",
+                   "token_announced_ttl": "0s"}),
+        ),
+    ] {
+        let (n, what) = sends_reach(step);
+        let wait = Deadline::new(Duration::from_secs(90), what);
+        while p.sim_stats().await["sends_recorded"].as_u64().unwrap_or(0) < n {
+            wait.tick().await;
+        }
+        p.sim_faults(faults).await;
+    }
+    let push = push.finish(Duration::from_secs(120)).await;
+    let report = audit.settle(&mut p, &push, Duration::from_secs(120)).await;
+    let stats = p.sim_stats().await;
+    println!("e2e api-storm: simulator calls {}", stats["calls"]);
+    // A send answered too late may have arrived: never retried, dead-lettered as ambiguous.
+    // Four -1 in a row exhaust the attempts (rare at 10 %).
+    check(&report, &["ambiguous", "retries_exhausted"]);
+    let calls = &stats["calls"]["send"];
+    for errcode in ["-1", "42001", "40001", "45011"] {
+        assert!(
+            calls[errcode].as_u64().unwrap_or(0) > 0,
+            "the storm injected no {errcode} into sends: {calls}"
+        );
+    }
+    assert!(
+        stats["slow_answers"].as_u64().unwrap_or(0) > 0,
+        "no slow answers"
+    );
+}
