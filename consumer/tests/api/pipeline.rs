@@ -302,6 +302,15 @@ async fn shutdown_finishes_records_in_flight_commits_and_answers_the_endpoints()
         .await,
         "ready once consuming"
     );
+    let lag_reported = eventually(Duration::from_secs(5), || async {
+        app.get("/metrics")
+            .await
+            .text()
+            .await
+            .unwrap_or_default()
+            .contains("consumer_lag_records{partition=")
+    });
+    assert!(lag_reported.await, "lag per partition is reported");
     let envs: Vec<_> = (0..3)
         .map(|u| text(&format!("o-{u}"), &format!("m{u}"), "hi"))
         .collect();
@@ -326,6 +335,11 @@ async fn shutdown_finishes_records_in_flight_commits_and_answers_the_endpoints()
     );
 
     // SIGTERM while the three sends are still waiting for WeChat's answer.
+    assert_eq!(
+        app.metric("consumer_records_total", &[("outcome", "replied")]),
+        0.0,
+        "still in flight when the shutdown starts"
+    );
     app.stop().await;
 
     assert_eq!(
@@ -334,4 +348,107 @@ async fn shutdown_finishes_records_in_flight_commits_and_answers_the_endpoints()
         "in-flight records finished and were committed"
     );
     h.wechat.verify().await;
+}
+
+#[tokio::test]
+async fn two_processes_share_the_partitions_and_a_rebalance_sends_nothing_twice() {
+    let mut h = Harness::new(ECHO).await;
+    h.settings.kafka.topics.inbound_partitions = 4;
+    h.settings.processing.max_in_flight_keys = 4;
+    h.create_topics().await;
+    h.mount_token().await;
+    Mock::given(path(SEND))
+        .respond_with(ok().set_delay(Duration::from_millis(300)))
+        .expect(60)
+        .mount(&h.wechat)
+        .await;
+    let mut envs = Vec::new();
+    for n in 0..5 {
+        for user in 0..12 {
+            envs.push(text(
+                &format!("o-{user}"),
+                &format!("{user}-{n}"),
+                &format!("{user}:{n}"),
+            ));
+        }
+    }
+    produce_envelopes(&h.settings.kafka.inbound_topic, &envs).await;
+
+    let first = spawn_app(&h).await;
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            received(&h.wechat, SEND).await.len() >= 4
+        })
+        .await,
+        "the first process is sending"
+    );
+    // A second member joins: the partitions are split, in-flight work is revoked and redelivered.
+    let second = spawn_app(&h).await;
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            total_committed(&h) == 60
+        })
+        .await,
+        "every record finished and committed"
+    );
+    assert!(
+        finished(&second) > 0.0,
+        "the second process took over partitions"
+    );
+    first.stop().await;
+    second.stop().await;
+
+    let sends = received(&h.wechat, SEND).await;
+    let contents: Vec<String> = sends
+        .iter()
+        .map(|s| s["text"]["content"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    let mut unique_contents = contents.clone();
+    unique_contents.sort();
+    unique_contents.dedup();
+    assert_eq!(unique_contents.len(), 60, "every reply sent exactly once");
+    for user in 0..12 {
+        let of_user: Vec<&String> = contents
+            .iter()
+            .filter(|c| c.starts_with(&format!("{user}:")))
+            .collect();
+        let expected: Vec<String> = (0..5).map(|n| format!("{user}:{n}")).collect();
+        assert_eq!(
+            of_user,
+            expected.iter().collect::<Vec<_>>(),
+            "user {user} in order"
+        );
+    }
+    h.wechat.verify().await;
+}
+
+#[tokio::test]
+async fn setup_creates_the_topics_once_and_reports_them_after() {
+    let h = Harness::new(ECHO).await;
+    require_kafka();
+    use consumer::setup::{create_topics, TopicStatus};
+    let first = create_topics(&h.settings.kafka).await.expect("created");
+    assert_eq!(
+        first[0],
+        (
+            h.settings.kafka.inbound_topic.clone(),
+            TopicStatus::Created { partitions: 3 }
+        )
+    );
+    let again = create_topics(&h.settings.kafka).await.expect("idempotent");
+    assert_eq!(
+        again[0],
+        (
+            h.settings.kafka.inbound_topic.clone(),
+            TopicStatus::Exists { partitions: 3 }
+        )
+    );
+    assert_eq!(
+        again[1],
+        (
+            h.settings.kafka.dead_letter_topic.clone(),
+            TopicStatus::Exists { partitions: 1 }
+        )
+    );
+    assert_eq!(again.len(), 3);
 }
