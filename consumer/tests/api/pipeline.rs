@@ -88,6 +88,15 @@ async fn poison_records_are_dead_lettered_with_the_reason_and_offsets_advance() 
     }
     assert_eq!(reasons["undecodable"], b"\x00not json");
     assert_eq!(reasons["unknown_version"], unknown_version);
+    let lag_reported = eventually(Duration::from_secs(10), || async {
+        app.get("/metrics")
+            .await
+            .text()
+            .await
+            .unwrap_or_default()
+            .contains("consumer_lag_records{partition=")
+    });
+    assert!(lag_reported.await, "lag per partition is reported");
     assert_eq!(
         app.metric("consumer_dead_letters_total", &[("reason", "undecodable")]),
         1.0
@@ -302,15 +311,6 @@ async fn shutdown_finishes_records_in_flight_commits_and_answers_the_endpoints()
         .await,
         "ready once consuming"
     );
-    let lag_reported = eventually(Duration::from_secs(5), || async {
-        app.get("/metrics")
-            .await
-            .text()
-            .await
-            .unwrap_or_default()
-            .contains("consumer_lag_records{partition=")
-    });
-    assert!(lag_reported.await, "lag per partition is reported");
     let envs: Vec<_> = (0..3)
         .map(|u| text(&format!("o-{u}"), &format!("m{u}"), "hi"))
         .collect();
