@@ -15,11 +15,13 @@
 //! bounded, for the workers to end.
 
 use std::collections::{HashMap, VecDeque};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use futures::FutureExt;
 use prometheus::IntGauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
@@ -122,7 +124,15 @@ impl<T> Inner<T> {
     async fn drain(&self, key: Vec<u8>, first: Buffered<T>, _slot: OwnedSemaphorePermit) {
         let mut next = Some(first);
         while let Some(Buffered { item, _permit }) = next.take() {
-            (self.handler)(item).await;
+            // A panic must not leave the key marked busy forever (its later records would never
+            // run). The record itself is not finished, so its offset stays unstored (lag shows it).
+            if AssertUnwindSafe((self.handler)(item))
+                .catch_unwind()
+                .await
+                .is_err()
+            {
+                tracing::error!("a record handler panicked; the record stays unfinished");
+            }
             drop(_permit);
             let mut queues = self.lock();
             if self.stopping.load(Ordering::SeqCst) {
@@ -142,7 +152,6 @@ impl<T> Inner<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use futures::FutureExt;
     use std::sync::atomic::AtomicUsize;
 
     #[tokio::test]

@@ -1,0 +1,244 @@
+//! Throughput benchmark of one consumer process (see BENCHMARKS.md, section `consumer`).
+//!
+//! Starts a fake WeChat API that answers every send after a fixed latency (default 50 ms),
+//! publishes one text message from each of N distinct users (default 10,000) to a fresh inbound
+//! topic on the real Kafka, runs the real `consumer` binary (the release build next to this
+//! example) against the real Redis, and reads the consumer's own `/metrics` until every record is
+//! replied: replies per second, CPU seconds per record and resident memory.
+//!
+//! ```text
+//! scripts/services.sh up
+//! cargo build --release -p consumer --bin consumer --example bench
+//! target/release/examples/bench            # BENCH_USERS, BENCH_LATENCY_MS, BENCH_KEYS to vary
+//! ```
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::{web, App, HttpResponse, HttpServer};
+use common::codec::Format;
+use common::dedup::DedupKey;
+use common::envelope::{record_key, DedupStatus, Envelope, EnvelopeV1};
+use common::ids::{AppId, MsgId, OpenId};
+use common::message::{Message, MessageBody};
+use common::push::Mode;
+use consumer::config::Settings;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::ClientConfig;
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The fake API: tokens at once, every send and typing after `latency`.
+fn fake_wechat(
+    latency: Duration,
+    sends: Arc<AtomicU64>,
+) -> anyhow::Result<(u16, actix_web::dev::Server)> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    let server = HttpServer::new(move || {
+        let sends = Arc::clone(&sends);
+        App::new()
+            .route(
+                "/cgi-bin/stable_token",
+                web::post().to(|| async {
+                    HttpResponse::Ok()
+                        .json(serde_json::json!({"access_token": "BENCH", "expires_in": 7200}))
+                }),
+            )
+            .route(
+                "/cgi-bin/message/custom/send",
+                web::post().to(move || {
+                    let sends = Arc::clone(&sends);
+                    async move {
+                        tokio::time::sleep(latency).await;
+                        sends.fetch_add(1, Ordering::Relaxed);
+                        HttpResponse::Ok().json(serde_json::json!({"errcode": 0, "errmsg": "ok"}))
+                    }
+                }),
+            )
+    })
+    .workers(2)
+    .backlog(4096)
+    .max_connections(100_000)
+    .disable_signals()
+    .listen(listener)?
+    .run();
+    Ok((port, server))
+}
+
+fn envelope(user: usize, now: i64) -> EnvelopeV1 {
+    let message = Message {
+        to_user_name: "gh_bench".into(),
+        from_user_name: OpenId::new(format!("o-bench-{user:05}")),
+        create_time: now,
+        body: MessageBody::Text {
+            msg_id: MsgId::new(format!("{}", 10_000_000 + user)),
+            content: "hello".into(),
+        },
+    };
+    EnvelopeV1 {
+        app: "demo".into(),
+        appid: AppId::new("wxbench"),
+        dedup_key: DedupKey::for_message("demo", &message),
+        dedup: DedupStatus::Checked,
+        received_at_ms: now * 1000,
+        format: Format::Json,
+        mode: Mode::Safe,
+        payload: "{}".into(),
+        message,
+    }
+}
+
+/// A sample value from Prometheus text: the first line starting with `prefix`.
+fn sample(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let users: usize = env_or("BENCH_USERS", 10_000);
+    let latency = Duration::from_millis(env_or("BENCH_LATENCY_MS", 50));
+    let keys: usize = env_or("BENCH_KEYS", 256);
+    let brokers = std::env::var("WXKF_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    let redis =
+        std::env::var("WXKF_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into());
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let run = uuid::Uuid::new_v4().simple().to_string();
+
+    let sends = Arc::new(AtomicU64::new(0));
+    let (api_port, server) = fake_wechat(latency, Arc::clone(&sends))?;
+    tokio::spawn(server);
+
+    let mut settings = Settings::load_from(&repo.join("config"), "bench")?;
+    settings.kafka.brokers = brokers.clone();
+    settings.kafka.inbound_topic = format!("bench-inbound-{run}");
+    settings.kafka.dead_letter_topic = format!("bench-dlq-{run}");
+    settings.kafka.handoff_topic = format!("bench-handoff-{run}");
+    consumer::setup::create_topics(&settings.kafka).await?;
+
+    let dir = std::env::temp_dir().join(format!("consumer-bench-{run}"));
+    std::fs::create_dir_all(&dir)?;
+    let rules = dir.join("rules.toml");
+    std::fs::write(
+        &rules,
+        "[[rule]]\nname = \"reply\"\n[[rule.actions]]\ntype = \"text\"\ncontent = \"Hi {openid}\"\n",
+    )?;
+
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("linger.ms", "20")
+        .create()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs() as i64;
+    let topic = settings.kafka.inbound_topic.as_str();
+    let produced = Instant::now();
+    for chunk in (0..users).collect::<Vec<_>>().chunks(1000) {
+        let sends = chunk.iter().map(|&u| {
+            let env = envelope(u, now);
+            let key = record_key(&env.app, &env.message.from_user_name);
+            let value = Envelope::V1(env).to_bytes();
+            let producer = &producer;
+            async move {
+                producer
+                    .send(
+                        FutureRecord::to(topic).key(&key).payload(&value),
+                        Timeout::After(Duration::from_secs(30)),
+                    )
+                    .await
+                    .map_err(|(e, _)| e)
+            }
+        });
+        for result in futures::future::join_all(sends).await {
+            result?;
+        }
+    }
+    eprintln!("published {users} records in {:?}", produced.elapsed());
+
+    let metrics_port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let exe = std::env::current_exe()?
+        .parent()
+        .and_then(|p| p.parent())
+        .map(|p| p.join("consumer"))
+        .ok_or_else(|| anyhow::anyhow!("cannot locate the consumer binary"))?;
+    let vars = [
+        ("SERVER__PORT", metrics_port.to_string()),
+        ("KAFKA__BROKERS", brokers.clone()),
+        ("KAFKA__GROUP_ID", format!("bench-{run}")),
+        ("KAFKA__INBOUND_TOPIC", settings.kafka.inbound_topic.clone()),
+        (
+            "KAFKA__DEAD_LETTER_TOPIC",
+            settings.kafka.dead_letter_topic.clone(),
+        ),
+        ("KAFKA__HANDOFF_TOPIC", settings.kafka.handoff_topic.clone()),
+        ("PROCESSING__MAX_IN_FLIGHT_KEYS", keys.to_string()),
+        ("REDIS__URL", redis),
+        ("REDIS__KEY_PREFIX", format!("bench-{run}:")),
+        ("WECHAT__BASE_URL", format!("http://127.0.0.1:{api_port}")),
+        ("RULES__PATH", rules.display().to_string()),
+        ("APPS__DEMO__APPID", "wxbench".to_owned()),
+        ("APPS__DEMO__SECRET", "bench-secret".to_owned()),
+    ];
+    let mut child = Command::new(&exe)
+        .env("CONSUMER_CONFIG_DIR", repo.join("config"))
+        .env("APP_ENVIRONMENT", "bench")
+        .env("RUST_LOG", "warn")
+        .envs(vars.iter().map(|(k, v)| (format!("CONSUMER__{k}"), v)))
+        .stdout(Stdio::null())
+        .spawn()?;
+
+    let url = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let http = reqwest::Client::new();
+    let (mut first, mut cpu_at_first) = (None, 0.0);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let (elapsed, cpu, rss) = loop {
+        anyhow::ensure!(Instant::now() < deadline, "not done within 300 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let Ok(response) = http.get(&url).send().await else {
+            continue;
+        };
+        let text = response.text().await?;
+        let replied = sample(&text, "consumer_records_total{outcome=\"replied\"}");
+        let cpu = sample(&text, "process_cpu_seconds_total");
+        if replied > 0.0 && first.is_none() {
+            first = Some(Instant::now());
+            cpu_at_first = cpu;
+        }
+        if replied as usize >= users {
+            let rss = sample(&text, "process_resident_memory_bytes");
+            let started = first.unwrap_or_else(Instant::now);
+            break (started.elapsed(), cpu - cpu_at_first, rss);
+        }
+    };
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let _ = child.wait();
+
+    let per_second = users as f64 / elapsed.as_secs_f64();
+    println!(
+        "users={users} latency={}ms max_in_flight_keys={keys} sends={} elapsed={:.2}s replies/s={per_second:.0} cpu/record={:.0}µs rss={:.0}MiB",
+        latency.as_millis(),
+        sends.load(Ordering::Relaxed),
+        elapsed.as_secs_f64(),
+        cpu / users as f64 * 1e6,
+        rss / (1024.0 * 1024.0),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
