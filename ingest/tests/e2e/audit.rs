@@ -207,6 +207,8 @@ pub struct Report {
     pub users: usize,
     pub dead_letter_reasons: BTreeMap<String, usize>,
     pub outstanding_sample: Vec<String>,
+    /// Replies never sent because the consumer dead-lettered them, with the reason.
+    pub unsent_dead_letters: Vec<String>,
 }
 
 impl std::fmt::Display for Report {
@@ -331,6 +333,10 @@ impl Audit {
                 Ok(()) => {
                     let report = self.report(pipeline, push);
                     let outstanding = report.expected - report.sent - report.dead_lettered;
+                    // Nothing can undo a duplicate or a reply no rule called for: stop here.
+                    if report.duplicated > 0 || report.unexpected > 0 {
+                        return report;
+                    }
                     if outstanding > 0 {
                         format!(
                             "{outstanding} replies outstanding, e.g. {:?}\n{report}",
@@ -427,7 +433,7 @@ impl Audit {
             + unexpected.values().map(|c| c - 1).sum::<usize>();
         report.sent = copies.iter().filter(|c| **c > 0).count();
 
-        let mut dead_lettered = vec![false; expected.len()];
+        let mut dead_lettered: Vec<Option<String>> = vec![None; expected.len()];
         for (_, _, value) in &self.dead.records {
             let Ok(letter) = serde_json::from_slice::<DeadLetter>(value) else {
                 continue;
@@ -446,13 +452,23 @@ impl Audit {
                         _ => true,
                     };
                 if covered && copies[i] == 0 {
-                    dead_lettered[i] = true;
+                    dead_lettered[i] = Some(letter.reason.clone());
                 }
             }
         }
-        report.dead_lettered = dead_lettered.iter().filter(|d| **d).count();
+        report.dead_lettered = dead_lettered.iter().flatten().count();
+        report.unsent_dead_letters = (0..expected.len())
+            .filter_map(|i| {
+                let reason = dead_lettered[i].as_ref()?;
+                let e = &expected[i];
+                Some(format!(
+                    "{} {} #{} ({reason})",
+                    e.dedup_key, e.rule, e.action
+                ))
+            })
+            .collect();
         let outstanding: Vec<usize> = (0..expected.len())
-            .filter(|i| copies[*i] == 0 && !dead_lettered[*i])
+            .filter(|i| copies[*i] == 0 && dead_lettered[*i].is_none())
             .collect();
         report.lost = outstanding.len() + report.acked_missing;
         report.outstanding_sample = outstanding
@@ -489,6 +505,9 @@ impl Audit {
 /// order, and dead letters only for the reasons this scenario can cause.
 pub fn check(report: &Report, allowed_dead_letters: &[&str]) {
     println!("{report}");
+    for unsent in &report.unsent_dead_letters {
+        println!("    not sent, dead-lettered: {unsent}");
+    }
     assert_eq!(
         report.acked_missing, 0,
         "acknowledged pushes missing from Kafka\n{report}"

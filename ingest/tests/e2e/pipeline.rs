@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use rdkafka::consumer::Consumer as _;
 use serde::Deserialize;
 use tokio::process::Child;
 
@@ -151,7 +152,42 @@ impl Pipeline {
         for _ in 0..consumers {
             pipeline.start_consumer().await;
         }
+        pipeline.wait_group_stable().await;
         pipeline
+    }
+
+    /// Waits until every running consumer is a member of the group with partitions of its own,
+    /// so the first rebalances happen before the pushes, not in the middle of a scenario.
+    pub async fn wait_group_stable(&self) {
+        let admin: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", kafka_brokers())
+            .create()
+            .expect("Kafka client");
+        let wanted = self.consumers.len();
+        let wait = super::Deadline::new(
+            Duration::from_secs(60),
+            format!("{wanted} consumers sharing the inbound partitions"),
+        );
+        loop {
+            let shares = tokio::task::block_in_place(|| {
+                let list = admin.fetch_group_list(Some(&self.group), Duration::from_secs(3));
+                let Ok(list) = list else { return Vec::new() };
+                list.groups()
+                    .iter()
+                    .filter(|g| g.state() == "Stable")
+                    .flat_map(|g| g.members().iter())
+                    .map(|m| m.assignment().map_or(0, assigned_partitions))
+                    .collect::<Vec<usize>>()
+            });
+            let total: usize = shares.iter().sum();
+            if shares.len() == wanted
+                && shares.iter().all(|n| *n > 0)
+                && total == INBOUND_PARTITIONS as usize
+            {
+                return;
+            }
+            wait.tick().await;
+        }
     }
 
     fn consumer_env(&self, port: u16) -> Vec<(String, String)> {
@@ -384,6 +420,29 @@ impl Pipeline {
             .expect("starting wechat-sim push");
         PushRun { child, record }
     }
+}
+
+/// The number of partitions in a consumer-protocol assignment (Kafka's `ConsumerProtocol
+/// Assignment`: version, then per topic its name and partition ids).
+fn assigned_partitions(bytes: &[u8]) -> usize {
+    let int = |at: usize, len: usize| -> Option<i64> {
+        let b = bytes.get(at..at + len)?;
+        Some(b.iter().fold(0i64, |acc, x| (acc << 8) | i64::from(*x)))
+    };
+    let mut at = 2;
+    let Some(topics) = int(at, 4) else { return 0 };
+    at += 4;
+    let mut total = 0;
+    for _ in 0..topics {
+        let Some(name_len) = int(at, 2) else { return 0 };
+        at += 2 + name_len as usize;
+        let Some(partitions) = int(at, 4) else {
+            return 0;
+        };
+        at += 4 + 4 * partitions as usize;
+        total += partitions as usize;
+    }
+    total
 }
 
 /// A running push side.

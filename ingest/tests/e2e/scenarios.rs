@@ -60,6 +60,9 @@ async fn ingest_killed_mid_stream_is_covered_by_wechats_retries() {
         wait.tick().await;
     }
     p.kill_ingest().await;
+    // Down for longer than WeChat's pause before a retry, so pushes meet the dead port, and
+    // shorter than its retries last, so they all get through in the end.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     p.start_ingest().await;
     let push = push.finish(Duration::from_secs(120)).await;
     assert_eq!(
@@ -73,5 +76,10 @@ async fn ingest_killed_mid_stream_is_covered_by_wechats_retries() {
         push.0
     );
     let report = audit.settle(&mut p, &push, Duration::from_secs(120)).await;
-    check(&report, &[]);
+    check(&report, WINDOW_REFUSALS);
 }
+
+/// Dead-letter reasons of replies WeChat would refuse (45047, 45015), which the consumer does
+/// not attempt. They appear when retried pushes reach Kafka after the same user's later ones: a
+/// user who entered the session after writing has 2 replies left, not 5, whatever arrives first.
+pub const WINDOW_REFUSALS: &[&str] = &["quota_exhausted", "window_closed"];

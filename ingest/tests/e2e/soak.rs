@@ -47,6 +47,7 @@ async fn soak() {
             0 => {
                 p.kill_consumer(0).await;
                 p.start_consumer().await;
+                p.wait_group_stable().await;
                 println!(
                     "soak {:>4}s: a consumer killed and replaced",
                     started.elapsed().as_secs()
