@@ -66,10 +66,11 @@ impl Reason {
         }
     }
 
+    /// WeChat's errcode, when WeChat gave one (an HTTP-level refusal has none: 0 is not kept).
     pub fn errcode(&self) -> Option<i64> {
         match self {
             Reason::WeChatRejected { errcode, .. } | Reason::TokenRejected { errcode, .. } => {
-                Some(*errcode)
+                Some(*errcode).filter(|code| *code != 0)
             }
             Reason::RetriesExhausted { errcode, .. } => *errcode,
             _ => None,

@@ -311,3 +311,56 @@ async fn drop_sends_nothing_and_unknown_apps_are_dead_lettered() {
     assert_eq!(letter.reason.kind(), "unknown_app");
     h.wechat.verify().await;
 }
+
+#[tokio::test]
+async fn an_expired_upload_is_replaced_once_and_the_image_sent_again() {
+    let h = Harness::new(
+        "[[rule]]\nname = \"pic\"\n[[rule.actions]]\ntype = \"image\"\nfile = \"pic.png\"\n",
+    )
+    .await;
+    std::fs::write(h.dir.join("pic.png"), b"\x89PNG not really").expect("image");
+    h.mount_token().await;
+    for id in ["EXPIRED-ID", "FRESH-ID"] {
+        Mock::given(path(UPLOAD))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_json(json!({"type": "image", "media_id": id, "created_at": now()})),
+            )
+            .up_to_n_times(1)
+            .expect(1)
+            .mount(&h.wechat)
+            .await;
+    }
+    Mock::given(path(SEND))
+        .and(body_json(
+            json!({"touser": "o-m", "msgtype": "image", "image": {"media_id": "EXPIRED-ID"}}),
+        ))
+        .respond_with(errcode(40007, "invalid media_id"))
+        .expect(1)
+        .mount(&h.wechat)
+        .await;
+    Mock::given(path(SEND))
+        .and(body_json(
+            json!({"touser": "o-m", "msgtype": "image", "image": {"media_id": "FRESH-ID"}}),
+        ))
+        .respond_with(ok())
+        .expect(1)
+        .mount(&h.wechat)
+        .await;
+    let services = h.services().await;
+
+    let outcome = services
+        .processor
+        .process(&text("o-m", "1", "hi"))
+        .await
+        .expect("processed");
+
+    assert_eq!(
+        outcome,
+        Outcome::Replied {
+            sent: 1,
+            already_sent: 0
+        }
+    );
+    h.wechat.verify().await;
+}
