@@ -216,19 +216,20 @@ impl Explainer<'_> {
                     writeln!(out, "{tag}   {}", serde_json::to_string(request)?)?;
                 }
                 Step::Handoff { note } => {
+                    let note = note.as_deref().unwrap_or("-");
                     let h = &self.settings.handoff;
                     let key = record_key(&env.app, &msg.from_user_name);
                     if h.publish {
                         writeln!(
                             out,
-                            "{tag} hand-off: produce to {} (key {key}, note {note:?})",
+                            "{tag} hand-off: produce to {} (key {key}, note: {note})",
                             self.settings.kafka.handoff_topic
                         )?;
                     }
                     if !h.webhook.is_empty() {
                         writeln!(
                             out,
-                            "{tag} hand-off: POST {} (JSON, note {note:?})",
+                            "{tag} hand-off: POST {} (JSON, note: {note})",
                             h.webhook
                         )?;
                     }
