@@ -49,6 +49,22 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every value [`Reason::kind`] can return.
+    pub const KINDS: [&'static str; 12] = [
+        "undecodable",
+        "unknown_version",
+        "unknown_app",
+        "window_closed",
+        "quota_exhausted",
+        "wechat_rejected",
+        "retries_exhausted",
+        "token_rejected",
+        "token_unavailable",
+        "ambiguous",
+        "media_unavailable",
+        "webhook_rejected",
+    ];
+
     pub fn kind(&self) -> &'static str {
         match self {
             Reason::Undecodable(_) => "undecodable",
@@ -204,5 +220,60 @@ impl DeadLetterWriter {
                 &headers,
             )
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_kind_is_listed_for_the_metrics() {
+        let reasons = [
+            Reason::Undecodable(String::new()),
+            Reason::UnknownVersion(2),
+            Reason::UnknownApp(String::new()),
+            Reason::WindowClosed,
+            Reason::QuotaExhausted,
+            Reason::WeChatRejected {
+                errcode: 1,
+                errmsg: String::new(),
+            },
+            Reason::RetriesExhausted {
+                errcode: None,
+                detail: String::new(),
+            },
+            Reason::TokenRejected {
+                errcode: 1,
+                errmsg: String::new(),
+            },
+            Reason::TokenUnavailable(String::new()),
+            Reason::Ambiguous(String::new()),
+            Reason::MediaUnavailable(String::new()),
+            Reason::WebhookRejected {
+                status: 400,
+                detail: String::new(),
+            },
+        ];
+        let kinds: Vec<&str> = reasons.iter().map(Reason::kind).collect();
+        assert_eq!(kinds, Reason::KINDS);
+    }
+
+    #[test]
+    fn a_dead_letter_keeps_the_original_bytes() {
+        let letter = DeadLetter::record(Reason::UnknownVersion(9));
+        let source = SourceRecord {
+            topic: "in".into(),
+            partition: 2,
+            offset: 41,
+            key: Some("demo:o1".into()),
+            timestamp_ms: None,
+        };
+        let record = DeadLetterRecord::new(&letter, source, "group", b"\x00\xffraw");
+        let json = serde_json::to_string(&record).expect("json");
+        let back: DeadLetterRecord = serde_json::from_str(&json).expect("parse");
+        assert_eq!(back.original().expect("base64"), b"\x00\xffraw");
+        assert_eq!(back.reason, "unknown_version");
+        assert_eq!(back.source.offset, 41);
     }
 }

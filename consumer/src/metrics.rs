@@ -9,6 +9,8 @@ use prometheus::{
     HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
+use crate::dead_letter::Reason;
+
 /// API latency buckets in seconds, from a fast local fake up to the configured timeout range.
 const API_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -104,6 +106,7 @@ impl Metrics {
                 &["result"],
             )?,
         };
+        metrics.zero_known_series();
         registry.register(Box::new(metrics.records.clone()))?;
         registry.register(Box::new(metrics.rule_matches.clone()))?;
         registry.register(Box::new(metrics.sends.clone()))?;
@@ -115,6 +118,39 @@ impl Metrics {
         registry.register(Box::new(metrics.lag.clone()))?;
         registry.register(Box::new(metrics.rules_reloads.clone()))?;
         Ok(metrics)
+    }
+
+    /// Creates every series whose label values are known in advance at zero, so dashboards and
+    /// alerts see `0` rather than no data before the first event.
+    fn zero_known_series(&self) {
+        for outcome in ["replied", "skipped", "dead_lettered"] {
+            self.records.with_label_values(&[outcome]);
+        }
+        for reason in Reason::KINDS {
+            self.dead_letters.with_label_values(&[reason]);
+        }
+        for msgtype in ["text", "image", "link", "miniprogrampage", "typing"] {
+            for result in [
+                "ok",
+                "duplicate",
+                "refused",
+                "retryable",
+                "token",
+                "ambiguous",
+                "final",
+            ] {
+                self.sends.with_label_values(&[msgtype, result]);
+            }
+        }
+        for result in ["ok", "error", "fenced"] {
+            self.token_refreshes.with_label_values(&[result]);
+        }
+        for result in ["ok", "refused"] {
+            self.rules_reloads.with_label_values(&[result]);
+        }
+        for kind in ["redis", "token", "sink"] {
+            self.process_retries.with_label_values(&[kind]);
+        }
     }
 
     /// Metrics on a private registry, for tests and one-shot commands.
