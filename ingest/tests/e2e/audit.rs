@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use common::envelope::{Envelope, EnvelopeV1};
+use common::envelope::{DedupStatus, Envelope, EnvelopeV1};
 use common::message::MessageBody;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
@@ -196,6 +196,8 @@ pub struct Report {
     pub acknowledged: u64,
     pub kafka_records: usize,
     pub distinct_records: usize,
+    /// Records ingest published without its dedup check (Redis was down).
+    pub unchecked_records: usize,
     pub expected: usize,
     pub sent: usize,
     pub dead_lettered: usize,
@@ -215,7 +217,7 @@ impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "e2e {}: pushes sent={} acknowledged={} records in kafka={} (distinct {}) | replies \
+            "e2e {}: pushes sent={} acknowledged={} records in kafka={} (distinct {}, unchecked {}) | replies \
              expected={} sent={} dead-lettered={} lost={} duplicated={} | users={} misordered={} \
              unexpected sends={} dead letters={:?}",
             self.scenario,
@@ -223,6 +225,7 @@ impl std::fmt::Display for Report {
             self.acknowledged,
             self.kafka_records,
             self.distinct_records,
+            self.unchecked_records,
             self.expected,
             self.sent,
             self.dead_lettered,
@@ -382,6 +385,9 @@ impl Audit {
         for (partition, offset, value) in records {
             let envelope = Envelope::from_bytes(value).expect("inbound records are envelopes");
             let env = envelope.v1().clone();
+            if env.dedup == DedupStatus::Unchecked {
+                report.unchecked_records += 1;
+            }
             stored.insert((
                 env.message.from_user_name.as_str().to_owned(),
                 env.message.create_time,

@@ -67,4 +67,8 @@ async fn redis_stopped_and_restarted_mid_stream() {
     // A reply sent just before Redis went away could not be marked `sent`; its retry finds the
     // `sending` mark and dead-letters it as ambiguous instead of sending it again.
     check(&report, &["ambiguous"]);
+    assert!(
+        report.unchecked_records > 0,
+        "ingest published nothing unchecked while Redis was down\n{report}"
+    );
 }
