@@ -23,7 +23,7 @@ stop() {
 }
 
 if [ "${1:-up}" = "down" ]; then
-  stop consumer; stop ingest
+  stop consumer; stop ingest; stop wechat-api
   scripts/services.sh down
   exit 0
 fi
@@ -49,24 +49,43 @@ wait_http() {
 scripts/setup.sh
 scripts/services.sh up
 log "building the services (release)"
-cargo build --release --locked -p ingest -p consumer
+cargo build --release --locked -p ingest -p consumer --bins
 
 export APP_ENVIRONMENT=${APP_ENVIRONMENT:-local}
 export INGEST_CONFIG_DIR=$ROOT/config CONSUMER_CONFIG_DIR=$ROOT/config
-scripts/services.sh topic wxkf.inbound 12
-scripts/services.sh topic wxkf.dead-letter 3
+# The inbound, dead-letter and hand-off topics, with the partition counts of config/consumer.toml.
+target/release/consumer setup
 
+# WeChat's API, simulated: tokens for the demo app, 30 ms per call, every send recorded.
+start wechat-api target/release/wechat-sim api --listen 127.0.0.1:8081 --latency 30ms \
+  --app wxba5fad812f8e6fb9=local-development-secret --record "$LOG_DIR/sends.jsonl"
+wait_http wechat-api http://127.0.0.1:8081/sim/stats
 start ingest target/release/ingest
 wait_http ingest http://127.0.0.1:8080/healthz
-start consumer target/release/consumer
+start consumer target/release/consumer run
+wait_http consumer http://127.0.0.1:9090/healthz
+
+# A first conversation: 40 pushes from 8 users, signed and encrypted as WeChat does.
+log "pushing a demo conversation through the pipeline"
+target/release/wechat-sim push --url http://127.0.0.1:8080/wechat/demo --count 40 --users 8 \
+  --user-prefix "demo-$(date +%s)" --mode mixed --format mixed
+for _ in $(seq 1 50); do
+  sends=$(curl -fsS http://127.0.0.1:8081/sim/stats 2>/dev/null | grep -o '"sends_recorded":[0-9]*' | cut -d: -f2 || true)
+  [ "${sends:-0}" -gt 0 ] && break
+  sleep 0.2
+done
 
 cat <<TXT
 
 The pipeline runs:
-  ingest     http://127.0.0.1:8080/wechat/demo   (push URL; /healthz /readyz /metrics)
-  consumer   process $(cat "$RUN_DIR/consumer.pid")
-  kafka      127.0.0.1:${WXKF_KAFKA_PORT:-9092}   topics wxkf.inbound, wxkf.dead-letter
-  redis      127.0.0.1:${WXKF_REDIS_PORT:-6379}
-  logs       $LOG_DIR
+  ingest       http://127.0.0.1:8080/wechat/demo   (push URL; /healthz /readyz /metrics)
+  consumer     http://127.0.0.1:9090/metrics       (/healthz /readyz; rules: config/rules.toml, hot-reloaded)
+  WeChat API   http://127.0.0.1:8081               (simulated; replies so far: curl 127.0.0.1:8081/sim/sends)
+  kafka        127.0.0.1:${WXKF_KAFKA_PORT:-9092}   topics wxkf.inbound, wxkf.dead-letter, wxkf.handoff
+  redis        127.0.0.1:${WXKF_REDIS_PORT:-6379}
+  logs         $LOG_DIR   (replies also in $LOG_DIR/sends.jsonl)
+Replies the simulated WeChat API has accepted so far: ${sends:-0}
+Push more:   target/release/wechat-sim push --count 100 --users 10
+Dry-run the rules over recorded records: target/release/consumer explain --help
 Stop it all with: scripts/run-local.sh down
 TXT
