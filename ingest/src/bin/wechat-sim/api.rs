@@ -9,7 +9,7 @@
 //!
 //! Control endpoints for tests and demos (not WeChat's):
 //! - `GET /sim/sends?after=SEQ&touser=OPENID&limit=N` — accepted sends, in arrival order;
-//! - `GET /sim/stats` — calls by endpoint and errcode, sends recorded, duplicates, slow answers;
+//! - `GET /sim/stats` — calls by endpoint and errcode, sends recorded, repeated bodies, slow answers;
 //! - `POST /sim/reset` — forget recorded sends and counts;
 //! - `GET /sim/faults`, `POST /sim/faults` — read or change the fault dials while running;
 //! - `GET /healthz`.

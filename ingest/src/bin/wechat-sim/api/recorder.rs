@@ -4,8 +4,10 @@
 //! A send is *accepted* when WeChat would have delivered it: a valid token, a well-formed body,
 //! no injected refusal. Slow answers are accepted too (the message arrived; only the answer was
 //! late). Each accepted send gets a sequence number in arrival order, which is the order the user
-//! would see. The same body reaching the API twice for the same user is counted as a duplicate:
-//! that is exactly the failure the consumer's send ledger exists to prevent.
+//! would see. The same body reaching the API again for the same user is flagged as a repeat: when
+//! every reply names the message it answers (as in the end-to-end tests' rules), a repeat is a
+//! duplicate send, exactly the failure the consumer's send ledger exists to prevent; with fixed
+//! reply texts (the example rules) repeats are normal.
 
 use std::collections::{BTreeMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -30,8 +32,8 @@ pub struct RecordedSend {
     pub body: serde_json::Value,
     /// Answered after the slow delay (the client probably gave up waiting).
     pub slow: bool,
-    /// The same body already reached the API for this user.
-    pub duplicate: bool,
+    /// The same body already reached the API for this user (see the module docs).
+    pub repeated: bool,
 }
 
 /// Counts behind `GET /sim/stats`.
@@ -40,7 +42,7 @@ pub struct Stats {
     /// Calls by endpoint, then by the errcode answered (0: ok).
     pub calls: BTreeMap<&'static str, BTreeMap<i64, u64>>,
     pub sends_recorded: u64,
-    pub duplicate_sends: u64,
+    pub repeated_bodies: u64,
     pub slow_answers: u64,
     pub tokens_issued: u64,
     pub media_uploaded: u64,
@@ -109,10 +111,10 @@ impl Recorder {
         let recorded = {
             let mut inner = lock(&self.inner);
             inner.next_seq += 1;
-            let duplicate = !inner.seen.insert(fingerprint);
+            let repeated = !inner.seen.insert(fingerprint);
             inner.stats.sends_recorded += 1;
-            if duplicate {
-                inner.stats.duplicate_sends += 1;
+            if repeated {
+                inner.stats.repeated_bodies += 1;
             }
             let recorded = RecordedSend {
                 seq: inner.next_seq,
@@ -122,7 +124,7 @@ impl Recorder {
                 msgtype,
                 body,
                 slow,
-                duplicate,
+                repeated,
             };
             inner.sends.push(recorded.clone());
             recorded
@@ -180,7 +182,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sends_are_numbered_filtered_and_duplicates_counted() {
+    fn sends_are_numbered_filtered_and_repeats_counted() {
         let recorder = Recorder::new(None).expect("in memory");
         let a = serde_json::json!({"touser":"u1","msgtype":"text","text":{"content":"a"}});
         let b = serde_json::json!({"touser":"u2","msgtype":"text","text":{"content":"b"}});
@@ -189,9 +191,9 @@ mod tests {
         recorder.send("wx1", a, true);
         let all = recorder.sends(0, None, usize::MAX);
         assert_eq!(all.iter().map(|s| s.seq).collect::<Vec<_>>(), [1, 2, 3]);
-        assert!(all[2].duplicate && all[2].slow && !all[0].duplicate);
+        assert!(all[2].repeated && all[2].slow && !all[0].repeated);
         assert_eq!(recorder.sends(1, Some("u1"), 10).len(), 1);
-        assert_eq!(recorder.stats(0).duplicate_sends, 1);
+        assert_eq!(recorder.stats(0).repeated_bodies, 1);
         recorder.reset();
         assert!(recorder.sends(0, None, 10).is_empty());
     }
