@@ -447,6 +447,7 @@ struct FaultUpdate {
     slow_rate: Option<f64>,
     #[serde(default, with = "humantime_serde")]
     slow_delay: Option<Duration>,
+    /// Applies to tokens already handed out too: shortening it expires the older ones now.
     #[serde(default, with = "humantime_serde")]
     token_ttl: Option<Duration>,
     /// `"0s"` goes back to announcing the real lifetime.

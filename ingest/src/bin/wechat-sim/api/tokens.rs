@@ -10,7 +10,9 @@
 //! A token presented to an API is one of: unknown or replaced (40001), past its lifetime (42001),
 //! or valid (its appid). Lifetimes are configurable ([`TokenPolicy`]) so tests can make tokens
 //! expire every few seconds; the announced `expires_in` may be set longer than the real lifetime
-//! to make clients meet 42001 instead of refreshing ahead of it.
+//! to make clients meet 42001 instead of refreshing ahead of it. A lifetime is measured from the
+//! token's issue with the policy in force when it is checked, so shortening it at run time makes
+//! tokens already handed out expire too.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -70,16 +72,21 @@ impl Rejection {
 #[derive(Debug)]
 struct Issued {
     appid: String,
-    expires: Instant,
+    issued: Instant,
     /// Replaced or revoked: 40001 from this instant on.
     dead_from: Option<Instant>,
 }
 
 impl Issued {
-    fn check(&self, now: Instant) -> Result<(), Rejection> {
+    fn expires(&self, policy: &TokenPolicy) -> Instant {
+        self.issued + policy.ttl
+    }
+
+    fn check(&self, policy: &TokenPolicy, now: Instant) -> Result<(), Rejection> {
+        let expires = self.expires(policy);
         match self.dead_from {
-            Some(dead) if dead <= now && dead < self.expires => Err(Rejection::Invalid),
-            _ if self.expires <= now => Err(Rejection::Expired),
+            Some(dead) if dead <= now && dead < expires => Err(Rejection::Invalid),
+            _ if expires <= now => Err(Rejection::Expired),
             _ => Ok(()),
         }
     }
@@ -119,7 +126,7 @@ impl Tokens {
         *lock(&self.policy)
     }
 
-    /// Applies to tokens issued from now on.
+    /// Applies at once, to tokens already issued too.
     pub fn set_policy(&self, policy: TokenPolicy) {
         *lock(&self.policy) = policy;
     }
@@ -131,10 +138,11 @@ impl Tokens {
 
     /// The appid of a valid token.
     pub fn check(&self, token: &str) -> Result<String, Rejection> {
+        let policy = self.policy();
         let now = Instant::now();
         let book = lock(&self.book);
         let issued = book.tokens.get(token).ok_or(Rejection::Invalid)?;
-        issued.check(now)?;
+        issued.check(&policy, now)?;
         Ok(issued.appid.clone())
     }
 
@@ -149,9 +157,10 @@ impl Tokens {
             // Normal mode: the same token while it is outside its roll-over period.
             if let Some(value) = &previous {
                 if let Some(issued) = book.tokens.get(value) {
-                    let usable = issued.check(now).is_ok();
-                    if usable && issued.expires.saturating_duration_since(now) > policy.overlap() {
-                        let expires_in = announced_left(&policy, issued.expires, now);
+                    let usable = issued.check(&policy, now).is_ok();
+                    let expires = issued.expires(&policy);
+                    if usable && expires.saturating_duration_since(now) > policy.overlap() {
+                        let expires_in = announced_left(&policy, expires, now);
                         return Grant {
                             access_token: value.clone(),
                             expires_in,
@@ -174,12 +183,11 @@ impl Tokens {
         }
         book.issued += 1;
         let value = new_token(book.issued, issuer);
-        let expires = now + policy.ttl;
         book.tokens.insert(
             value.clone(),
             Issued {
                 appid: appid.to_owned(),
-                expires,
+                issued: now,
                 dead_from: None,
             },
         );
@@ -187,12 +195,13 @@ impl Tokens {
         // Forget tokens long dead so a long run does not grow without bound.
         if book.tokens.len() > 4096 {
             let horizon = now.checked_sub(Duration::from_secs(600)).unwrap_or(now);
-            book.tokens
-                .retain(|_, t| t.expires > horizon && t.dead_from.is_none_or(|d| d > horizon));
+            book.tokens.retain(|_, t| {
+                t.expires(&policy) > horizon && t.dead_from.is_none_or(|d| d > horizon)
+            });
         }
         Grant {
             access_token: value,
-            expires_in: announced_left(&policy, expires, now),
+            expires_in: announced_left(&policy, now + policy.ttl, now),
         }
     }
 
@@ -290,6 +299,18 @@ mod tests {
         let b = t.fetch("wx1", Issuer::Stable, false);
         assert_ne!(a.access_token, b.access_token);
         assert!(t.check(&b.access_token).is_ok());
+    }
+
+    #[test]
+    fn shortening_the_lifetime_expires_tokens_already_issued() {
+        let t = tokens(60_000);
+        let a = t.fetch("wx1", Issuer::Stable, false);
+        std::thread::sleep(Duration::from_millis(20));
+        t.set_policy(TokenPolicy {
+            ttl: Duration::from_millis(10),
+            announced_ttl: None,
+        });
+        assert_eq!(t.check(&a.access_token), Err(Rejection::Expired));
     }
 
     #[test]
