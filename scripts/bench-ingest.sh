@@ -47,7 +47,7 @@ APP_ENVIRONMENT=local INGEST_CONFIG_DIR=config RUST_LOG=warn \
   target/release/ingest >"$WORK/ingest.log" 2>&1 &
 INGEST_PID=$!; PIDS+=("$INGEST_PID")
 $SIM bare --listen 127.0.0.1:$BARE_PORT >"$WORK/bare.log" 2>&1 &
-PIDS+=($!)
+BARE_PID=$!; PIDS+=("$BARE_PID")
 for port in $INGEST_PORT $BARE_PORT; do
   for _ in $(seq 1 100); do curl -fs -o /dev/null -X POST "http://127.0.0.1:$port/wechat/demo" 2>/dev/null && break; curl -s -o /dev/null "http://127.0.0.1:$port/healthz" && break; sleep 0.1; done
 done
@@ -88,8 +88,11 @@ for run in $(seq 1 "$REPEAT"); do
   fixed=$(push "http://127.0.0.1:$INGEST_PORT/wechat/demo" "$FIXED_RATE" 20)
   after=$(cpu_ticks "$INGEST_PID")
   rss=$(rss_kib "$INGEST_PID")
+  bare_before=$(cpu_ticks "$BARE_PID")
   bare_fixed=$(push "http://127.0.0.1:$BARE_PORT/wechat/demo" "$FIXED_RATE" 20)
-  echo "$ingest_max $bare_max $((after - before)) $rss $fixed $bare_fixed" >>"$RESULTS"
+  bare_after=$(cpu_ticks "$BARE_PID")
+  bare_rss=$(rss_kib "$BARE_PID")
+  echo "$ingest_max $bare_max $((after - before)) $rss $((bare_after - bare_before)) $bare_rss $fixed $bare_fixed" >>"$RESULTS"
 done
 
 python3 - "$RESULTS" "$(getconf CLK_TCK)" "$FIXED_RATE" <<'PY'
@@ -97,14 +100,16 @@ import json, statistics, sys
 path, clk, fixed_rate = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 rows = []
 for line in open(path):
-    parts = line.split(" ", 4)
-    ingest_max, bare_max, ticks, rss = map(int, parts[:4])
+    parts = line.split(" ", 6)
+    ingest_max, bare_max, ticks, rss, bare_ticks, bare_rss = map(int, parts[:6])
     dec = json.JSONDecoder()
-    rest = parts[4].strip()
+    rest = parts[6].strip()
     fixed, end = dec.raw_decode(rest)
     bare_fixed, _ = dec.raw_decode(rest[end:].strip())
     rows.append(dict(ingest_max=ingest_max, bare_max=bare_max,
                      cpu_us=ticks / clk * 1e6 / max(fixed["acknowledged"], 1), rss_mib=rss / 1024,
+                     bare_cpu_us=bare_ticks / clk * 1e6 / max(bare_fixed["acknowledged"], 1),
+                     bare_rss_mib=bare_rss / 1024,
                      p50=fixed["latency_ms"]["p50"], p99=fixed["latency_ms"]["p99"],
                      bare_p50=bare_fixed["latency_ms"]["p50"], bare_p99=bare_fixed["latency_ms"]["p99"],
                      acked=fixed["acknowledged"], sent=fixed["sent"]))
@@ -115,7 +120,7 @@ print(f"|---|---|---|---|")
 print(f"| highest rate with p99 < 100 ms (pushes/s) | {med('ingest_max'):.0f} | {med('bare_max'):.0f} | {med('ingest_max')/max(med('bare_max'),1):.2f} |")
 print(f"| p50 ack latency at {fixed_rate}/s (ms) | {med('p50'):.2f} | {med('bare_p50'):.2f} | |")
 print(f"| p99 ack latency at {fixed_rate}/s (ms) | {med('p99'):.2f} | {med('bare_p99'):.2f} | |")
-print(f"| ingest CPU per push at {fixed_rate}/s (µs) | {med('cpu_us'):.1f} | | |")
-print(f"| ingest RSS after {fixed_rate}/s for 20 s (MiB) | {med('rss_mib'):.1f} | | |")
+print(f"| CPU time per push at {fixed_rate}/s (µs) | {med('cpu_us'):.1f} | {med('bare_cpu_us'):.1f} | {med('cpu_us')/max(med('bare_cpu_us'),1e-9):.2f} |")
+print(f"| RSS after {fixed_rate}/s for 20 s (MiB) | {med('rss_mib'):.1f} | {med('bare_rss_mib'):.1f} | |")
 print("per run:", json.dumps(rows))
 PY
