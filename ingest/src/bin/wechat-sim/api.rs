@@ -60,8 +60,9 @@ pub struct Args {
     /// Share of calls (0..1) answered `-1 system error` without doing anything.
     #[arg(long, default_value_t = 0.0)]
     error_rate: f64,
-    /// Share of calls (0..1) answered only after --slow-delay. The call is carried out first: a
-    /// slow send is delivered and recorded, as a real one can arrive although its answer is lost.
+    /// Share of calls (0..1) whose answer, whatever it is, comes only after --slow-delay. The call
+    /// is carried out first: an accepted slow send is delivered and recorded, as a real one can
+    /// arrive although its answer is lost.
     #[arg(long, default_value_t = 0.0)]
     slow_rate: f64,
     /// How late a slow answer comes; above the consumer's client timeout (5 s by default).

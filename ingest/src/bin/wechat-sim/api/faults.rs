@@ -31,9 +31,9 @@ pub struct FaultSettings {
     pub jitter: Duration,
     /// Share of calls answered `-1 system error` without doing anything.
     pub error_rate: f64,
-    /// Share of calls answered only after `slow_delay` (meant to exceed the client's timeout).
-    /// The call is carried out first: a slow send is delivered and recorded, as a real send can
-    /// arrive although its answer never did.
+    /// Share of calls answered only after `slow_delay` (meant to exceed the client's timeout),
+    /// whatever the answer is. The call is carried out first: an accepted slow send is delivered
+    /// and recorded, as a real send can arrive although its answer never did.
     pub slow_rate: f64,
     #[serde(with = "humantime_serde")]
     pub slow_delay: Duration,
