@@ -1,10 +1,13 @@
-//! The command line: `consumer [run]`, `consumer setup`, `consumer explain`.
+//! The command line: `consumer [run]`, `consumer setup`, `consumer explain`, and the operator
+//! commands `consumer replay` and `consumer dlq list|show|redrive` (arguments in
+//! [`crate::operator::args`]).
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::explain::Source;
+use crate::operator::args::{DlqArgs, ReplayArgs, REPLAY_ABOUT};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -25,6 +28,12 @@ pub enum Command {
     Setup,
     /// Dry run: show which rules match recorded records and the requests they would make.
     Explain(ExplainArgs),
+    /// Re-drive inbound records from Kafka (by time or offsets, filtered) through the current
+    /// rules; --dry-run to only show what would be sent.
+    #[command(long_about = REPLAY_ABOUT)]
+    Replay(ReplayArgs),
+    /// Inspect the dead-letter topic and redrive dead letters once their cause is fixed.
+    Dlq(DlqArgs),
 }
 
 #[derive(Debug, Args)]

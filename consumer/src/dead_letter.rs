@@ -8,7 +8,10 @@
 //! - a JSON body, [`DeadLetterRecord`] version 1, holding the original record value as base64 so
 //!   it can be re-published byte for byte, plus where it came from, the reason kind (a closed
 //!   set, also the metric label), a human detail, WeChat's errcode/errmsg when there was one, and
-//!   the rule and action that failed.
+//!   the rule and action that failed;
+//! - when `consumer dlq redrive` wrote it (the record failed again), a `redrive` section: how many
+//!   times the record was redriven and the dead letter it replaced. The field is optional and
+//!   absent otherwise, so version 1 stays readable in both directions.
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -146,6 +149,25 @@ pub struct SourceRecord {
     pub timestamp_ms: Option<i64>,
 }
 
+/// A record's place in a topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// The lineage of a dead letter written by a redrive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Redrive {
+    /// How many times the record has been redriven (1 after the first redrive).
+    pub count: u32,
+    /// The dead letter that was redriven and failed again.
+    pub previous: Position,
+    /// That dead letter's reason.
+    pub previous_reason: String,
+}
+
 /// The JSON body of a dead-letter record, version 1.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadLetterRecord {
@@ -160,6 +182,9 @@ pub struct DeadLetterRecord {
     pub dead_lettered_at_ms: i64,
     /// The original record value, base64 (standard alphabet).
     pub record_b64: String,
+    /// Set when a redrive wrote this dead letter; absent in the live consumer's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redrive: Option<Redrive>,
 }
 
 impl DeadLetterRecord {
@@ -175,6 +200,7 @@ impl DeadLetterRecord {
             consumer_group: group.to_owned(),
             dead_lettered_at_ms: now_ms(),
             record_b64: base64::engine::general_purpose::STANDARD.encode(value),
+            redrive: None,
         }
     }
 
@@ -200,20 +226,37 @@ impl DeadLetterWriter {
         source: SourceRecord,
         value: &[u8],
     ) -> Result<(), PublishError> {
+        self.write_at(letter, source, value, None).await.map(|_| ())
+    }
+
+    /// [`DeadLetterWriter::write`] with the redrive lineage, if any; answers where the dead
+    /// letter was stored, `(partition, offset)`.
+    pub async fn write_at(
+        &self,
+        letter: &DeadLetter,
+        source: SourceRecord,
+        value: &[u8],
+        redrive: Option<Redrive>,
+    ) -> Result<(i32, i64), PublishError> {
         let partition = source.partition.to_string();
         let offset = source.offset.to_string();
         let source_topic = source.topic.clone();
         let key = source.key.clone();
-        let record = DeadLetterRecord::new(letter, source, &self.group, value);
+        let count = redrive.as_ref().map(|r| r.count.to_string());
+        let mut record = DeadLetterRecord::new(letter, source, &self.group, value);
+        record.redrive = redrive;
         let body = serde_json::to_vec(&record).unwrap_or_default();
-        let headers = [
+        let mut headers = vec![
             ("wxkf-dlq-reason", letter.reason.kind()),
             ("wxkf-dlq-source-topic", source_topic.as_str()),
             ("wxkf-dlq-source-partition", partition.as_str()),
             ("wxkf-dlq-source-offset", offset.as_str()),
         ];
+        if let Some(count) = &count {
+            headers.push(("wxkf-dlq-redrive-count", count.as_str()));
+        }
         self.outbound
-            .publish(
+            .publish_at(
                 &self.topic,
                 key.as_deref().map(str::as_bytes),
                 &body,
@@ -275,5 +318,38 @@ mod tests {
         assert_eq!(back.original().expect("base64"), b"\x00\xffraw");
         assert_eq!(back.reason, "unknown_version");
         assert_eq!(back.source.offset, 41);
+        assert!(
+            !json.contains("redrive"),
+            "the live consumer's dead letters stay as they were"
+        );
+    }
+
+    #[test]
+    fn a_redrive_lineage_round_trips_and_older_readers_ignore_it() {
+        let source = SourceRecord {
+            topic: "in".into(),
+            partition: 0,
+            offset: 7,
+            key: None,
+            timestamp_ms: None,
+        };
+        let mut record =
+            DeadLetterRecord::new(&DeadLetter::record(Reason::WindowClosed), source, "g", b"x");
+        record.redrive = Some(Redrive {
+            count: 2,
+            previous: Position {
+                topic: "dlq".into(),
+                partition: 1,
+                offset: 9,
+            },
+            previous_reason: "retries_exhausted".into(),
+        });
+        let json = serde_json::to_value(&record).expect("json");
+        let back: DeadLetterRecord = serde_json::from_value(json.clone()).expect("parse");
+        assert_eq!(back, record);
+        let mut old = json;
+        old.as_object_mut().expect("object").remove("redrive");
+        let back: DeadLetterRecord = serde_json::from_value(old).expect("parse without it");
+        assert_eq!(back.redrive, None);
     }
 }

@@ -47,16 +47,7 @@ pub fn explain(
     source: &Source,
     out: &mut dyn Write,
 ) -> anyhow::Result<usize> {
-    let api = WechatApi::new(
-        &settings.wechat.base_url,
-        settings.wechat.timeout,
-        crate::metrics::Metrics::unregistered(),
-    )?;
-    let explainer = Explainer {
-        settings,
-        rules,
-        api,
-    };
+    let explainer = Explainer::new(settings, rules)?;
     match source {
         Source::File(path) => explainer.file(path, out),
         Source::Topic {
@@ -68,13 +59,34 @@ pub fn explain(
     }
 }
 
-struct Explainer<'a> {
+/// Prints what the rules do with one record; `consumer replay --dry-run` and `consumer dlq
+/// redrive --dry-run` print their records with it too, so every dry run reads the same.
+pub struct Explainer<'a> {
     settings: &'a Settings,
     rules: &'a RuleSet,
     api: WechatApi,
 }
 
-impl Explainer<'_> {
+impl std::fmt::Debug for Explainer<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Explainer").finish_non_exhaustive()
+    }
+}
+
+impl<'a> Explainer<'a> {
+    pub fn new(settings: &'a Settings, rules: &'a RuleSet) -> anyhow::Result<Explainer<'a>> {
+        let api = WechatApi::new(
+            &settings.wechat.base_url,
+            settings.wechat.timeout,
+            crate::metrics::Metrics::unregistered(),
+        )?;
+        Ok(Explainer {
+            settings,
+            rules,
+            api,
+        })
+    }
+
     fn file(&self, path: &Path, out: &mut dyn Write) -> anyhow::Result<usize> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
@@ -148,7 +160,8 @@ impl Explainer<'_> {
         Ok(seen)
     }
 
-    fn record(&self, label: &str, value: &[u8], out: &mut dyn Write) -> anyhow::Result<()> {
+    /// Explains one record value, headed by `label` (where it was read).
+    pub fn record(&self, label: &str, value: &[u8], out: &mut dyn Write) -> anyhow::Result<()> {
         let envelope = match Envelope::from_bytes(value) {
             Ok(envelope) => envelope,
             Err(e) => {

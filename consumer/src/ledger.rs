@@ -40,6 +40,19 @@ if ARGV[2] == '' then redis.call('DEL', KEYS[1]) else redis.call('SET', KEYS[1],
 return 1
 ";
 
+/// Deletes an entry only if it is `ambiguous` or a `sending` mark whose deadline (ARGV[1] = now)
+/// has passed; `sent`, `done` and live `sending` entries are never touched.
+const CLEAR_AMBIGUOUS_SCRIPT: &str = r"
+local current = redis.call('GET', KEYS[1])
+if not current then return 0 end
+if string.sub(current, 1, 10) == 'ambiguous:' then redis.call('DEL', KEYS[1]) return 1 end
+if string.sub(current, 1, 8) == 'sending:' then
+  local deadline = tonumber(string.match(current, ':(%-?%d+)$'))
+  if deadline and deadline <= tonumber(ARGV[1]) then redis.call('DEL', KEYS[1]) return 1 end
+end
+return 0
+";
+
 /// What the ledger says about an idempotency key when a send wants to start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
@@ -69,6 +82,7 @@ pub struct Ledger {
     entry_ttl: Duration,
     claim_script: Script,
     owned_script: Script,
+    clear_script: Script,
 }
 
 impl Ledger {
@@ -79,6 +93,7 @@ impl Ledger {
             entry_ttl: settings.entry_ttl,
             claim_script: Script::new(CLAIM_SCRIPT),
             owned_script: Script::new(OWNED_SCRIPT),
+            clear_script: Script::new(CLEAR_AMBIGUOUS_SCRIPT),
         }
     }
 
@@ -154,6 +169,24 @@ impl Ledger {
     pub async fn mark_done(&self, idempotency_key: &str) -> Result<(), StoreError> {
         self.set(&self.key(idempotency_key), &format!("done:{}", now_ms()))
             .await
+    }
+
+    /// Operator decision (`consumer dlq redrive --include-ambiguous`): forgets an `ambiguous`
+    /// entry, or a `sending` mark whose sender died, so the reply may be sent again — possibly a
+    /// second time, which is why nothing but an explicit operator command calls this. Returns
+    /// whether an entry was removed; a `sent` reply is never forgotten.
+    pub async fn clear_ambiguous(&self, idempotency_key: &str) -> Result<bool, StoreError> {
+        let mut conn = self.store.conn();
+        let removed: i64 = self
+            .store
+            .bounded(
+                self.clear_script
+                    .key(self.key(idempotency_key))
+                    .arg(now_ms())
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        Ok(removed == 1)
     }
 
     async fn set(&self, key: &str, value: &str) -> Result<(), StoreError> {

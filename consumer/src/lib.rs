@@ -19,6 +19,7 @@ pub mod explain;
 pub mod http;
 pub mod ledger;
 pub mod metrics;
+pub mod operator;
 pub mod outbound;
 pub mod pipeline;
 pub mod processor;

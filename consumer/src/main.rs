@@ -1,7 +1,7 @@
 use clap::Parser;
 use consumer::cli::{Cli, Command};
 use consumer::config::Settings;
-use consumer::{explain, rules, setup, startup, telemetry};
+use consumer::{explain, operator, rules, setup, startup, telemetry};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
@@ -39,6 +39,19 @@ async fn main() -> anyhow::Result<()> {
             let mut out = std::io::stdout().lock();
             explain::explain(&settings, &rules, &source, &mut out)?;
             Ok(())
+        }
+        Command::Replay(args) => exit(operator::replay_command(&settings, &args).await),
+        Command::Dlq(args) => exit(operator::dlq_command(&settings, &args).await),
+    }
+}
+
+/// Ends an operator command: its exit code, or 2 with the error on one line.
+fn exit(result: anyhow::Result<i32>) -> ! {
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("consumer: {e:#}");
+            std::process::exit(2);
         }
     }
 }

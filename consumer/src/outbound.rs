@@ -65,6 +65,19 @@ impl Outbound {
         payload: &[u8],
         headers: &[(&str, &str)],
     ) -> Result<(), PublishError> {
+        self.publish_at(topic, key, payload, headers)
+            .await
+            .map(|_| ())
+    }
+
+    /// [`Outbound::publish`], answering where the record was stored: `(partition, offset)`.
+    pub async fn publish_at(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: &[(&str, &str)],
+    ) -> Result<(i32, i64), PublishError> {
         let mut owned = OwnedHeaders::new_with_capacity(headers.len());
         for (name, value) in headers {
             owned = owned.insert(Header {
@@ -79,7 +92,7 @@ impl Outbound {
         self.producer
             .send(record, Timeout::After(self.timeout))
             .await
-            .map(|_| ())
+            .map(|delivery| (delivery.partition, delivery.offset))
             .map_err(|(e, _)| PublishError {
                 topic: topic.to_owned(),
                 detail: e.to_string(),

@@ -89,6 +89,7 @@ impl Services {
             sinks,
             policy: RetryPolicy::from_settings(w),
             metrics: metrics.clone(),
+            show_typing: true,
         };
         let processor = Processor {
             rules: watcher.handle.clone(),

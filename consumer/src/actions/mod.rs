@@ -188,6 +188,10 @@ pub struct Actions {
     pub sinks: Sinks,
     pub policy: RetryPolicy,
     pub metrics: Metrics,
+    /// Run `typing` steps. Off for operator re-drives (`replay`, `dlq redrive`): the indicator
+    /// belongs to a live conversation, and a re-driven record's user may have been answered long
+    /// ago — a "typing…" with no reply after it would only confuse them.
+    pub show_typing: bool,
 }
 
 impl Actions {
@@ -210,7 +214,9 @@ impl Actions {
                 media_file,
             } => self.send(env, action, request, media_file.as_deref()).await,
             Step::Typing(request) => {
-                self.typing(env, request).await;
+                if self.show_typing {
+                    self.typing(env, request).await;
+                }
                 Ok(Done::Nothing)
             }
             Step::Handoff { note } => {
