@@ -238,7 +238,8 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
     } else {
         args.seed
     };
-    let run_start_unix = unix_now();
+    // The CreateTime of each user's latest push (see `next_create_time`).
+    let mut last_create_time: std::collections::HashMap<u64, i64> = Default::default();
     // Unique per run and above 2^53, as real MsgIds are.
     let msg_id_base = (1u64 << 60) | (StdRng::seed_from_u64(seed).random::<u64>() >> 8);
     let shared = Arc::new(Shared {
@@ -264,7 +265,11 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
             None => Instant::now(),
         };
         let permit = permits.clone().acquire_owned().await?;
-        let planned = plan(&shared.args, seed, seq, msg_id_base, run_start_unix);
+        let last = last_create_time
+            .entry(seq % shared.args.users)
+            .or_insert(i64::MIN);
+        let create_time = next_create_time(last, unix_now());
+        let planned = plan(&shared.args, seed, seq, msg_id_base, create_time);
         let shared = shared.clone();
         tasks.spawn(async move {
             let outcome = deliver(&shared, planned, due).await;
@@ -343,13 +348,21 @@ struct Planned {
     plain: String,
 }
 
-fn plan(args: &Args, seed: u64, seq: u64, msg_id_base: u64, run_start_unix: i64) -> Planned {
+/// WeChat stamps a message with the time the user acted: now, but strictly after the same user's
+/// previous push, so two events of one user never share a dedup key (made of FromUserName,
+/// CreateTime and Event). Tied to the clock, so reply windows (1 min after entering the session)
+/// stay open for replies sent in time however long the run lasts.
+fn next_create_time(last: &mut i64, now: i64) -> i64 {
+    let create_time = now.max(last.saturating_add(1));
+    *last = create_time;
+    create_time
+}
+
+fn plan(args: &Args, seed: u64, seq: u64, msg_id_base: u64, create_time: i64) -> Planned {
     let mut rng = StdRng::seed_from_u64(seed ^ seq.wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let user = seq % args.users;
     let user_seq = seq / args.users;
     let openid = format!("{}-{user:06}", args.user_prefix);
-    // Distinct per user and push, so two events of one user never share a dedup key.
-    let create_time = run_start_unix + user_seq as i64;
     let kind = args.mix.pick(rng.random());
     let msg_id = MsgId::new((msg_id_base + seq).to_string());
     let format = match args.format {
@@ -512,4 +525,20 @@ fn unix_now() -> i64 {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_times_follow_the_clock_and_never_repeat_for_a_user() {
+        let mut last = i64::MIN;
+        assert_eq!(next_create_time(&mut last, 100), 100);
+        // Same second: one later, so the user's events keep distinct dedup keys.
+        assert_eq!(next_create_time(&mut last, 100), 101);
+        assert_eq!(next_create_time(&mut last, 100), 102);
+        // The clock caught up: back to it, never behind it.
+        assert_eq!(next_create_time(&mut last, 250), 250);
+    }
 }
