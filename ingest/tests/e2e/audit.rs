@@ -511,8 +511,11 @@ impl Audit {
 /// order, and dead letters only for the reasons this scenario can cause.
 pub fn check(report: &Report, allowed_dead_letters: &[&str]) {
     println!("{report}");
-    for unsent in &report.unsent_dead_letters {
+    for unsent in report.unsent_dead_letters.iter().take(10) {
         println!("    not sent, dead-lettered: {unsent}");
+    }
+    if report.unsent_dead_letters.len() > 10 {
+        println!("    … and {} more", report.unsent_dead_letters.len() - 10);
     }
     assert_eq!(
         report.acked_missing, 0,
