@@ -171,6 +171,21 @@ impl Ledger {
             .await
     }
 
+    /// The state of an entry (`sent`, `ambiguous`, `sending`, `done`) without changing it; for
+    /// dry runs, which must say which replies would really go out.
+    pub async fn peek(&self, idempotency_key: &str) -> Result<Option<String>, StoreError> {
+        let mut conn = self.store.conn();
+        let value: Option<String> = self
+            .store
+            .bounded(
+                redis::cmd("GET")
+                    .arg(self.key(idempotency_key))
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(value.and_then(|v| v.split(':').next().map(str::to_owned)))
+    }
+
     /// Operator decision (`consumer dlq redrive --include-ambiguous`): forgets an `ambiguous`
     /// entry, or a `sending` mark whose sender died, so the reply may be sent again — possibly a
     /// second time, which is why nothing but an explicit operator command calls this. Returns

@@ -15,7 +15,7 @@ use super::range::{self, RangeReader, RawRecord};
 use super::timespec::format_ms;
 use crate::config::Settings;
 use crate::dead_letter::DeadLetterRecord;
-use crate::store::{now_ms, Store};
+use crate::store::now_ms;
 
 /// How many dead letters `list` looks up in Redis at once.
 const CHUNK: usize = 500;
@@ -75,14 +75,8 @@ impl DlqFilterArgs {
 
 /// The redrive marks, if Redis answers.
 pub async fn optional_marks(settings: &Settings, out: &mut dyn Write) -> Option<Marks> {
-    let r = &settings.redis;
-    match Store::connect(&r.url, &r.key_prefix, r.command_timeout).await {
-        Ok(store) => Some(Marks::new(store, &settings.kafka.dead_letter_topic)),
-        Err(e) => {
-            let _ = writeln!(out, "note: redrive status unknown, Redis unreachable ({e})");
-            None
-        }
-    }
+    let store = super::optional_store(settings, "redrive status unknown", out).await?;
+    Some(Marks::new(store, &settings.kafka.dead_letter_topic))
 }
 
 async fn open_reader(settings: &Settings, range: &RangeArgs) -> anyhow::Result<RangeReader> {
@@ -289,11 +283,7 @@ pub async fn show(
                 fields.remove("payload");
             }
             writeln!(out, "envelope:\n{}", serde_json::to_string_pretty(&value)?)?;
-            writeln!(
-                out,
-                "payload ({:?}, {:?}):\n{}",
-                env.format, env.mode, env.payload
-            )?;
+            writeln!(out, "payload (as WeChat sent it):\n{}", env.payload)?;
         }
         None => {
             let why = Envelope::from_bytes(&entry.original)

@@ -25,9 +25,12 @@ pub mod replay;
 pub mod summary;
 pub mod timespec;
 
+use std::io::Write;
+
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
+use crate::store::Store;
 use args::{DlqArgs, DlqCommand, ReplayArgs};
 
 /// A librdkafka group id for a reader that never joins or commits (see [`range`]); unique per
@@ -38,6 +41,23 @@ pub fn throwaway_group(settings: &Settings, purpose: &str) -> String {
         settings.kafka.group_id,
         &uuid::Uuid::new_v4().simple().to_string()[..12]
     )
+}
+
+/// Redis, if it answers. Read-only commands (dry runs, `dlq list/show`) use it to say more and
+/// work without it: a Redis outage is when one most needs to look.
+pub async fn optional_store(
+    settings: &Settings,
+    missing: &str,
+    out: &mut dyn Write,
+) -> Option<Store> {
+    let r = &settings.redis;
+    match Store::connect(&r.url, &r.key_prefix, r.command_timeout).await {
+        Ok(store) => Some(store),
+        Err(e) => {
+            let _ = writeln!(out, "note: Redis unreachable ({e}); {missing}");
+            None
+        }
+    }
 }
 
 /// A token cancelled by Ctrl-C or SIGTERM: the run stops taking records, lets the running ones

@@ -28,11 +28,12 @@ use super::dlq::Entry;
 use super::engine::{run_live, tally, Driver, Handle, Job, Select};
 use super::marks::{describe, Marks};
 use super::range::{self, RangeReader, RawRecord};
-use super::replay::count_plan;
+use super::replay::{check_ledger, count_plan};
 use super::summary::{Progress, Summary, Tally};
 use crate::config::Settings;
 use crate::dead_letter::{DeadLetterWriter, Position, Reason, Redrive};
 use crate::explain::Explainer;
+use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::processor::Outcome;
 use crate::startup::{rules_context, Services};
@@ -91,6 +92,7 @@ pub async fn run(
             &settings,
             args,
             &marks,
+            &services.processor.actions.ledger,
             &mut reader,
             &mut summary,
             &mut progress,
@@ -246,6 +248,7 @@ async fn dry_run(
     settings: &Settings,
     args: &RedriveArgs,
     marks: &Marks,
+    ledger: &Ledger,
     reader: &mut RangeReader,
     summary: &mut Summary,
     progress: &mut Progress,
@@ -254,6 +257,7 @@ async fn dry_run(
 ) -> anyhow::Result<()> {
     let rules = crate::rules::load_file(&settings.rules.path, &rules_context(settings))?;
     let explainer = Explainer::new(settings, &rules)?;
+    summary.replies_in_ledger = Some(0);
     loop {
         progress.tick(summary);
         let raw = tokio::select! {
@@ -290,7 +294,8 @@ async fn dry_run(
         let s = &r.source;
         let label = format!("{}/{}@{}", s.topic, s.partition, s.offset);
         explainer.record(&label, &entry.original, out)?;
-        count_plan(settings, &rules, &entry.original, summary);
+        let keys = count_plan(settings, &rules, &entry.original, summary);
+        check_ledger(Some(ledger), &keys, summary, out).await?;
     }
     Ok(())
 }

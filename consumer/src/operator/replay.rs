@@ -31,6 +31,7 @@ use crate::actions::{plan, Step};
 use crate::config::Settings;
 use crate::dead_letter::DeadLetterWriter;
 use crate::explain::Explainer;
+use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::processor::Outcome;
 use crate::rules::RuleSet;
@@ -123,6 +124,10 @@ async fn dry_run(
 ) -> anyhow::Result<()> {
     let rules = crate::rules::load_file(&settings.rules.path, &rules_context(settings))?;
     let explainer = Explainer::new(settings, &rules)?;
+    let ledger = super::optional_store(settings, "the send ledger is not consulted", out)
+        .await
+        .map(|store| Ledger::new(store, &settings.ledger));
+    summary.replies_in_ledger = ledger.as_ref().map(|_| 0);
     let now = now_ms();
     loop {
         progress.tick(summary);
@@ -140,39 +145,77 @@ async fn dry_run(
         }
         summary.selected += 1;
         explainer.record(&record.label(), &record.value, out)?;
-        count_plan(settings, &rules, &record.value, summary);
+        let keys = count_plan(settings, &rules, &record.value, summary);
+        check_ledger(ledger.as_ref(), &keys, summary, out).await?;
     }
     Ok(())
 }
 
-/// Counts, for a dry run, what `process` would decide before any Redis or WeChat call.
+/// Counts, for a dry run, what `process` would decide before any Redis or WeChat call; returns
+/// the idempotency keys of the replies it would send.
 pub(super) fn count_plan(
     settings: &Settings,
     rules: &RuleSet,
     value: &[u8],
     summary: &mut Summary,
-) {
+) -> Vec<String> {
     let dead_letter = |reason: &str| Tally::DeadLettered {
         reason: reason.to_owned(),
         written: false,
     };
     let envelope = match Envelope::from_bytes(value) {
         Ok(envelope) => envelope,
-        Err(e) => return summary.add(&dead_letter(poison(e).reason.kind())),
+        Err(e) => {
+            summary.add(&dead_letter(poison(e).reason.kind()));
+            return Vec::new();
+        }
     };
     let env = envelope.v1();
     if !settings.apps.contains_key(&env.app) {
-        return summary.add(&dead_letter("unknown_app"));
+        summary.add(&dead_letter("unknown_app"));
+        return Vec::new();
     }
     let matches = rules.evaluate(env);
-    let sends = plan(env, &matches)
-        .iter()
-        .any(|a| matches!(a.step, Step::Send { .. }));
-    if sends {
-        summary.planned_replies += 1;
-    } else {
+    let keys: Vec<String> = plan(env, &matches)
+        .into_iter()
+        .filter(|a| matches!(a.step, Step::Send { .. }))
+        .map(|a| a.idempotency_key)
+        .collect();
+    if keys.is_empty() {
         summary.skipped += 1;
+    } else {
+        summary.planned_replies += 1;
+        summary.replies_planned += keys.len() as u64;
     }
+    keys
+}
+
+/// Says, for a dry run, which planned replies the send ledger already holds (read only).
+pub(super) async fn check_ledger(
+    ledger: Option<&Ledger>,
+    keys: &[String],
+    summary: &mut Summary,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let Some(ledger) = ledger else {
+        return Ok(());
+    };
+    for key in keys {
+        let state = ledger.peek(key).await?;
+        let note = match state.as_deref() {
+            None => continue,
+            Some("sent") => "sent before: will not be sent again",
+            Some("ambiguous") => {
+                "ambiguous (may have arrived): not sent; see `dlq redrive --include-ambiguous`"
+            }
+            Some(_) => "being sent right now by another process",
+        };
+        if state.as_deref() == Some("sent") {
+            summary.replies_in_ledger = summary.replies_in_ledger.map(|n| n + 1);
+        }
+        writeln!(out, "   ledger {key}: {note}")?;
+    }
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]

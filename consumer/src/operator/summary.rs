@@ -56,6 +56,10 @@ pub struct Summary {
     pub held_ambiguous: u64,
     /// Dry runs: records for which at least one reply is planned.
     pub planned_replies: u64,
+    /// Dry runs: replies planned, and how many of them the send ledger holds as sent already
+    /// (`None` when the ledger could not be consulted).
+    pub replies_planned: u64,
+    pub replies_in_ledger: Option<u64>,
     /// Replies WeChat accepted during the run (from the send counters).
     pub replies_sent: u64,
     /// The throwaway Kafka group id the run read with (never joined, never committed).
@@ -169,6 +173,25 @@ impl Summary {
             self.planned_replies,
             "each sent only if not in the send ledger yet and the window allows",
         )?;
+        match self.replies_in_ledger {
+            Some(done) => {
+                let before = format!("{done} of them sent before (send ledger): not sent again");
+                row(out, "replies planned", self.replies_planned, &before)?;
+                let left = self.replies_planned.saturating_sub(done);
+                row(
+                    out,
+                    "replies to attempt",
+                    left,
+                    "each only if the reply window allows",
+                )?;
+            }
+            None => row(
+                out,
+                "replies planned",
+                self.replies_planned,
+                "the send ledger was not consulted (Redis unreachable)",
+            )?,
+        }
         row(
             out,
             "without a reply",

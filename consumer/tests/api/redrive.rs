@@ -252,7 +252,7 @@ async fn a_redrive_that_fails_again_goes_back_to_the_dead_letter_topic_with_the_
         "rule `echo` action #1 (idempotency key demo:msg:1:echo:0)",
         "status       open",
         "\"from_user_name\": \"o-1\"",
-        "payload (Json, Safe):",
+        "payload (as WeChat sent it):\n{}",
     ] {
         assert!(
             shown.contains(expected),

@@ -140,6 +140,7 @@ async fn a_dry_run_prints_the_exact_requests_and_sends_nothing() {
         "{out}"
     );
     assert_eq!(summary.planned_replies, 3, "{out}");
+    assert_eq!(summary.replies_in_ledger, Some(0), "{out}");
     let base = h.wechat.uri();
     assert!(
         out.contains(&format!(
@@ -214,6 +215,18 @@ async fn a_live_replay_of_answered_records_sends_nothing_new_and_leaves_the_grou
         &h.settings.kafka.group_id,
         &h.settings.kafka.inbound_topic,
         partitions,
+    );
+
+    let (dry, out) = replay(&h, &["--since", "1h", "--dry-run"]).await;
+    assert_eq!(
+        (dry.replies_planned, dry.replies_in_ledger),
+        (3, Some(3)),
+        "a dry run reads the ledger: nothing would go out\n{out}"
+    );
+    assert_eq!(
+        out.matches("sent before: will not be sent again").count(),
+        3,
+        "{out}"
     );
 
     let (summary, out) = replay(&h, &["--since", "1h"]).await;
