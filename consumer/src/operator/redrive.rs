@@ -134,8 +134,9 @@ pub async fn run(
     )
     .await;
     summary.take_sends(&metrics);
-    result?;
+    // What was done is reported even when reading stopped early (Kafka gone).
     summary.print_live("redrive", out)?;
+    result?;
     Ok(summary)
 }
 

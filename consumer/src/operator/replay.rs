@@ -84,7 +84,7 @@ pub async fn run(
         .await?;
         summary.print_dry_run("replay", out)?;
     } else {
-        live(
+        let result = live(
             &settings,
             args,
             &mut reader,
@@ -93,8 +93,10 @@ pub async fn run(
             out,
             &cancel,
         )
-        .await?;
+        .await;
+        // What was done is reported even when reading stopped early (Kafka gone).
         summary.print_live("replay", out)?;
+        result?;
     }
     Ok(summary)
 }
