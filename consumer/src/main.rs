@@ -14,7 +14,12 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
-    telemetry::init(settings.telemetry.log_format);
+    match cli.command {
+        Some(Command::Replay(_) | Command::Dlq(_)) => {
+            telemetry::init_for_operator(settings.telemetry.log_format)
+        }
+        _ => telemetry::init(settings.telemetry.log_format),
+    }
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(settings).await,
         Command::Setup => {
