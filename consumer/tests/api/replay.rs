@@ -120,7 +120,9 @@ async fn redis_keys(h: &Harness) -> Vec<String> {
 
 #[tokio::test]
 async fn a_dry_run_prints_the_exact_requests_and_sends_nothing() {
-    let h = Harness::new(RULES).await;
+    let mut h = Harness::new(RULES).await;
+    // One partition, so offsets below name known records.
+    h.settings.kafka.topics.inbound_partitions = 1;
     h.create_topics().await;
     nothing_may_be_called(&h).await;
     let inbound = &h.settings.kafka.inbound_topic;
@@ -175,6 +177,30 @@ async fn a_dry_run_prints_the_exact_requests_and_sends_nothing() {
     .await;
     assert_eq!((summary.read, summary.selected), (4, 1), "{out}");
     assert!(!out.contains("o-2") && !out.contains("Welcome"), "{out}");
+
+    let (summary, out) = replay(
+        &h,
+        &[
+            "--partition",
+            "0",
+            "--from-offset",
+            "1",
+            "--to-offset",
+            "3",
+            "--dry-run",
+        ],
+    )
+    .await;
+    assert_eq!((summary.read, summary.selected), (2, 2), "{out}");
+    let topic = &h.settings.kafka.inbound_topic;
+    for (offset, read) in [(0, false), (1, true), (2, true), (3, false)] {
+        assert_eq!(out.contains(&format!("{topic}/0@{offset}:")), read, "{out}");
+    }
+    let (before, out) = replay(&h, &["--since", "2h", "--until", "1h", "--dry-run"]).await;
+    assert_eq!(before.read, 0, "nothing was stored an hour ago\n{out}");
+    let future = "2999-01-01T00:00:00+08:00";
+    let (after, out) = replay(&h, &["--since", future, "--dry-run"]).await;
+    assert_eq!(after.read, 0, "{out}");
 
     assert!(
         redis_keys(&h).await.is_empty(),
