@@ -216,7 +216,11 @@ impl Actions {
         match error {
             // A refusal by the token endpoint (bad appid/secret, IP not allowed) will not heal
             // by retrying this record; dead-letter it so the failure is visible and redrivable.
-            TokenError::Fetch(e) if e.class(true) == ErrorClass::Final => {
+            // On the token endpoint itself 40001 means a wrong AppSecret (reference §7.1), not a
+            // stale token, so the token class is final here too.
+            TokenError::Fetch(e)
+                if matches!(e.class(true), ErrorClass::Final | ErrorClass::Token) =>
+            {
                 self.undo(lease, allowance).await?;
                 Ok(Done::DeadLetter(Reason::TokenUnavailable(e.to_string())))
             }

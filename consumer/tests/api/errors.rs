@@ -280,3 +280,31 @@ async fn a_refused_token_fetch_is_final_and_an_unreachable_one_is_retried() {
     );
     h.wechat.verify().await;
 }
+
+#[tokio::test]
+async fn a_wrong_app_secret_40001_on_the_token_endpoint_is_dead_lettered_not_retried_forever() {
+    let h = Harness::new(REPLY).await;
+    // On cgi-bin/stable_token, 40001 means "invalid appsecret": no refresh will ever fix it.
+    Mock::given(path(STABLE_TOKEN))
+        .respond_with(errcode(
+            40001,
+            "invalid credential, access_token is invalid or not latest",
+        ))
+        .mount(&h.wechat)
+        .await;
+    Mock::given(path(SEND))
+        .respond_with(ok())
+        .expect(0)
+        .mount(&h.wechat)
+        .await;
+    let services = h.services().await;
+    let refused = dead_letter(
+        services
+            .processor
+            .process(&text("o-secret", "1", "q"))
+            .await
+            .expect("a final outcome, not a transient error"),
+    );
+    assert_eq!(refused.kind(), "token_unavailable");
+    h.wechat.verify().await;
+}
