@@ -341,6 +341,13 @@ impl Pipeline {
 
     /// The sum of `consumer_records_total` of consumer `index` (0 when it does not answer).
     pub async fn consumer_records(&self, index: usize) -> f64 {
+        self.consumer_metric(index, "consumer_records_total", "")
+            .await
+    }
+
+    /// The sum over the series of metric `name` whose labels contain `labels` (e.g.
+    /// `result="duplicate"`), read from consumer `index`'s `/metrics`; 0 when it does not answer.
+    pub async fn consumer_metric(&self, index: usize, name: &str, labels: &str) -> f64 {
         let port = self.consumers[index].1;
         let Ok(response) = self
             .http
@@ -352,7 +359,10 @@ impl Pipeline {
         };
         let text = response.text().await.unwrap_or_default();
         text.lines()
-            .filter(|l| l.starts_with("consumer_records_total"))
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(['{', ' ']) && rest.contains(labels))
+            })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     }
@@ -419,6 +429,50 @@ impl Pipeline {
             .spawn()
             .expect("starting wechat-sim push");
         PushRun { child, record }
+    }
+}
+
+impl Drop for Pipeline {
+    /// After a passing scenario: kills the processes first (fields drop after this), then removes
+    /// the scenario's topics, Redis keys and logs. After a failure everything stays for a look.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("logs of the failed scenario: {}", self.dir.display());
+            return;
+        }
+        if let Some(ingest) = &mut self.ingest {
+            ingest.kill_now();
+        }
+        for (consumer, _) in &mut self.consumers {
+            consumer.kill_now();
+        }
+        let topics = [
+            self.inbound_topic.clone(),
+            self.dead_letter_topic.clone(),
+            format!("{}.handoff", self.id),
+        ];
+        let admin: Result<rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>, _> =
+            rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", kafka_brokers())
+                .create();
+        if let Ok(admin) = admin {
+            let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+            let options =
+                rdkafka::admin::AdminOptions::new().request_timeout(Some(Duration::from_secs(5)));
+            let _ = futures::executor::block_on(admin.delete_topics(&names, &options));
+        }
+        if let Ok(mut conn) = redis::Client::open(redis_url())
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
+        {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{}:*", self.id))
+                .query(&mut conn)
+                .unwrap_or_default();
+            for chunk in keys.chunks(500) {
+                let _: Result<(), _> = redis::cmd("DEL").arg(chunk).query(&mut conn);
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

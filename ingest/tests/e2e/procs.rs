@@ -92,6 +92,11 @@ impl Proc {
         let _ = self.child.wait().await;
     }
 
+    /// SIGKILL without waiting (for drops).
+    pub fn kill_now(&mut self) {
+        let _ = self.child.start_kill();
+    }
+
     /// Fails with the log's tail if the process has exited.
     pub fn assert_running(&mut self) {
         if let Ok(Some(status)) = self.child.try_wait() {

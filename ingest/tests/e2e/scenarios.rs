@@ -42,6 +42,13 @@ async fn a_killed_consumers_partitions_are_taken_over_without_loss_or_duplicates
     p.kill_consumer(victim).await;
     let push = push.finish(Duration::from_secs(120)).await;
     let report = audit.settle(&mut p, &push, Duration::from_secs(120)).await;
+    let mut skipped = 0.0;
+    for survivor in 0..p.consumers.len() {
+        skipped += p
+            .consumer_metric(survivor, "consumer_sends_total", r#"result="duplicate""#)
+            .await;
+    }
+    println!("scale-out: redelivered records found {skipped} replies already sent in the ledger");
     // A reply the victim was sending when it died cannot be known delivered or not: the ledger
     // dead-letters it as ambiguous rather than risk a second send.
     check(&report, &["ambiguous"]);
