@@ -521,6 +521,12 @@ pub struct PushOutcome {
     pub openid: String,
     pub create_time: i64,
     pub acked: bool,
+    /// `text`, `image`, `card`, `enter` or `other`.
+    pub kind: String,
+    /// `xml` or `json`.
+    pub format: serde_json::Value,
+    /// `plaintext`, `compatible` or `safe`.
+    pub mode: serde_json::Value,
 }
 
 impl PushRun {

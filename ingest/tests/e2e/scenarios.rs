@@ -1,9 +1,10 @@
 //! The pipeline undisturbed, scaled out with a consumer killed, and with ingest killed.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use super::audit::{check, Audit};
-use super::pipeline::Pipeline;
+use super::pipeline::{Pipeline, PushOutcome};
 use super::{serial, Deadline};
 
 /// Mixed modes (plaintext, compatible, safe), formats (XML, JSON), kinds (text, image, card,
@@ -18,6 +19,11 @@ async fn mixed_pushes_become_exactly_the_replies_the_rules_call_for() {
         push.0.acknowledged, push.0.sent,
         "a calm pipeline acknowledges every push"
     );
+    let seen = |f: fn(&PushOutcome) -> String| push.1.iter().map(f).collect::<BTreeSet<_>>();
+    let combos = seen(|o| format!("{} {}", o.mode, o.format));
+    let kinds = seen(|o| o.kind.clone());
+    assert_eq!(combos.len(), 6, "every mode in every format: {combos:?}");
+    assert_eq!(kinds.len(), 5, "every kind of push: {kinds:?}");
     let report = audit.settle(&mut p, &push, Duration::from_secs(90)).await;
     check(&report, &[]);
     assert_eq!(report.sent, report.expected);
