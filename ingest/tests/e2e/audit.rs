@@ -347,7 +347,10 @@ impl Audit {
                         )
                     } else {
                         match self.group_committed_all() {
-                            Ok(true) => return report,
+                            Ok(true) => {
+                                self.dump(&pipeline.dir);
+                                return report;
+                            }
                             Ok(false) => format!("offsets not yet committed\n{report}"),
                             Err(e) => format!("committed offsets: {e}\n{report}"),
                         }
@@ -355,14 +358,51 @@ impl Audit {
                 }
                 Err(e) => e,
             };
-            assert!(
-                Instant::now() < deadline,
-                "the pipeline did not settle within {within:?}: {waiting_for}\nlogs: {}",
-                pipeline.dir.display()
-            );
+            if Instant::now() >= deadline {
+                self.dump(&pipeline.dir);
+                panic!(
+                    "the pipeline did not settle within {within:?}: {waiting_for}\nlogs: {}",
+                    pipeline.dir.display()
+                );
+            }
             pipeline.assert_running();
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+    }
+
+    /// Writes what the audit read — inbound records, dead letters, sends — as JSON lines into
+    /// `dir`, for a look after a failure (or with `WXKF_E2E_KEEP=1`).
+    fn dump(&self, dir: &std::path::Path) {
+        let mut lines = String::new();
+        for (partition, offset, value) in &self.inbound.records {
+            if let Ok(envelope) = Envelope::from_bytes(value) {
+                let env = envelope.v1();
+                let line = json!({"partition": partition, "offset": offset,
+                    "dedup_key": env.dedup_key.as_str(), "dedup": env.dedup,
+                    "openid": env.message.from_user_name.as_str(),
+                    "create_time": env.message.create_time, "body": env.message.body});
+                lines.push_str(&format!("{line}\n"));
+            }
+        }
+        let _ = std::fs::write(dir.join("audit-inbound.jsonl"), lines);
+        let dead: Vec<u8> = self
+            .dead
+            .records
+            .iter()
+            .flat_map(|(_, _, v)| v.iter().copied().chain(std::iter::once(b'\n')))
+            .collect();
+        let _ = std::fs::write(dir.join("audit-dead-letters.jsonl"), dead);
+        let sends: String = self
+            .sends
+            .iter()
+            .map(|s| {
+                format!(
+                    "{}\n",
+                    json!({"seq": s.seq, "touser": s.touser, "body": s.body})
+                )
+            })
+            .collect();
+        let _ = std::fs::write(dir.join("audit-sends.jsonl"), sends);
     }
 
     fn report(&self, pipeline: &Pipeline, push: &(PushSummary, Vec<PushOutcome>)) -> Report {

@@ -434,10 +434,15 @@ impl Pipeline {
 
 impl Drop for Pipeline {
     /// After a passing scenario: kills the processes first (fields drop after this), then removes
-    /// the scenario's topics, Redis keys and logs. After a failure everything stays for a look.
+    /// the scenario's topics, Redis keys and logs. After a failure (or with `WXKF_E2E_KEEP=1`)
+    /// everything stays for a look.
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("logs of the failed scenario: {}", self.dir.display());
+        if std::thread::panicking() || std::env::var_os("WXKF_E2E_KEEP").is_some() {
+            eprintln!(
+                "logs and audit data of {}: {}",
+                self.name,
+                self.dir.display()
+            );
             return;
         }
         if let Some(ingest) = &mut self.ingest {
