@@ -550,13 +550,15 @@ impl Audit {
 /// missing, no reply lost or duplicated, no reply nobody asked for, every user's replies in
 /// order, and dead letters only for the reasons this scenario can cause.
 pub fn check(report: &Report, allowed_dead_letters: &[&str]) {
-    println!("{report}");
+    let mut text = format!("{report}\n");
     for unsent in report.unsent_dead_letters.iter().take(10) {
-        println!("    not sent, dead-lettered: {unsent}");
+        text.push_str(&format!("    not sent, dead-lettered: {unsent}\n"));
     }
     if report.unsent_dead_letters.len() > 10 {
-        println!("    … and {} more", report.unsent_dead_letters.len() - 10);
+        let more = report.unsent_dead_letters.len() - 10;
+        text.push_str(&format!("    … and {more} more\n"));
     }
+    super::say(text.trim_end());
     assert_eq!(
         report.acked_missing, 0,
         "acknowledged pushes missing from Kafka\n{report}"

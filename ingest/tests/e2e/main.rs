@@ -31,6 +31,13 @@ pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
     SERIAL.lock().await
 }
 
+/// Prints a line of a scenario's figures straight to stderr, past the test harness's capture:
+/// they belong in every run's output, passing or not, without `--nocapture`.
+pub fn say(line: impl AsRef<str>) {
+    let line = format!("{}\n", line.as_ref());
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+}
+
 /// A bounded wait for something observable, failing with what was awaited.
 #[derive(Debug)]
 pub struct Deadline {

@@ -6,7 +6,7 @@ use super::audit::{check, Audit};
 use super::pipeline::Pipeline;
 use super::scenarios::WINDOW_REFUSALS;
 use super::services::{Outage, Service};
-use super::{serial, Deadline};
+use super::{say, serial, Deadline};
 
 /// Kafka down: ingest answers 503 (WeChat retries, and gives up on pushes whose retries all
 /// fall into the outage), consumers stall; after the restart everything acknowledged is
@@ -23,12 +23,14 @@ async fn kafka_stopped_and_restarted_mid_stream() {
     }
     let outage = Outage::begin(Service::Kafka).await;
     let down = outage.end().await;
-    println!("kafka was down for {:.1}s", down.as_secs_f64());
     let push = push.finish(Duration::from_secs(180)).await;
-    println!(
-        "kafka outage: {} of {} pushes given up by WeChat after all retries",
-        push.0.failed, push.0.sent
-    );
+    say(format!(
+        "e2e kafka-restart: Kafka down for {:.1}s; {} of {} pushes given up by WeChat after all \
+         its retries (never acknowledged, so not lost)",
+        down.as_secs_f64(),
+        push.0.failed,
+        push.0.sent
+    ));
     let report = audit.settle(&mut p, &push, Duration::from_secs(180)).await;
     // Retried pushes reorder a user's records, and an enter event's window is one minute
     // from its CreateTime, which a long outage can outlast.
@@ -57,7 +59,10 @@ async fn redis_stopped_and_restarted_mid_stream() {
         wait.tick().await;
     }
     let down = outage.end().await;
-    println!("redis was down for {:.1}s", down.as_secs_f64());
+    say(format!(
+        "e2e redis-restart: Redis down for {:.1}s",
+        down.as_secs_f64()
+    ));
     let push = push.finish(Duration::from_secs(120)).await;
     assert_eq!(
         push.0.acknowledged, push.0.sent,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::audit::{check, Audit};
 use super::pipeline::{Pipeline, PushOutcome};
-use super::{serial, Deadline};
+use super::{say, serial, Deadline};
 
 /// Mixed modes (plaintext, compatible, safe), formats (XML, JSON), kinds (text, image, card,
 /// enter, platform events) and users → exactly the replies the rules call for, in order.
@@ -54,7 +54,9 @@ async fn a_killed_consumers_partitions_are_taken_over_without_loss_or_duplicates
             .consumer_metric(survivor, "consumer_sends_total", r#"result="duplicate""#)
             .await;
     }
-    println!("scale-out: redelivered records found {skipped} replies already sent in the ledger");
+    say(format!(
+        "e2e scale-out: redelivered records found {skipped} replies already sent in the ledger"
+    ));
     // A reply the victim was sending when it died cannot be known delivered or not: the ledger
     // dead-letters it as ambiguous rather than risk a second send.
     check(&report, &["ambiguous"]);

@@ -16,8 +16,8 @@ use serde_json::json;
 
 use super::audit::{check, Audit};
 use super::pipeline::Pipeline;
-use super::serial;
 use super::services::{Outage, Service};
+use super::{say, serial};
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -48,18 +48,18 @@ async fn soak() {
                 p.kill_consumer(0).await;
                 p.start_consumer().await;
                 p.wait_group_stable().await;
-                println!(
+                say(format!(
                     "soak {:>4}s: a consumer killed and replaced",
                     started.elapsed().as_secs()
-                );
+                ));
             }
             1 => {
                 p.kill_ingest().await;
                 p.start_ingest().await;
-                println!(
+                say(format!(
                     "soak {:>4}s: ingest killed and restarted",
                     started.elapsed().as_secs()
-                );
+                ));
             }
             2 => {
                 p.sim_faults(
@@ -73,23 +73,26 @@ async fn soak() {
                                      "token_announced_ttl": "0s"}),
                 )
                 .await;
-                println!("soak {:>4}s: an API storm", started.elapsed().as_secs());
+                say(format!(
+                    "soak {:>4}s: an API storm",
+                    started.elapsed().as_secs()
+                ));
             }
             3 => {
                 let down = Outage::begin(Service::Kafka).await.end().await;
-                println!(
+                say(format!(
                     "soak {:>4}s: Kafka restarted ({:.1}s down)",
                     started.elapsed().as_secs(),
                     down.as_secs_f64()
-                );
+                ));
             }
             _ => {
                 let down = Outage::begin(Service::Redis).await.end().await;
-                println!(
+                say(format!(
                     "soak {:>4}s: Redis restarted ({:.1}s down)",
                     started.elapsed().as_secs(),
                     down.as_secs_f64()
-                );
+                ));
             }
         }
         turn += 1;

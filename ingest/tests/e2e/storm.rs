@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::audit::{check, Audit};
 use super::pipeline::Pipeline;
-use super::{serial, Deadline};
+use super::{say, serial, Deadline};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_fault_storm_loses_and_duplicates_nothing() {
@@ -48,7 +48,7 @@ async fn api_fault_storm_loses_and_duplicates_nothing() {
     let push = push.finish(Duration::from_secs(120)).await;
     let report = audit.settle(&mut p, &push, Duration::from_secs(120)).await;
     let stats = p.sim_stats().await;
-    println!("e2e api-storm: simulator calls {}", stats["calls"]);
+    say(format!("e2e api-storm: simulator calls {}", stats["calls"]));
     // A send answered too late may have arrived: never retried, dead-lettered as ambiguous.
     // Four -1 in a row exhaust the attempts (rare at 10 %).
     check(&report, &["ambiguous", "retries_exhausted"]);
