@@ -17,6 +17,7 @@
 //! The bound address is printed on stdout as `listening on http://ADDR` (with `--listen
 //! 127.0.0.1:0` a free port is picked), so a test starting this process can read it.
 
+mod control;
 mod faults;
 mod recorder;
 mod requests;
@@ -184,12 +185,8 @@ fn routes(cfg: &mut web::ServiceConfig) {
         .route("/cgi-bin/message/custom/send", web::post().to(send))
         .route("/cgi-bin/message/custom/typing", web::post().to(typing))
         .route("/cgi-bin/media/upload", web::post().to(upload))
-        .route("/sim/sends", web::get().to(sends))
-        .route("/sim/stats", web::get().to(stats))
-        .route("/sim/reset", web::post().to(reset))
-        .route("/sim/faults", web::get().to(get_faults))
-        .route("/sim/faults", web::post().to(set_faults))
-        .route("/healthz", web::get().to(|| async { "ok" }));
+        .route("/healthz", web::get().to(|| async { "ok" }))
+        .configure(control::routes);
 }
 
 type Answer = Result<Value, Refusal>;
@@ -408,110 +405,4 @@ async fn upload(
             }))
         });
     state.answer("upload", roll, answer).await
-}
-
-#[derive(Debug, Deserialize)]
-struct SendsQuery {
-    #[serde(default)]
-    after: u64,
-    touser: Option<String>,
-    limit: Option<usize>,
-}
-
-async fn sends(state: web::Data<State>, query: web::Query<SendsQuery>) -> HttpResponse {
-    let sends = state.recorder.sends(
-        query.after,
-        query.touser.as_deref(),
-        query.limit.unwrap_or(usize::MAX),
-    );
-    HttpResponse::Ok().json(sends)
-}
-
-async fn stats(state: web::Data<State>) -> HttpResponse {
-    HttpResponse::Ok().json(state.recorder.stats(state.tokens.issued()))
-}
-
-async fn reset(state: web::Data<State>) -> HttpResponse {
-    state.recorder.reset();
-    HttpResponse::Ok().json(json!({"reset": true}))
-}
-
-/// `POST /sim/faults`: any subset of the dials, plus actions that start now.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FaultUpdate {
-    #[serde(default, with = "humantime_serde")]
-    latency: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    jitter: Option<Duration>,
-    error_rate: Option<f64>,
-    slow_rate: Option<f64>,
-    #[serde(default, with = "humantime_serde")]
-    slow_delay: Option<Duration>,
-    /// Applies to tokens already handed out too: shortening it expires the older ones now.
-    #[serde(default, with = "humantime_serde")]
-    token_ttl: Option<Duration>,
-    /// `"0s"` goes back to announcing the real lifetime.
-    #[serde(default, with = "humantime_serde")]
-    token_announced_ttl: Option<Duration>,
-    /// Refuse message calls with 45011 from now for this long.
-    #[serde(default, with = "humantime_serde")]
-    burst_45011: Option<Duration>,
-    /// Refuse message calls with 45009 from now for this long.
-    #[serde(default, with = "humantime_serde")]
-    burst_45009: Option<Duration>,
-    /// Invalidate every token issued so far (as a forced refresh elsewhere would): 40001.
-    #[serde(default)]
-    revoke_tokens: bool,
-}
-
-fn faults_view(state: &State) -> Value {
-    let policy = state.tokens.policy();
-    json!({
-        "faults": state.faults.settings(),
-        "token_ttl": humantime::format_duration(policy.ttl).to_string(),
-        "token_announced_ttl": policy.announced_ttl.map(|d| humantime::format_duration(d).to_string()),
-        "bursts": state.faults.pending_bursts().into_iter().map(|(errcode, starts_in, ends_in)| {
-            json!({"errcode": errcode, "starts_in_s": starts_in, "ends_in_s": ends_in})
-        }).collect::<Vec<_>>(),
-    })
-}
-
-async fn get_faults(state: web::Data<State>) -> HttpResponse {
-    HttpResponse::Ok().json(faults_view(&state))
-}
-
-async fn set_faults(state: web::Data<State>, update: web::Json<FaultUpdate>) -> HttpResponse {
-    let update = update.into_inner();
-    let mut settings = state.faults.settings();
-    let rates = [update.error_rate, update.slow_rate];
-    if rates.iter().flatten().any(|r| !(0.0..=1.0).contains(r)) {
-        return HttpResponse::BadRequest()
-            .body("error_rate and slow_rate are shares between 0 and 1");
-    }
-    if update.token_ttl.is_some_and(|t| t.is_zero()) {
-        return HttpResponse::BadRequest().body("token_ttl must be above zero");
-    }
-    settings.latency = update.latency.unwrap_or(settings.latency);
-    settings.jitter = update.jitter.unwrap_or(settings.jitter);
-    settings.error_rate = update.error_rate.unwrap_or(settings.error_rate);
-    settings.slow_rate = update.slow_rate.unwrap_or(settings.slow_rate);
-    settings.slow_delay = update.slow_delay.unwrap_or(settings.slow_delay);
-    state.faults.set(settings);
-    let mut policy = state.tokens.policy();
-    policy.ttl = update.token_ttl.unwrap_or(policy.ttl);
-    if let Some(announced) = update.token_announced_ttl {
-        policy.announced_ttl = (!announced.is_zero()).then_some(announced);
-    }
-    state.tokens.set_policy(policy);
-    if let Some(length) = update.burst_45011 {
-        state.faults.burst_now(ERRCODE_MINUTE_QUOTA, length);
-    }
-    if let Some(length) = update.burst_45009 {
-        state.faults.burst_now(ERRCODE_DAILY_QUOTA, length);
-    }
-    if update.revoke_tokens {
-        state.tokens.revoke_all();
-    }
-    HttpResponse::Ok().json(faults_view(&state))
 }
