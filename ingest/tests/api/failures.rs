@@ -116,3 +116,53 @@ async fn graceful_shutdown_finishes_in_flight_pushes() {
     // success, so WeChat retries them.
     assert_eq!(record_count(&topic), accepted);
 }
+
+#[tokio::test]
+async fn a_full_producer_queue_is_backpressure_not_memory() {
+    let mut settings = test_settings();
+    // A broker that never answers keeps the first record queued; the queue holds only one.
+    settings.kafka.brokers = format!("127.0.0.1:{}", dead_port());
+    settings.kafka.queue_max_messages = 1;
+    let app = spawn_app_with(settings).await;
+    let first = push(
+        &text_message("u-queue-1", "first"),
+        Format::Json,
+        PushMode::Safe,
+        now(),
+    );
+    let second = push(
+        &text_message("u-queue-2", "second"),
+        Format::Json,
+        PushMode::Safe,
+        now(),
+    );
+    let (a, b) = tokio::join!(app.post("json", &first), async {
+        // The second push goes once the first one sits in the producer's queue.
+        let queued = async {
+            while !app
+                .get("/metrics")
+                .await
+                .text()
+                .await
+                .unwrap()
+                .contains("ingest_producer_queue_records 1")
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(2), queued)
+            .await
+            .expect("the first push reaches the producer queue");
+        app.post("json", &second).await
+    });
+    assert_eq!(b.status(), 503, "the second push finds the queue full");
+    assert_eq!(
+        a.status(),
+        503,
+        "the first is never acknowledged by a dead broker"
+    );
+    assert_eq!(
+        app.metric("ingest_pushes_total", &[("outcome", "backpressure")]),
+        1.0
+    );
+}
