@@ -16,144 +16,16 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use common::envelope::{DedupStatus, Envelope, EnvelopeV1};
-use common::message::MessageBody;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::pipeline::{kafka_brokers, Pipeline, PushOutcome, PushSummary};
-
-/// A reply the rules call for: (rule, action index, body).
-pub fn expected_replies(env: &EnvelopeV1) -> Vec<(&'static str, usize, Value)> {
-    let msg = &env.message;
-    let touser = msg.from_user_name.as_str();
-    let text = |content: String| json!({"touser": touser, "msgtype": "text", "text": {"content": content}});
-    match &msg.body {
-        MessageBody::Text { msg_id, content } => {
-            vec![("default", 0, text(format!("echo {msg_id}: {content}")))]
-        }
-        // Action 0 is the typing indicator, not a reply.
-        MessageBody::Image { msg_id, .. } => {
-            vec![("image", 1, text(format!("image {msg_id} received")))]
-        }
-        MessageBody::MiniProgramPage {
-            msg_id,
-            title,
-            page_path,
-            ..
-        } => vec![
-            ("card", 0, text(format!("card {msg_id}: {title}"))),
-            (
-                "card",
-                1,
-                json!({"touser": touser, "msgtype": "miniprogrampage", "miniprogrampage": {
-                    "title": title, "pagepath": page_path, "thumb_media_id": "e2e-thumb"}}),
-            ),
-        ],
-        MessageBody::EnterSession { .. } => vec![(
-            "welcome",
-            0,
-            text(format!("welcome {touser} at {}", msg.create_time)),
-        )],
-        MessageBody::Other { .. } => Vec::new(),
-    }
-}
-
-/// Everything read back from a topic, from its beginning.
-struct TopicLog {
-    topic: String,
-    consumer: BaseConsumer,
-    partitions: Vec<i32>,
-    next: HashMap<i32, i64>,
-    records: Vec<(i32, i64, Vec<u8>)>,
-}
-
-impl TopicLog {
-    fn new(topic: &str) -> TopicLog {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", kafka_brokers())
-            .set("group.id", format!("{topic}-audit"))
-            .set("enable.auto.commit", "false")
-            .create()
-            .expect("Kafka consumer");
-        TopicLog {
-            topic: topic.to_owned(),
-            consumer,
-            partitions: Vec::new(),
-            next: HashMap::new(),
-            records: Vec::new(),
-        }
-    }
-
-    /// Reads every record up to the current end of each partition.
-    fn catch_up(&mut self) -> Result<(), String> {
-        let timeout = Duration::from_secs(3);
-        if self.partitions.is_empty() {
-            let metadata = self
-                .consumer
-                .fetch_metadata(Some(&self.topic), timeout)
-                .map_err(|e| format!("metadata of {}: {e}", self.topic))?;
-            let partitions: Vec<i32> = metadata
-                .topics()
-                .iter()
-                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-                .collect();
-            if partitions.is_empty() {
-                return Err(format!("{} has no partitions", self.topic));
-            }
-            let mut list = TopicPartitionList::new();
-            for p in &partitions {
-                list.add_partition_offset(&self.topic, *p, Offset::Beginning)
-                    .map_err(|e| e.to_string())?;
-                self.next.insert(*p, 0);
-            }
-            self.consumer.assign(&list).map_err(|e| e.to_string())?;
-            self.partitions = partitions;
-        }
-        let mut ends = HashMap::new();
-        for p in &self.partitions {
-            let (_, high) = self
-                .consumer
-                .fetch_watermarks(&self.topic, *p, timeout)
-                .map_err(|e| format!("watermarks of {}: {e}", self.topic))?;
-            ends.insert(*p, high);
-        }
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while self.partitions.iter().any(|p| self.next[p] < ends[p]) {
-            if Instant::now() > deadline {
-                return Err(format!("reading {} took longer than 15 s", self.topic));
-            }
-            match self.consumer.poll(Duration::from_millis(200)) {
-                Some(Ok(m)) => {
-                    self.next.insert(m.partition(), m.offset() + 1);
-                    let value = m.payload().unwrap_or_default().to_vec();
-                    self.records.push((m.partition(), m.offset(), value));
-                }
-                Some(Err(e)) => return Err(format!("reading {}: {e}", self.topic)),
-                None => {}
-            }
-        }
-        Ok(())
-    }
-
-    /// Sum of the partitions' end offsets (records ever written).
-    fn end_offsets(&self) -> Result<i64, String> {
-        let metadata = self
-            .consumer
-            .fetch_metadata(Some(&self.topic), Duration::from_secs(2))
-            .map_err(|e| e.to_string())?;
-        let mut total = 0;
-        for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
-            let (_, high) = self
-                .consumer
-                .fetch_watermarks(&self.topic, p.id(), Duration::from_secs(2))
-                .map_err(|e| e.to_string())?;
-            total += high;
-        }
-        Ok(total)
-    }
-}
+use super::pipeline::{kafka_brokers, Pipeline};
+use super::pushes::{PushOutcome, PushSummary};
+use super::report::Report;
+use super::rules::expected_replies;
+use super::topic_log::TopicLog;
 
 /// One send the simulator recorded.
 #[derive(Debug, Clone, Deserialize)]
@@ -186,57 +58,6 @@ struct Expected {
     action: usize,
     touser: String,
     body: Value,
-}
-
-/// The figures of one scenario.
-#[derive(Debug, Default)]
-pub struct Report {
-    pub scenario: String,
-    pub pushes_sent: u64,
-    pub acknowledged: u64,
-    pub kafka_records: usize,
-    pub distinct_records: usize,
-    /// Records ingest published without its dedup check (Redis was down).
-    pub unchecked_records: usize,
-    pub expected: usize,
-    pub sent: usize,
-    pub dead_lettered: usize,
-    pub lost: usize,
-    pub duplicated: usize,
-    pub unexpected: usize,
-    pub acked_missing: usize,
-    pub misordered_users: usize,
-    pub users: usize,
-    pub dead_letter_reasons: BTreeMap<String, usize>,
-    pub outstanding_sample: Vec<String>,
-    /// Replies never sent because the consumer dead-lettered them, with the reason.
-    pub unsent_dead_letters: Vec<String>,
-}
-
-impl std::fmt::Display for Report {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "e2e {}: pushes sent={} acknowledged={} records in kafka={} (distinct {}, unchecked {}) | replies \
-             expected={} sent={} dead-lettered={} lost={} duplicated={} | users={} misordered={} \
-             unexpected sends={} dead letters={:?}",
-            self.scenario,
-            self.pushes_sent,
-            self.acknowledged,
-            self.kafka_records,
-            self.distinct_records,
-            self.unchecked_records,
-            self.expected,
-            self.sent,
-            self.dead_lettered,
-            self.lost,
-            self.duplicated,
-            self.users,
-            self.misordered_users,
-            self.unexpected,
-            self.dead_letter_reasons,
-        )
-    }
 }
 
 /// Reads Kafka, the dead letters and the simulator's sends, over and over, until the pipeline
@@ -543,41 +364,5 @@ impl Audit {
             })
             .count();
         report
-    }
-}
-
-/// Prints the scenario's line of figures and asserts the promises: nothing acknowledged is
-/// missing, no reply lost or duplicated, no reply nobody asked for, every user's replies in
-/// order, and dead letters only for the reasons this scenario can cause.
-pub fn check(report: &Report, allowed_dead_letters: &[&str]) {
-    let mut text = format!("{report}\n");
-    for unsent in report.unsent_dead_letters.iter().take(10) {
-        text.push_str(&format!("    not sent, dead-lettered: {unsent}\n"));
-    }
-    if report.unsent_dead_letters.len() > 10 {
-        let more = report.unsent_dead_letters.len() - 10;
-        text.push_str(&format!("    … and {more} more\n"));
-    }
-    super::say(text.trim_end());
-    assert_eq!(
-        report.acked_missing, 0,
-        "acknowledged pushes missing from Kafka\n{report}"
-    );
-    assert_eq!(report.lost, 0, "replies lost\n{report}");
-    assert_eq!(report.duplicated, 0, "replies sent twice\n{report}");
-    assert_eq!(report.unexpected, 0, "replies no rule called for\n{report}");
-    assert_eq!(
-        report.misordered_users, 0,
-        "users whose replies arrived out of order\n{report}"
-    );
-    assert!(
-        report.acknowledged > 0 && report.expected > 0,
-        "nothing flowed\n{report}"
-    );
-    for reason in report.dead_letter_reasons.keys() {
-        assert!(
-            allowed_dead_letters.contains(&reason.as_str()),
-            "dead letters for `{reason}`, which this scenario must not cause\n{report}"
-        );
     }
 }

@@ -17,10 +17,14 @@ mod audit;
 mod outages;
 mod pipeline;
 mod procs;
+mod pushes;
+mod report;
+mod rules;
 mod scenarios;
 mod services;
 mod soak;
 mod storm;
+mod topic_log;
 
 use std::time::{Duration, Instant};
 

@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
-use super::audit::{check, Audit};
+use super::audit::Audit;
 use super::pipeline::Pipeline;
+use super::report::check;
 use super::scenarios::WINDOW_REFUSALS;
 use super::services::{Outage, Service};
 use super::{say, serial, Deadline};

@@ -3,8 +3,10 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use super::audit::{check, Audit};
-use super::pipeline::{Pipeline, PushOutcome};
+use super::audit::Audit;
+use super::pipeline::Pipeline;
+use super::pushes::PushOutcome;
+use super::report::check;
 use super::{say, serial, Deadline};
 
 /// Mixed modes (plaintext, compatible, safe), formats (XML, JSON), kinds (text, image, card,

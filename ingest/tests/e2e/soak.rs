@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::audit::{check, Audit};
+use super::audit::Audit;
 use super::pipeline::Pipeline;
+use super::report::check;
 use super::services::{Outage, Service};
 use super::{say, serial};
 

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::audit::{check, Audit};
+use super::audit::Audit;
 use super::pipeline::Pipeline;
+use super::report::check;
 use super::{say, serial, Deadline};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
