@@ -57,7 +57,7 @@ redis_up() {
   if port_open "$REDIS_PORT"; then log "something already listens on 127.0.0.1:$REDIS_PORT; using it as Redis"; return 0; fi
   redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --daemonize yes \
     --pidfile "$RUN_DIR/redis.pid" --logfile "$LOG_DIR/redis.log" --dir "$STATE_DIR/redis" \
-    --save "" --appendonly no >/dev/null
+    --save "" --appendonly yes --appendfsync everysec >/dev/null
   for _ in $(seq 1 100); do
     redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG && { log "redis ready on 127.0.0.1:$REDIS_PORT (log: $LOG_DIR/redis.log)"; return 0; }
     sleep 0.1
