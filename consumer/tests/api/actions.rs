@@ -62,13 +62,7 @@ thumb_media_id = "THUMB-ID"
         .await
         .expect("processed");
 
-    assert_eq!(
-        outcome,
-        Outcome::Replied {
-            sent: 4,
-            already_sent: 0
-        }
-    );
+    assert_eq!(outcome, replied(4));
     let sends = received(&h.wechat, SEND).await;
     assert_eq!(
         sends,
@@ -129,13 +123,7 @@ async fn a_local_image_is_uploaded_once_and_reused() {
             .process(&text("o-pic", id, "hi"))
             .await
             .expect("processed");
-        assert_eq!(
-            outcome,
-            Outcome::Replied {
-                sent: 1,
-                already_sent: 0
-            }
-        );
+        assert_eq!(outcome, replied(1));
     }
     let uploads = h.wechat.received_requests().await.unwrap_or_default();
     let upload = uploads
@@ -157,16 +145,9 @@ async fn a_failing_typing_indicator_never_stops_the_reply() {
     )
     .await;
     h.mount_token().await;
-    Mock::given(path(TYPING))
-        .respond_with(errcode(45080, "typing too late"))
-        .expect(1)
-        .mount(&h.wechat)
+    h.expect_calls(TYPING, errcode(45080, "typing too late"), 1)
         .await;
-    Mock::given(path(SEND))
-        .respond_with(ok())
-        .expect(1)
-        .mount(&h.wechat)
-        .await;
+    h.expect_calls(SEND, ok(), 1).await;
     let services = h.services().await;
 
     let outcome = services
@@ -175,13 +156,7 @@ async fn a_failing_typing_indicator_never_stops_the_reply() {
         .await
         .expect("processed");
 
-    assert_eq!(
-        outcome,
-        Outcome::Replied {
-            sent: 1,
-            already_sent: 0
-        }
-    );
+    assert_eq!(outcome, replied(1));
     assert_eq!(
         h.metric(
             "consumer_sends_total",
@@ -235,11 +210,7 @@ topic = "{1}"
         .expect(1)
         .mount(&h.wechat)
         .await;
-    Mock::given(path(SEND))
-        .respond_with(ok())
-        .expect(0)
-        .mount(&h.wechat)
-        .await;
+    h.expect_calls(SEND, ok(), 0).await;
     let services = h.services().await;
     let env = text("o-h", "7", "human please");
 
@@ -279,16 +250,8 @@ topic = "{1}"
 #[tokio::test]
 async fn drop_sends_nothing_and_unknown_apps_are_dead_lettered() {
     let h = Harness::new("[[rule]]\nname = \"quiet\"\n[[rule.actions]]\ntype = \"drop\"\n").await;
-    Mock::given(path(SEND))
-        .respond_with(ok())
-        .expect(0)
-        .mount(&h.wechat)
-        .await;
-    Mock::given(path(STABLE_TOKEN))
-        .respond_with(ok())
-        .expect(0)
-        .mount(&h.wechat)
-        .await;
+    h.expect_calls(SEND, ok(), 0).await;
+    h.expect_calls(STABLE_TOKEN, ok(), 0).await;
     let services = h.services().await;
 
     let outcome = services
@@ -355,12 +318,6 @@ async fn an_expired_upload_is_replaced_once_and_the_image_sent_again() {
         .await
         .expect("processed");
 
-    assert_eq!(
-        outcome,
-        Outcome::Replied {
-            sent: 1,
-            already_sent: 0
-        }
-    );
+    assert_eq!(outcome, replied(1));
     h.wechat.verify().await;
 }

@@ -37,11 +37,7 @@ async fn retryable_errors_back_off_and_then_succeed() {
             .mount(&h.wechat)
             .await;
     }
-    Mock::given(path(SEND))
-        .respond_with(ok())
-        .expect(1)
-        .mount(&h.wechat)
-        .await;
+    h.expect_calls(SEND, ok(), 1).await;
     let services = h.services().await;
 
     let outcome = services
@@ -50,13 +46,7 @@ async fn retryable_errors_back_off_and_then_succeed() {
         .await
         .expect("processed");
 
-    assert_eq!(
-        outcome,
-        Outcome::Replied {
-            sent: 1,
-            already_sent: 0
-        }
-    );
+    assert_eq!(outcome, replied(1));
     assert_eq!(
         h.metric(
             "consumer_sends_total",
@@ -72,10 +62,7 @@ async fn retries_are_bounded_then_dead_lettered() {
     let h = Harness::new(REPLY).await;
     h.mount_token().await;
     let attempts = h.settings.wechat.max_attempts as u64;
-    Mock::given(path(SEND))
-        .respond_with(errcode(-1, "system error"))
-        .expect(attempts)
-        .mount(&h.wechat)
+    h.expect_calls(SEND, errcode(-1, "system error"), attempts)
         .await;
     let services = h.services().await;
 
@@ -132,13 +119,7 @@ async fn a_stale_token_is_refreshed_once_and_the_send_retried_once() {
         .await
         .expect("processed");
 
-    assert_eq!(
-        outcome,
-        Outcome::Replied {
-            sent: 1,
-            already_sent: 0
-        }
-    );
+    assert_eq!(outcome, replied(1));
     assert_eq!(
         received(&h.wechat, STABLE_TOKEN).await.len(),
         2,
@@ -151,10 +132,7 @@ async fn a_stale_token_is_refreshed_once_and_the_send_retried_once() {
 async fn a_token_rejected_after_refresh_is_dead_lettered_not_looped() {
     let h = Harness::new(REPLY).await;
     h.mount_token().await;
-    Mock::given(path(SEND))
-        .respond_with(errcode(42001, "access_token expired"))
-        .expect(2)
-        .mount(&h.wechat)
+    h.expect_calls(SEND, errcode(42001, "access_token expired"), 2)
         .await;
     let services = h.services().await;
 
@@ -214,10 +192,7 @@ async fn final_errors_are_dead_lettered_with_errcode_and_errmsg() {
 async fn a_timed_out_send_is_never_repeated() {
     let h = Harness::new(REPLY).await;
     h.mount_token().await;
-    Mock::given(path(SEND))
-        .respond_with(ok().set_delay(Duration::from_secs(4)))
-        .expect(1)
-        .mount(&h.wechat)
+    h.expect_calls(SEND, ok().set_delay(Duration::from_secs(4)), 1)
         .await;
     let services = h.services().await;
     let env = text("o-slow", "1", "q");
@@ -245,11 +220,7 @@ async fn a_refused_token_fetch_is_final_and_an_unreachable_one_is_retried() {
         .mount(&h.wechat)
         .await;
     h.mount_token().await;
-    Mock::given(path(SEND))
-        .respond_with(ok())
-        .expect(1)
-        .mount(&h.wechat)
-        .await;
+    h.expect_calls(SEND, ok(), 1).await;
     let services = h.services().await;
 
     let refused = dead_letter(
@@ -271,13 +242,7 @@ async fn a_refused_token_fetch_is_final_and_an_unreachable_one_is_retried() {
     assert_eq!(err.kind(), "token");
     // ... and the retry sends exactly once: the failed attempt left no claim behind.
     let outcome = services.processor.process(&env).await.expect("processed");
-    assert_eq!(
-        outcome,
-        Outcome::Replied {
-            sent: 1,
-            already_sent: 0
-        }
-    );
+    assert_eq!(outcome, replied(1));
     h.wechat.verify().await;
 }
 
@@ -292,11 +257,7 @@ async fn a_wrong_app_secret_40001_on_the_token_endpoint_is_dead_lettered_not_ret
         ))
         .mount(&h.wechat)
         .await;
-    Mock::given(path(SEND))
-        .respond_with(ok())
-        .expect(0)
-        .mount(&h.wechat)
-        .await;
+    h.expect_calls(SEND, ok(), 0).await;
     let services = h.services().await;
     let refused = dead_letter(
         services

@@ -15,6 +15,7 @@ use common::message::{Message, MessageBody};
 use common::push::Mode;
 use consumer::config::{AppSettings, Settings};
 use consumer::metrics::Metrics;
+use consumer::processor::Outcome;
 use consumer::startup::Services;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::OwnedMessage;
@@ -131,6 +132,15 @@ impl Harness {
         mount_token_answer(&self.wechat, TOKEN, 7200).await;
     }
 
+    /// The fake API answers `endpoint` with `answer`, and must be called exactly `times` times.
+    pub async fn expect_calls(&self, endpoint: &str, answer: ResponseTemplate, times: u64) {
+        Mock::given(path(endpoint))
+            .respond_with(answer)
+            .expect(times)
+            .mount(&self.wechat)
+            .await;
+    }
+
     /// Creates the inbound, dead-letter and hand-off topics.
     pub async fn create_topics(&self) {
         require_kafka();
@@ -154,6 +164,14 @@ pub async fn mount_token_answer(server: &MockServer, token: &str, expires_in: u6
         )
         .mount(server)
         .await;
+}
+
+/// The outcome of a record whose replies all went out now.
+pub fn replied(sent: usize) -> Outcome {
+    Outcome::Replied {
+        sent,
+        already_sent: 0,
+    }
 }
 
 pub fn ok() -> ResponseTemplate {

@@ -38,11 +38,7 @@ async fn poison_records_are_dead_lettered_with_the_reason_and_offsets_advance() 
     let h = Harness::new(ECHO).await;
     h.create_topics().await;
     h.mount_token().await;
-    Mock::given(path(SEND))
-        .respond_with(ok())
-        .expect(1)
-        .mount(&h.wechat)
-        .await;
+    h.expect_calls(SEND, ok(), 1).await;
     let good = text("o-good", "1", "fine");
     let unknown_version = br#"{"v":9,"app":"demo"}"#.to_vec();
     produce(
@@ -124,11 +120,7 @@ async fn one_users_records_stay_in_order_and_a_slow_user_holds_back_no_one() {
         .expect(2)
         .mount(&h.wechat)
         .await;
-    Mock::given(path(SEND))
-        .respond_with(ok())
-        .expect(20)
-        .mount(&h.wechat)
-        .await;
+    h.expect_calls(SEND, ok(), 20).await;
     let mut envs = vec![
         text("o-slow", "s1", "slow-1"),
         text("o-slow", "s2", "slow-2"),
@@ -297,10 +289,7 @@ async fn shutdown_finishes_records_in_flight_commits_and_answers_the_endpoints()
     let h = Harness::new(ECHO).await;
     h.create_topics().await;
     h.mount_token().await;
-    Mock::given(path(SEND))
-        .respond_with(ok().set_delay(Duration::from_millis(800)))
-        .expect(3)
-        .mount(&h.wechat)
+    h.expect_calls(SEND, ok().set_delay(Duration::from_millis(800)), 3)
         .await;
     let app = spawn_app(&h).await;
     assert_eq!(app.get("/healthz").await.status(), 200);
@@ -357,10 +346,7 @@ async fn two_processes_share_the_partitions_and_a_rebalance_sends_nothing_twice(
     h.settings.processing.max_in_flight_keys = 4;
     h.create_topics().await;
     h.mount_token().await;
-    Mock::given(path(SEND))
-        .respond_with(ok().set_delay(Duration::from_millis(300)))
-        .expect(60)
-        .mount(&h.wechat)
+    h.expect_calls(SEND, ok().set_delay(Duration::from_millis(300)), 60)
         .await;
     let mut envs = Vec::new();
     for n in 0..5 {

@@ -130,11 +130,7 @@ async fn after_the_api_is_healed_a_redrive_sends_exactly_the_missing_replies() {
     );
     h.wechat.reset().await;
     h.mount_token().await;
-    Mock::given(path(SEND))
-        .respond_with(ok())
-        .expect(3)
-        .mount(&h.wechat)
-        .await;
+    h.expect_calls(SEND, ok(), 3).await;
 
     let (first, out) = redrive(&h, &["--reason", "retries_exhausted"]).await;
 
@@ -189,10 +185,7 @@ async fn a_redrive_that_fails_again_goes_back_to_the_dead_letter_topic_with_the_
     assert_eq!(first.reason, "retries_exhausted");
     h.wechat.reset().await;
     h.mount_token().await;
-    Mock::given(path(SEND))
-        .respond_with(errcode(48001, "api unauthorized"))
-        .expect(2)
-        .mount(&h.wechat)
+    h.expect_calls(SEND, errcode(48001, "api unauthorized"), 2)
         .await;
 
     let (summary, out) = redrive(&h, &["--since", "1h"]).await;
@@ -282,10 +275,7 @@ async fn ambiguous_replies_are_redriven_only_when_the_operator_says_so() {
     h.create_topics().await;
     h.mount_token().await;
     // The send times out: it may have reached the user, so it is dead-lettered, not repeated.
-    Mock::given(path(SEND))
-        .respond_with(ok().set_delay(Duration::from_secs(2)))
-        .expect(1)
-        .mount(&h.wechat)
+    h.expect_calls(SEND, ok().set_delay(Duration::from_secs(2)), 1)
         .await;
     produce_envelopes(&h.settings.kafka.inbound_topic, &[text("o-1", "1", "hi")]).await;
     consume(&h, 1).await;
@@ -312,11 +302,7 @@ async fn ambiguous_replies_are_redriven_only_when_the_operator_says_so() {
     h.wechat.verify().await;
     h.wechat.reset().await;
     h.mount_token().await;
-    Mock::given(path(SEND))
-        .respond_with(ok())
-        .expect(1)
-        .mount(&h.wechat)
-        .await;
+    h.expect_calls(SEND, ok(), 1).await;
 
     let (sent, out) = redrive(&h, &["--include-ambiguous"]).await;
 

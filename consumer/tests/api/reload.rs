@@ -5,8 +5,6 @@ use std::time::Duration;
 
 use consumer::processor::{Outcome, Skip};
 use tokio_util::sync::CancellationToken;
-use wiremock::matchers::path;
-use wiremock::Mock;
 
 use crate::helpers::*;
 
@@ -31,11 +29,7 @@ async fn a_bad_rules_file_stops_the_start_with_its_line_number() {
 #[tokio::test]
 async fn a_changed_file_is_reloaded_and_a_broken_one_refused() {
     let h = Harness::new(DROP_ALL).await;
-    Mock::given(path(SEND))
-        .respond_with(ok())
-        .expect(0)
-        .mount(&h.wechat)
-        .await;
+    h.expect_calls(SEND, ok(), 0).await;
     let services = h.services().await;
     let shutdown = CancellationToken::new();
     let watcher = tokio::spawn(

@@ -10,7 +10,7 @@ use consumer::cli::{Cli, Command};
 use consumer::operator::args::{DlqCommand, RedriveArgs, ReplayArgs};
 use consumer::operator::summary::Summary;
 use tokio_util::sync::CancellationToken;
-use wiremock::matchers::{any, path};
+use wiremock::matchers::any;
 use wiremock::{Mock, ResponseTemplate};
 
 use crate::helpers::*;
@@ -224,11 +224,7 @@ async fn a_live_replay_of_answered_records_sends_nothing_new_and_leaves_the_grou
     let h = Harness::new(ECHO).await;
     h.create_topics().await;
     h.mount_token().await;
-    Mock::given(path(SEND))
-        .respond_with(ok())
-        .expect(3)
-        .mount(&h.wechat)
-        .await;
+    h.expect_calls(SEND, ok(), 3).await;
     let envs = [
         text("o-1", "1", "one"),
         text("o-2", "2", "two"),
@@ -303,11 +299,7 @@ async fn a_replay_with_fixed_rules_answers_what_the_old_rules_missed_exactly_onc
     h.wechat.verify().await;
     h.wechat.reset().await;
     h.mount_token().await;
-    Mock::given(path(SEND))
-        .respond_with(ok())
-        .expect(2)
-        .mount(&h.wechat)
-        .await;
+    h.expect_calls(SEND, ok(), 2).await;
     let fixed = h.dir.join("fixed.toml");
     std::fs::write(&fixed, ECHO).expect("fixed rules");
     let fixed = fixed.to_str().expect("utf8 path");

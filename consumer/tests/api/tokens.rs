@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use consumer::config::TokenEndpoint;
-use consumer::processor::Outcome;
 use wiremock::matchers::{method, path, query_param};
 use wiremock::{Mock, ResponseTemplate};
 
@@ -78,11 +77,12 @@ async fn three_processes_with_an_expired_token_refresh_exactly_once() {
 async fn three_sends_rejecting_the_same_token_cause_one_refresh() {
     let h = Harness::new(REPLY).await;
     seed_token(&h, "OLD", now_ms() + 3_600_000, 7).await;
-    Mock::given(path(STABLE_TOKEN))
-        .respond_with(token_answer("NEW").set_delay(Duration::from_millis(200)))
-        .expect(1)
-        .mount(&h.wechat)
-        .await;
+    h.expect_calls(
+        STABLE_TOKEN,
+        token_answer("NEW").set_delay(Duration::from_millis(200)),
+        1,
+    )
+    .await;
     Mock::given(path(SEND))
         .and(query_param("access_token", "OLD"))
         .respond_with(errcode(40001, "invalid credential"))
@@ -106,13 +106,7 @@ async fn three_sends_rejecting_the_same_token_cause_one_refresh() {
     let (r1, r2, r3) = tokio::join!(p.process(&e1), p.process(&e2), p.process(&e3));
 
     for r in [r1, r2, r3] {
-        assert_eq!(
-            r.expect("processed"),
-            Outcome::Replied {
-                sent: 1,
-                already_sent: 0
-            }
-        );
+        assert_eq!(r.expect("processed"), replied(1));
     }
     h.wechat.verify().await;
 }
@@ -128,10 +122,7 @@ async fn an_older_slower_fetch_never_overwrites_a_newer_token() {
         .expect(1)
         .mount(&h.wechat)
         .await;
-    Mock::given(path(STABLE_TOKEN))
-        .respond_with(token_answer("FAST-NEWER"))
-        .expect(1)
-        .mount(&h.wechat)
+    h.expect_calls(STABLE_TOKEN, token_answer("FAST-NEWER"), 1)
         .await;
     let (a, b) = (h.services().await, h.services().await);
 
@@ -164,10 +155,7 @@ async fn an_older_slower_fetch_never_overwrites_a_newer_token() {
 #[tokio::test]
 async fn tokens_refresh_ahead_of_expiry_and_not_before() {
     let h = Harness::new(REPLY).await;
-    Mock::given(path(STABLE_TOKEN))
-        .respond_with(token_answer("ROLLED"))
-        .expect(1)
-        .mount(&h.wechat)
+    h.expect_calls(STABLE_TOKEN, token_answer("ROLLED"), 1)
         .await;
     let services = h.services().await;
 
@@ -197,11 +185,7 @@ async fn the_classic_token_endpoint_is_selectable() {
         .expect(1)
         .mount(&h.wechat)
         .await;
-    Mock::given(path(STABLE_TOKEN))
-        .respond_with(token_answer("X"))
-        .expect(0)
-        .mount(&h.wechat)
-        .await;
+    h.expect_calls(STABLE_TOKEN, token_answer("X"), 0).await;
     let services = h.services().await;
 
     assert_eq!(

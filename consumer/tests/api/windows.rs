@@ -3,8 +3,6 @@
 
 use consumer::dead_letter::Reason;
 use consumer::processor::Outcome;
-use wiremock::matchers::path;
-use wiremock::Mock;
 
 use crate::helpers::*;
 
@@ -29,11 +27,7 @@ fn reason(outcome: Outcome) -> (Reason, Option<usize>) {
 async fn a_user_message_allows_five_replies_and_the_sixth_is_not_attempted() {
     let h = Harness::new(&replies(6)).await;
     h.mount_token().await;
-    Mock::given(path(SEND))
-        .respond_with(ok())
-        .expect(5)
-        .mount(&h.wechat)
-        .await;
+    h.expect_calls(SEND, ok(), 5).await;
     let services = h.services().await;
 
     let outcome = services
@@ -57,11 +51,7 @@ async fn a_user_message_allows_five_replies_and_the_sixth_is_not_attempted() {
 async fn entering_the_session_allows_two_replies() {
     let h = Harness::new(&replies(3)).await;
     h.mount_token().await;
-    Mock::given(path(SEND))
-        .respond_with(ok())
-        .expect(2)
-        .mount(&h.wechat)
-        .await;
+    h.expect_calls(SEND, ok(), 2).await;
     let services = h.services().await;
 
     let outcome = services
@@ -78,11 +68,7 @@ async fn entering_the_session_allows_two_replies() {
 async fn a_closed_window_sends_nothing() {
     let h = Harness::new(&replies(1)).await;
     h.mount_token().await;
-    Mock::given(path(SEND))
-        .respond_with(ok())
-        .expect(0)
-        .mount(&h.wechat)
-        .await;
+    h.expect_calls(SEND, ok(), 0).await;
     let services = h.services().await;
 
     // Written three days ago: the 48 h window is long closed.
@@ -110,11 +96,7 @@ async fn a_closed_window_sends_nothing() {
 async fn each_new_message_resets_the_allowance_but_a_redelivery_does_not() {
     let h = Harness::new(&replies(3)).await;
     h.mount_token().await;
-    Mock::given(path(SEND))
-        .respond_with(ok())
-        .expect(6)
-        .mount(&h.wechat)
-        .await;
+    h.expect_calls(SEND, ok(), 6).await;
     let services = h.services().await;
     let first = text("o-reset", "1", "a");
     let second = text("o-reset", "2", "b");
@@ -122,10 +104,7 @@ async fn each_new_message_resets_the_allowance_but_a_redelivery_does_not() {
     // 3 of 5 used; the redelivery sends nothing and does not reopen the window.
     assert_eq!(
         services.processor.process(&first).await.expect("processed"),
-        Outcome::Replied {
-            sent: 3,
-            already_sent: 0
-        }
+        replied(3)
     );
     assert_eq!(
         services.processor.process(&first).await.expect("processed"),
@@ -141,10 +120,7 @@ async fn each_new_message_resets_the_allowance_but_a_redelivery_does_not() {
             .process(&second)
             .await
             .expect("processed"),
-        Outcome::Replied {
-            sent: 3,
-            already_sent: 0
-        }
+        replied(3)
     );
     h.wechat.verify().await;
 }
@@ -154,10 +130,7 @@ async fn the_window_check_can_be_turned_off() {
     let mut h = Harness::new(&replies(1)).await;
     h.settings.window.enabled = false;
     h.mount_token().await;
-    Mock::given(path(SEND))
-        .respond_with(errcode(45015, "response out of time limit"))
-        .expect(1)
-        .mount(&h.wechat)
+    h.expect_calls(SEND, errcode(45015, "response out of time limit"), 1)
         .await;
     let services = h.services().await;
 
