@@ -31,6 +31,10 @@ export WXKF_TEST_REDIS=${WXKF_TEST_REDIS:-redis://127.0.0.1:${WXKF_REDIS_PORT:-6
 cargo test --workspace --locked --no-fail-fast
 
 step "deployment files: Dockerfile, compose, Kubernetes manifests, alert rules, dashboard"
-scripts/check-deploy.sh
+# The metric names of the dashboard and the alert rules are checked against what the running
+# services really export after a short conversation.
+metrics_dir=$(mktemp -d)
+scripts/metrics-snapshot.sh "$metrics_dir"
+scripts/check-deploy.sh --metrics "$metrics_dir/ingest.metrics" "$metrics_dir/consumer.metrics"
 
 printf '\n==> all checks passed in %ss\n' "$((SECONDS - start))"
