@@ -85,7 +85,7 @@ kafka_fetch() {
   # kafka_2.13 is the broker (kafka.Kafka, kafka.tools.StorageTool); kafka-tools has TopicCommand;
   # the slf4j binding routes the broker's logging to log4j2.
   cat >"$pom_dir/pom.xml" <<POM
-<project xmlns="http://maven.apache.org/POM/4.0.0">
+<project>
   <modelVersion>4.0.0</modelVersion>
   <groupId>local.wxkf</groupId><artifactId>kafka-runtime</artifactId><version>1</version>
   <packaging>pom</packaging>
