@@ -283,6 +283,19 @@ impl RangeReader {
         })
     }
 
+    /// The next record of the range; `None` once every partition reached its end or `cancel`
+    /// fired (the operator pressed Ctrl-C: stop reading, report what was done).
+    pub async fn next_or_cancelled(
+        &mut self,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> anyhow::Result<Option<RawRecord>> {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => Ok(None),
+            next = self.next() => next,
+        }
+    }
+
     /// The next record of the range; `None` once every partition reached its end.
     pub async fn next(&mut self) -> anyhow::Result<Option<RawRecord>> {
         loop {

@@ -261,13 +261,8 @@ async fn dry_run(
     summary.replies_in_ledger = Some(0);
     loop {
         progress.tick(summary);
-        let raw = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => break,
-            next = reader.next() => match next? {
-                Some(raw) => raw,
-                None => break,
-            },
+        let Some(raw) = reader.next_or_cancelled(cancel).await? else {
+            break;
         };
         summary.read += 1;
         let Some(entry) = select(args, &raw, summary) else {

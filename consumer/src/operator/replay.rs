@@ -133,13 +133,8 @@ async fn dry_run(
     let now = now_ms();
     loop {
         progress.tick(summary);
-        let record = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => break,
-            next = reader.next() => match next? {
-                Some(record) => record,
-                None => break,
-            },
+        let Some(record) = reader.next_or_cancelled(cancel).await? else {
+            break;
         };
         summary.read += 1;
         if !select(args, &record, summary, now) {
