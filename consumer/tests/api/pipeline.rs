@@ -346,7 +346,9 @@ async fn two_processes_share_the_partitions_and_a_rebalance_sends_nothing_twice(
     h.settings.processing.max_in_flight_keys = 4;
     h.create_topics().await;
     h.mount_token().await;
-    h.expect_calls(SEND, ok().set_delay(Duration::from_millis(300)), 60)
+    // Slow enough that the first process alone needs ~12 s for the 60 records (4 users at a
+    // time), far longer than the second one needs to join: the rebalance happens mid-stream.
+    h.expect_calls(SEND, ok().set_delay(Duration::from_millis(800)), 60)
         .await;
     let mut envs = Vec::new();
     for n in 0..5 {
