@@ -16,18 +16,20 @@ use crate::publisher::Publisher;
 use crate::routes;
 
 /// One configured mini program, ready for the request path (key decoded once, at start).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct MiniProgram {
     pub name: String,
     pub settings: AppSettings,
     pub aes_key: Option<common::crypto::AesKey>,
 }
 
-/// Everything a request handler needs; shared by all workers.
+/// Everything a request handler needs. Each worker has its own: the Redis connection is opened on
+/// the worker's thread and driven there, so a dedup round trip never wakes another thread; the
+/// producer, the metrics and the configuration are shared.
 #[derive(Debug)]
 pub struct AppState {
     pub settings: Settings,
-    pub apps: HashMap<String, MiniProgram>,
+    pub apps: Arc<HashMap<String, MiniProgram>>,
     pub dedup: DedupStore,
     pub publisher: Arc<Publisher>,
     pub metrics: Metrics,
@@ -61,10 +63,11 @@ impl Application {
         let port = listener.local_addr()?.port();
         let publisher =
             Arc::new(Publisher::new(&settings.kafka).context("creating the Kafka producer")?);
-        let dedup = DedupStore::new(settings.redis.clone()).context("configuring Redis")?;
+        // Checked once here, so that the per-worker construction below cannot fail.
+        DedupStore::new(settings.redis.clone()).context("configuring Redis")?;
         let metrics = Metrics::new(&registry).context("registering metrics")?;
         register_process_metrics(&registry);
-        let apps = settings
+        let apps: HashMap<String, MiniProgram> = settings
             .apps
             .iter()
             .map(|(name, app)| {
@@ -76,18 +79,21 @@ impl Application {
                 (name.clone(), program)
             })
             .collect();
-        let state = web::Data::new(AppState {
-            settings: settings.clone(),
-            apps,
-            dedup,
-            publisher: publisher.clone(),
-            metrics,
-            registry,
-        });
+        let apps = Arc::new(apps);
+        let worker_settings = settings.clone();
+        let worker_publisher = publisher.clone();
         let mut server = HttpServer::new(move || {
-            App::new()
-                .app_data(state.clone())
-                .configure(routes::configure)
+            let dedup = DedupStore::new(worker_settings.redis.clone())
+                .expect("the Redis settings were checked before the workers started");
+            let state = web::Data::new(AppState {
+                settings: worker_settings.clone(),
+                apps: apps.clone(),
+                dedup,
+                publisher: worker_publisher.clone(),
+                metrics: metrics.clone(),
+                registry: registry.clone(),
+            });
+            App::new().app_data(state).configure(routes::configure)
         })
         .shutdown_timeout(settings.server.shutdown_timeout.as_secs().max(1));
         if settings.server.workers > 0 {
