@@ -101,6 +101,19 @@ impl DedupStore {
         })
     }
 
+    /// Another store with the same settings and a connection of its own (opened on first use, on
+    /// the runtime that uses it): one per worker, so no worker drives another's connection.
+    pub fn with_own_connection(&self) -> DedupStore {
+        DedupStore {
+            client: self.client.clone(),
+            connection: OnceCell::new(),
+            last_connect_failure: Mutex::new(None),
+            settings: self.settings.clone(),
+            claim_script: self.claim_script.clone(),
+            release_script: self.release_script.clone(),
+        }
+    }
+
     /// The Redis key of a dedup key.
     pub fn redis_key(&self, dedup_key: &str) -> String {
         format!("{}{dedup_key}", self.settings.key_prefix)

@@ -63,8 +63,7 @@ impl Application {
         let port = listener.local_addr()?.port();
         let publisher =
             Arc::new(Publisher::new(&settings.kafka).context("creating the Kafka producer")?);
-        // Checked once here, so that the per-worker construction below cannot fail.
-        DedupStore::new(settings.redis.clone()).context("configuring Redis")?;
+        let dedup = Arc::new(DedupStore::new(settings.redis.clone()).context("configuring Redis")?);
         let metrics = Metrics::new(&registry).context("registering metrics")?;
         register_process_metrics(&registry);
         let apps: HashMap<String, MiniProgram> = settings
@@ -83,12 +82,10 @@ impl Application {
         let worker_settings = settings.clone();
         let worker_publisher = publisher.clone();
         let mut server = HttpServer::new(move || {
-            let dedup = DedupStore::new(worker_settings.redis.clone())
-                .expect("the Redis settings were checked before the workers started");
             let state = web::Data::new(AppState {
                 settings: worker_settings.clone(),
                 apps: apps.clone(),
-                dedup,
+                dedup: dedup.with_own_connection(),
                 publisher: worker_publisher.clone(),
                 metrics: metrics.clone(),
                 registry: registry.clone(),
