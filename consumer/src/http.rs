@@ -1,5 +1,6 @@
-//! The small HTTP listener: `/healthz` (the process runs), `/readyz` (consuming, and Redis
-//! answers) and `/metrics` (Prometheus text format from the injected registry).
+//! The small HTTP listener: `/healthz` (the process runs), `/readyz` (consuming, joined to the
+//! consumer group, and Redis answers) and `/metrics` (Prometheus text format from the injected
+//! registry).
 
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,6 +16,9 @@ use crate::store::Store;
 #[derive(Debug, Clone)]
 pub struct Readiness {
     pub consuming: Arc<AtomicBool>,
+    /// The group gave this process its first assignment (an empty one counts: the group has more
+    /// processes than partitions, and this one stands by).
+    pub joined: Arc<AtomicBool>,
     pub store: Store,
 }
 
@@ -25,6 +29,9 @@ async fn healthz() -> HttpResponse {
 async fn readyz(readiness: web::Data<Readiness>) -> HttpResponse {
     if !readiness.consuming.load(Ordering::SeqCst) {
         return HttpResponse::ServiceUnavailable().body("not consuming");
+    }
+    if !readiness.joined.load(Ordering::SeqCst) {
+        return HttpResponse::ServiceUnavailable().body("not yet in the consumer group");
     }
     if !readiness.store.ping().await {
         return HttpResponse::ServiceUnavailable().body("redis unavailable");

@@ -38,6 +38,10 @@ pub struct Metrics {
     pub lag: IntGaugeVec,
     /// Rules files refused by the hot reload (the running rules stayed).
     pub rules_reloads: IntCounterVec,
+    /// Group rebalance events of this process, by event (`assign`, `revoke`).
+    pub rebalances: IntCounterVec,
+    /// 1 while the inbound partitions are paused because the records in hand fill every bound.
+    pub backpressure: IntGauge,
 }
 
 impl Metrics {
@@ -105,6 +109,17 @@ impl Metrics {
                 ),
                 &["result"],
             )?,
+            rebalances: IntCounterVec::new(
+                Opts::new(
+                    "consumer_rebalances_total",
+                    "Consumer-group rebalance events of this process, by event.",
+                ),
+                &["event"],
+            )?,
+            backpressure: IntGauge::new(
+                "consumer_backpressure",
+                "1 while fetching is paused because the records in hand fill every bound.",
+            )?,
         };
         metrics.zero_known_series();
         registry.register(Box::new(metrics.records.clone()))?;
@@ -117,6 +132,8 @@ impl Metrics {
         registry.register(Box::new(metrics.in_flight_keys.clone()))?;
         registry.register(Box::new(metrics.lag.clone()))?;
         registry.register(Box::new(metrics.rules_reloads.clone()))?;
+        registry.register(Box::new(metrics.rebalances.clone()))?;
+        registry.register(Box::new(metrics.backpressure.clone()))?;
         Ok(metrics)
     }
 
@@ -150,6 +167,9 @@ impl Metrics {
         }
         for kind in ["redis", "token", "sink"] {
             self.process_retries.with_label_values(&[kind]);
+        }
+        for event in ["assign", "revoke"] {
+            self.rebalances.with_label_values(&[event]);
         }
     }
 

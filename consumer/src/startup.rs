@@ -155,6 +155,7 @@ impl Application {
         let port = listener.local_addr()?.port();
         let readiness = crate::http::Readiness {
             consuming: Arc::clone(&pipeline.running),
+            joined: Arc::clone(&pipeline.joined),
             store: services.store.clone(),
         };
         let server = crate::http::server(listener, registry, readiness)?;

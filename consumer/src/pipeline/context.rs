@@ -1,6 +1,7 @@
 //! The consumer's librdkafka callbacks: rebalances, commits, statistics.
 //!
-//! - **Assign**: each partition gets a fresh generation in the [`OffsetTracker`].
+//! - **Assign**: each partition gets a fresh generation in the [`OffsetTracker`], and the process
+//!   counts as joined (for `/readyz`).
 //! - **Revoke**: the partitions leave the tracker first (records still running for them will
 //!   store nothing), then the offsets stored so far are committed synchronously, so the next
 //!   owner starts right after the last record this process finished. Records in flight for a
@@ -9,6 +10,7 @@
 //!
 //! These run on the thread polling the consumer, inside `recv()`, and must stay short.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
@@ -24,6 +26,9 @@ pub struct PipelineContext {
     pub tracker: Arc<OffsetTracker>,
     pub metrics: Metrics,
     pub topic: String,
+    /// Set at the first assignment (possibly empty: more processes than partitions): the process
+    /// has joined the group.
+    pub joined: Arc<AtomicBool>,
 }
 
 impl ClientContext for PipelineContext {
@@ -54,9 +59,12 @@ impl ConsumerContext for PipelineContext {
                 for p in partitions.elements() {
                     self.tracker.assign(p.topic(), p.partition());
                 }
+                self.metrics.rebalances.with_label_values(&["assign"]).inc();
+                self.joined.store(true, Ordering::SeqCst);
                 tracing::info!(partitions = ?names(partitions), "partitions assigned");
             }
             Rebalance::Revoke(partitions) => {
+                self.metrics.rebalances.with_label_values(&["revoke"]).inc();
                 for p in partitions.elements() {
                     self.tracker.revoke(p.topic(), p.partition());
                     let _ = self

@@ -14,11 +14,19 @@
 //!
 //! Scaling: each partition of the inbound topic is read by one process of the group, so the
 //! partition count is the ceiling on processes; inside a process, users run concurrently.
+//!
+//! Backpressure without leaving the group: when the records in hand fill the dispatcher's bounds
+//! (a slow or failing WeChat API), the loop pauses the assigned partitions instead of simply
+//! waiting, and keeps polling the consumer. Polling is what keeps the process in the group:
+//! librdkafka drops a member that has not polled for `max.poll.interval.ms`, and serves rebalances
+//! only while polled. Pausing discards what was prefetched and resuming fetches again from the
+//! next undelivered offset, so nothing is skipped and memory stays bounded.
 
 pub mod context;
 pub mod dispatch;
 pub mod offsets;
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +34,7 @@ use std::time::Duration;
 use common::envelope::{Envelope, EnvelopeError};
 use futures::FutureExt;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::Message as _;
+use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -115,7 +123,14 @@ pub struct Pipeline {
     commit_interval: Duration,
     /// Set once subscribed; read by `/readyz`.
     pub running: Arc<AtomicBool>,
+    /// Set at the first assignment; read by `/readyz`.
+    pub joined: Arc<AtomicBool>,
 }
+
+/// How long a record may wait for the dispatcher before the partitions are paused and the
+/// consumer is polled meanwhile. Short against `max.poll.interval.ms` (5 minutes by default),
+/// long against a normal hand-over (microseconds).
+const PAUSE_AFTER: Duration = Duration::from_secs(1);
 
 impl Pipeline {
     pub fn new(
@@ -126,10 +141,12 @@ impl Pipeline {
         shutdown: CancellationToken,
     ) -> anyhow::Result<Pipeline> {
         let tracker = Arc::new(OffsetTracker::default());
+        let joined = Arc::new(AtomicBool::new(false));
         let context = PipelineContext {
             tracker: Arc::clone(&tracker),
             metrics: metrics.clone(),
             topic: settings.kafka.inbound_topic.clone(),
+            joined: Arc::clone(&joined),
         };
         let consumer: StreamConsumer<PipelineContext> =
             consumer_config(settings).create_with_context(context)?;
@@ -151,6 +168,7 @@ impl Pipeline {
             shutdown_timeout: settings.server.shutdown_timeout,
             commit_interval: settings.kafka.commit_interval,
             running: Arc::new(AtomicBool::new(false)),
+            joined,
         })
     }
 
@@ -171,50 +189,37 @@ impl Pipeline {
         );
         let mut commit_ticker = tokio::time::interval(self.commit_interval);
         commit_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Records that arrived while the partitions were being paused, in arrival order.
+        let mut backlog = VecDeque::new();
         loop {
-            let received = tokio::select! {
-                biased;
-                _ = shared.shutdown.cancelled() => break,
-                _ = commit_ticker.tick() => {
-                    // Commits only what was stored, i.e. records with a final outcome.
-                    if let Err(e) = shared.consumer.commit_consumer_state(CommitMode::Async) {
-                        if !context::is_no_offset(&e) {
-                            tracing::warn!(error = %e, "periodic commit failed");
+            let record = match backlog.pop_front() {
+                Some(record) => record,
+                None => {
+                    let received = tokio::select! {
+                        biased;
+                        _ = shared.shutdown.cancelled() => break,
+                        _ = commit_ticker.tick() => {
+                            shared.commit_stored();
+                            continue;
+                        }
+                        received = shared.consumer.recv() => received,
+                    };
+                    match received {
+                        Ok(message) => shared.take(&message),
+                        Err(e) => {
+                            // Broker or transport trouble; librdkafka reconnects on its own.
+                            tracing::warn!(error = %e, "kafka consumer error");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
                         }
                     }
-                    continue;
-                }
-                received = shared.consumer.recv() => received,
-            };
-            let record = match received {
-                Ok(message) => {
-                    let generation = shared.tracker.begin(
-                        message.topic(),
-                        message.partition(),
-                        message.offset(),
-                    );
-                    InboundRecord {
-                        topic: message.topic().to_owned(),
-                        partition: message.partition(),
-                        offset: message.offset(),
-                        key: message.key().map(<[u8]>::to_vec),
-                        value: message.payload().map(<[u8]>::to_vec),
-                        timestamp_ms: message.timestamp().to_millis(),
-                        generation,
-                    }
-                }
-                Err(e) => {
-                    // Broker or transport trouble; librdkafka reconnects on its own.
-                    tracing::warn!(error = %e, "kafka consumer error");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
                 }
             };
-            let key = record.key.clone().unwrap_or_default();
-            tokio::select! {
-                biased;
-                _ = shared.shutdown.cancelled() => break,
-                _ = dispatcher.dispatch(key, record) => {}
+            let handed_over = shared
+                .hand_over(&dispatcher, record, &mut backlog, &mut commit_ticker)
+                .await;
+            if !handed_over {
+                break;
             }
         }
         tracing::info!("stopping: finishing records in progress");
@@ -245,6 +250,107 @@ impl std::fmt::Debug for Shared {
 }
 
 impl Shared {
+    /// Commits the offsets stored so far, i.e. of records with a final outcome.
+    fn commit_stored(&self) {
+        if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Async) {
+            if !context::is_no_offset(&e) {
+                tracing::warn!(error = %e, "periodic commit failed");
+            }
+        }
+    }
+
+    /// Registers a received message with the offset tracker and owns it.
+    fn take(&self, message: &BorrowedMessage<'_>) -> InboundRecord {
+        let generation = self
+            .tracker
+            .begin(message.topic(), message.partition(), message.offset());
+        InboundRecord {
+            topic: message.topic().to_owned(),
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec),
+            value: message.payload().map(<[u8]>::to_vec),
+            timestamp_ms: message.timestamp().to_millis(),
+            generation,
+        }
+    }
+
+    /// Gives `record` to the dispatcher, however long that takes, without leaving the group.
+    ///
+    /// After [`PAUSE_AFTER`] of waiting, the assigned partitions are paused and the consumer is
+    /// polled while the wait goes on (serving rebalances, keeping `max.poll.interval.ms` from
+    /// expiring); commits go on too. A message already on its way when the pause took effect
+    /// joins `backlog`, in order, and a partition assigned meanwhile is paused as well. The
+    /// partitions resume once the record is taken. False when shutdown cut the wait short.
+    async fn hand_over(
+        &self,
+        dispatcher: &Dispatcher<InboundRecord>,
+        record: InboundRecord,
+        backlog: &mut VecDeque<InboundRecord>,
+        commit_ticker: &mut tokio::time::Interval,
+    ) -> bool {
+        let key = record.key.clone().unwrap_or_default();
+        let dispatch = dispatcher.dispatch(key, record);
+        tokio::pin!(dispatch);
+        let pause_at = tokio::time::sleep(PAUSE_AFTER);
+        tokio::pin!(pause_at);
+        let mut paused = false;
+        let handed_over = loop {
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => break false,
+                _ = &mut dispatch => break true,
+                _ = &mut pause_at, if !paused => {
+                    paused = true;
+                    self.pause_all();
+                }
+                _ = commit_ticker.tick(), if paused => self.commit_stored(),
+                received = self.consumer.recv(), if paused => match received {
+                    Ok(message) => {
+                        backlog.push_back(self.take(&message));
+                        self.pause_all();
+                    }
+                    Err(e) => tracing::warn!(error = %e, "kafka consumer error while paused"),
+                },
+            }
+        };
+        if paused {
+            self.resume_all();
+        }
+        handed_over
+    }
+
+    fn pause_all(&self) {
+        match self.consumer.assignment() {
+            Ok(assigned) => {
+                if let Err(e) = self.consumer.pause(&assigned) {
+                    tracing::warn!(error = %e, "cannot pause the partitions");
+                }
+                if self.metrics.backpressure.get() == 0 {
+                    tracing::info!(
+                        partitions = assigned.count(),
+                        "records in hand fill every bound: fetching paused"
+                    );
+                }
+                self.metrics.backpressure.set(1);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the assignment to pause it"),
+        }
+    }
+
+    fn resume_all(&self) {
+        match self.consumer.assignment() {
+            Ok(assigned) => {
+                if let Err(e) = self.consumer.resume(&assigned) {
+                    tracing::warn!(error = %e, "cannot resume the partitions");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the assignment to resume it"),
+        }
+        self.metrics.backpressure.set(0);
+        tracing::info!("fetching resumed");
+    }
+
     /// Takes one record to a final outcome (retrying transient failures), then stores its offset.
     async fn handle(&self, record: InboundRecord) {
         let span = tracing::info_span!(

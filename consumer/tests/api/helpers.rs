@@ -155,6 +155,17 @@ impl Harness {
 }
 
 pub async fn mount_token_answer(server: &MockServer, token: &str, expires_in: u64) {
+    mount_token_answer_with_priority(server, token, expires_in, 5).await;
+}
+
+/// Like [`mount_token_answer`], winning over mocks of a larger `priority` number (the default
+/// is 5), so a test can heal an endpoint it mounted failing.
+pub async fn mount_token_answer_with_priority(
+    server: &MockServer,
+    token: &str,
+    expires_in: u64,
+    priority: u8,
+) {
     Mock::given(method("POST"))
         .and(path(STABLE_TOKEN))
         .respond_with(
@@ -162,6 +173,7 @@ pub async fn mount_token_answer(server: &MockServer, token: &str, expires_in: u6
                 serde_json::json!({"access_token": token, "expires_in": expires_in}),
             ),
         )
+        .with_priority(priority)
         .mount(server)
         .await;
 }

@@ -440,3 +440,77 @@ async fn setup_creates_the_topics_once_and_reports_them_after() {
     );
     assert_eq!(again.len(), 3);
 }
+
+#[tokio::test]
+async fn records_held_up_past_the_poll_interval_pause_fetching_and_keep_the_partitions() {
+    let mut h = Harness::new(ECHO).await;
+    h.settings.kafka.topics.inbound_partitions = 1;
+    // One user at a time and one record in hand: the second record already waits for a slot.
+    h.settings.processing.max_in_flight_keys = 1;
+    h.settings.processing.max_buffered_records = 1;
+    // librdkafka drops a member that has not polled for this long (it must be ≥ the 6 s session).
+    h.settings
+        .kafka
+        .properties
+        .insert("max.poll.interval.ms".into(), "7000".into());
+    h.create_topics().await;
+    // The token endpoint is down, so the first record retries (transiently) until it heals.
+    Mock::given(path(STABLE_TOKEN))
+        .respond_with(wiremock::ResponseTemplate::new(503))
+        .mount(&h.wechat)
+        .await;
+    h.expect_calls(SEND, ok(), 3).await;
+    let envs: Vec<_> = (0..3)
+        .map(|n| text(&format!("o-{n}"), &format!("m-{n}"), &format!("hello-{n}")))
+        .collect();
+    produce_envelopes(&h.settings.kafka.inbound_topic, &envs).await;
+    let app = spawn_app(&h).await;
+
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            app.metric("consumer_backpressure", &[]) == 1.0
+        })
+        .await,
+        "fetching pauses while the records in hand fill the bounds"
+    );
+    // Held up well past max.poll.interval.ms: without polling, the group would drop the process.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(
+        app.metric("consumer_records_total", &[("outcome", "replied")]),
+        0.0
+    );
+    mount_token_answer_with_priority(&h.wechat, TOKEN, 7200, 1).await;
+
+    assert!(
+        eventually(Duration::from_secs(30), || async { finished(&app) == 3.0 }).await,
+        "all three records finish once the token endpoint heals"
+    );
+    assert_eq!(
+        app.metric("consumer_records_total", &[("outcome", "replied")]),
+        3.0
+    );
+    assert_eq!(
+        app.metric("consumer_backpressure", &[]),
+        0.0,
+        "fetching resumed"
+    );
+    assert_eq!(
+        app.metric("consumer_rebalances_total", &[("event", "revoke")]),
+        0.0,
+        "the process kept its partition through the whole wait"
+    );
+    assert_eq!(
+        app.metric("consumer_rebalances_total", &[("event", "assign")]),
+        1.0,
+        "it joined once and never had to rejoin"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            total_committed(&h) == 3
+        })
+        .await,
+        "all three offsets are committed"
+    );
+    app.stop().await;
+    h.wechat.verify().await;
+}
