@@ -310,7 +310,10 @@ impl Shared {
                         backlog.push_back(self.take(&message));
                         self.pause_all();
                     }
-                    Err(e) => tracing::warn!(error = %e, "kafka consumer error while paused"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "kafka consumer error while paused");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
                 },
             }
         };
