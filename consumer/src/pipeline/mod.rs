@@ -194,26 +194,11 @@ impl Pipeline {
         loop {
             let record = match backlog.pop_front() {
                 Some(record) => record,
-                None => {
-                    let received = tokio::select! {
-                        biased;
-                        _ = shared.shutdown.cancelled() => break,
-                        _ = commit_ticker.tick() => {
-                            shared.commit_stored();
-                            continue;
-                        }
-                        received = shared.consumer.recv() => received,
-                    };
-                    match received {
-                        Ok(message) => shared.take(&message),
-                        Err(e) => {
-                            // Broker or transport trouble; librdkafka reconnects on its own.
-                            tracing::warn!(error = %e, "kafka consumer error");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            continue;
-                        }
-                    }
-                }
+                None => match shared.receive(&mut commit_ticker).await {
+                    Next::Record(record) => record,
+                    Next::Again => continue,
+                    Next::Stop => break,
+                },
             };
             let handed_over = shared
                 .hand_over(&dispatcher, record, &mut backlog, &mut commit_ticker)
@@ -249,7 +234,36 @@ impl std::fmt::Debug for Shared {
     }
 }
 
+/// What the main loop does after [`Shared::receive`].
+enum Next {
+    Record(InboundRecord),
+    /// A commit tick or a consumer error: receive again.
+    Again,
+    Stop,
+}
+
 impl Shared {
+    /// Waits for the next message, committing on every tick meanwhile.
+    async fn receive(&self, commit_ticker: &mut tokio::time::Interval) -> Next {
+        tokio::select! {
+            biased;
+            _ = self.shutdown.cancelled() => Next::Stop,
+            _ = commit_ticker.tick() => {
+                self.commit_stored();
+                Next::Again
+            }
+            received = self.consumer.recv() => match received {
+                Ok(message) => Next::Record(self.take(&message)),
+                Err(e) => {
+                    // Broker or transport trouble; librdkafka reconnects on its own.
+                    tracing::warn!(error = %e, "kafka consumer error");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    Next::Again
+                }
+            },
+        }
+    }
+
     /// Commits the offsets stored so far, i.e. of records with a final outcome.
     fn commit_stored(&self) {
         if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Async) {
@@ -302,13 +316,13 @@ impl Shared {
                 _ = &mut dispatch => break true,
                 _ = &mut pause_at, if !paused => {
                     paused = true;
-                    self.pause_all();
+                    self.set_paused(true);
                 }
                 _ = commit_ticker.tick(), if paused => self.commit_stored(),
                 received = self.consumer.recv(), if paused => match received {
                     Ok(message) => {
                         backlog.push_back(self.take(&message));
-                        self.pause_all();
+                        self.set_paused(true);
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "kafka consumer error while paused");
@@ -318,40 +332,41 @@ impl Shared {
             }
         };
         if paused {
-            self.resume_all();
+            self.set_paused(false);
         }
         handed_over
     }
 
-    fn pause_all(&self) {
+    /// Pauses or resumes fetching for every assigned partition.
+    fn set_paused(&self, paused: bool) {
         match self.consumer.assignment() {
             Ok(assigned) => {
-                if let Err(e) = self.consumer.pause(&assigned) {
-                    tracing::warn!(error = %e, "cannot pause the partitions");
+                let result = if paused {
+                    self.consumer.pause(&assigned)
+                } else {
+                    self.consumer.resume(&assigned)
+                };
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, paused, "cannot pause or resume the partitions");
                 }
-                if self.metrics.backpressure.get() == 0 {
+                if paused && self.metrics.backpressure.get() == 0 {
                     tracing::info!(
                         partitions = assigned.count(),
                         "records in hand fill every bound: fetching paused"
                     );
                 }
-                self.metrics.backpressure.set(1);
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot read the assignment to pause it"),
-        }
-    }
-
-    fn resume_all(&self) {
-        match self.consumer.assignment() {
-            Ok(assigned) => {
-                if let Err(e) = self.consumer.resume(&assigned) {
-                    tracing::warn!(error = %e, "cannot resume the partitions");
+                if paused {
+                    self.metrics.backpressure.set(1);
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "cannot read the assignment to resume it"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the assignment to pause or resume it")
+            }
         }
-        self.metrics.backpressure.set(0);
-        tracing::info!("fetching resumed");
+        if !paused {
+            self.metrics.backpressure.set(0);
+            tracing::info!("fetching resumed");
+        }
     }
 
     /// Takes one record to a final outcome (retrying transient failures), then stores its offset.
