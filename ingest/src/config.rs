@@ -28,6 +28,7 @@ pub struct Settings {
     pub kafka: KafkaSettings,
     pub redis: RedisSettings,
     pub telemetry: TelemetrySettings,
+    pub spool: SpoolSettings,
     #[serde(default)]
     pub apps: BTreeMap<String, AppSettings>,
 }
@@ -99,6 +100,41 @@ pub struct RedisSettings {
     pub done_ttl: Duration,
     #[serde(with = "humantime_serde")]
     pub pending_poll: Duration,
+}
+
+/// The local spool: where a push becomes durable when Kafka cannot acknowledge it in time.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolSettings {
+    /// Off: a push Kafka does not acknowledge in time is answered 503, as without a spool.
+    pub enabled: bool,
+    /// The spool's directory; one per ingest process (it is locked), on a persistent volume.
+    pub dir: PathBuf,
+    /// Bound on the spooled bytes; past it pushes are answered 503.
+    pub max_bytes: u64,
+    /// Optional bound on the age of the oldest spooled record; past it pushes are answered 503.
+    #[serde(default, with = "humantime_serde::option")]
+    pub max_age: Option<Duration>,
+    /// Size at which the writer starts a new segment file.
+    pub segment_bytes: u64,
+    /// Whether each commit is fsynced before the pushes in it are answered.
+    pub fsync: FsyncPolicy,
+    /// Bound on one append, fsync included; a slower disk answers 503.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// On shutdown, how long the drainer may go on emptying the spool into Kafka.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_drain: Duration,
+}
+
+/// When the spool's writes reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncPolicy {
+    /// fsync every commit before answering: survives a power loss.
+    Always,
+    /// Never fsync: survives a crash of the process, not of the machine. For tests and benchmarks.
+    Off,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -221,6 +257,8 @@ impl Settings {
         if self.redis.pending_poll.is_zero() {
             return invalid("redis.pending_poll must be above zero".into());
         }
+        self.spool
+            .validate(d.ack_budget, self.kafka.delivery_timeout)?;
         if self.server.max_body_bytes < 1024 {
             return invalid("server.max_body_bytes must be at least 1024".into());
         }
@@ -236,6 +274,47 @@ impl Settings {
         }
         for (name, app) in &self.apps {
             app.validate(name)?;
+        }
+        Ok(())
+    }
+}
+
+impl SpoolSettings {
+    fn validate(
+        &self,
+        ack_budget: Duration,
+        delivery_timeout: Duration,
+    ) -> Result<(), ConfigError> {
+        let invalid = |msg: String| Err(ConfigError::Invalid(format!("spool.{msg}")));
+        if !self.enabled {
+            return Ok(());
+        }
+        if self.dir.as_os_str().is_empty() {
+            return invalid("dir must not be empty".into());
+        }
+        if delivery_timeout + self.write_timeout > ack_budget {
+            return invalid(format!(
+                "write_timeout ({:?}) plus kafka.delivery_timeout ({:?}) must fit in \
+                 deadline.ack_budget ({:?}): a push first waits for Kafka, then for the spool",
+                self.write_timeout, delivery_timeout, ack_budget
+            ));
+        }
+        if self.write_timeout.is_zero() {
+            return invalid("write_timeout must be above zero".into());
+        }
+        if self.segment_bytes < 64 * 1024 {
+            return invalid("segment_bytes must be at least 65536".into());
+        }
+        if self.max_bytes < self.segment_bytes {
+            return invalid(format!(
+                "max_bytes ({}) must be at least segment_bytes ({})",
+                self.max_bytes, self.segment_bytes
+            ));
+        }
+        if self.max_age.is_some_and(|age| age <= WECHAT_RETRY_HORIZON) {
+            return invalid(format!(
+                "max_age must exceed WeChat's retry horizon ({WECHAT_RETRY_HORIZON:?}), or be left out"
+            ));
         }
         Ok(())
     }

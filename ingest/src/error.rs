@@ -7,7 +7,10 @@
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 
+use crate::durable::WriteError;
+use crate::intake::IntakeError;
 use crate::publisher::PublishError;
+use crate::spool::SpoolError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -27,8 +30,8 @@ pub enum IngestError {
     Malformed(String),
     #[error("undecryptable push: {0}")]
     Undecryptable(common::push::PushError),
-    #[error("push not stored: {0}")]
-    NotStored(PublishError),
+    #[error("push not stored")]
+    NotStored(#[source] WriteError),
     #[error("an earlier delivery of this push is still being stored")]
     DuplicateInFlight,
     #[error("no answer within the ack budget")]
@@ -47,9 +50,14 @@ impl IngestError {
             IngestError::EncryptionRequired => "encryption_required",
             IngestError::Malformed(_) => "malformed",
             IngestError::Undecryptable(_) => "undecryptable",
-            IngestError::NotStored(PublishError::QueueFull) => "backpressure",
-            IngestError::NotStored(PublishError::Timeout) => "publish_timeout",
-            IngestError::NotStored(PublishError::Kafka(_)) => "publish_failed",
+            IngestError::NotStored(WriteError::Kafka(PublishError::QueueFull)) => "backpressure",
+            IngestError::NotStored(WriteError::Kafka(PublishError::Timeout)) => "publish_timeout",
+            IngestError::NotStored(WriteError::Kafka(PublishError::Kafka(_))) => "publish_failed",
+            IngestError::NotStored(WriteError::Spool {
+                spool: SpoolError::Full { .. } | SpoolError::TooOld(_),
+                ..
+            }) => "spool_full",
+            IngestError::NotStored(WriteError::Spool { .. }) => "spool_failed",
             IngestError::DuplicateInFlight => "duplicate_in_flight",
             IngestError::DeadlineExceeded => "deadline_exceeded",
         }
@@ -77,7 +85,33 @@ impl ResponseError for IngestError {
     fn error_response(&self) -> HttpResponse {
         HttpResponse::build(self.status_code())
             .content_type("text/plain; charset=utf-8")
-            .body(self.to_string())
+            .body(Chain(self).to_string())
+    }
+}
+
+/// Shows an error followed by each of its sources, `outer: inner: innermost`: for log lines and
+/// answers, where the cause matters as much as the summary.
+#[derive(Debug)]
+pub struct Chain<'a>(pub &'a dyn std::error::Error);
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
+impl From<IntakeError> for IngestError {
+    fn from(e: IntakeError) -> IngestError {
+        match e {
+            IntakeError::NotStored(e) => IngestError::NotStored(e),
+            IntakeError::DuplicateInFlight => IngestError::DuplicateInFlight,
+        }
     }
 }
 
@@ -97,9 +131,23 @@ mod tests {
             IngestError::EncryptionRequired,
             IngestError::Malformed(String::new()),
             IngestError::Undecryptable(common::push::PushError::NoKey),
-            IngestError::NotStored(PublishError::QueueFull),
-            IngestError::NotStored(PublishError::Timeout),
-            IngestError::NotStored(PublishError::Kafka(rdkafka::error::KafkaError::Canceled)),
+            IngestError::NotStored(WriteError::Kafka(PublishError::QueueFull)),
+            IngestError::NotStored(WriteError::Kafka(PublishError::Timeout)),
+            IngestError::NotStored(WriteError::Kafka(PublishError::Kafka(
+                rdkafka::error::KafkaError::Canceled,
+            ))),
+            IngestError::NotStored(WriteError::Spool {
+                spool: SpoolError::Full { max_bytes: 1 },
+                kafka: Some(PublishError::Timeout),
+            }),
+            IngestError::NotStored(WriteError::Spool {
+                spool: SpoolError::TooOld(std::time::Duration::from_secs(1)),
+                kafka: None,
+            }),
+            IngestError::NotStored(WriteError::Spool {
+                spool: SpoolError::Timeout(std::time::Duration::from_secs(1)),
+                kafka: None,
+            }),
             IngestError::DuplicateInFlight,
             IngestError::DeadlineExceeded,
         ];

@@ -1,21 +1,26 @@
 //! `ingest`: the edge service behind a mini program's message-push URL.
 //!
 //! Per push, in this order: find the app → read the body (bounded) → verify the signature
-//! (`msg_signature` in safe mode) and the timestamp window → decrypt → parse → claim the dedup key
-//! in Redis → publish to Kafka and wait for its acknowledgement → mark the claim done → answer.
-//! Every step is bounded by the ack budget, so WeChat always hears back inside its 5 s.
+//! (`msg_signature` in safe mode) and the timestamp window → decrypt → parse (`routes/push.rs`) →
+//! claim the dedup key in Redis → write the record durably: Kafka's acknowledgement, or the local
+//! spool when Kafka cannot in time → mark the claim done (`intake.rs`, `durable.rs`, `spool/`) →
+//! answer. Every step is bounded by the ack budget, so WeChat always hears back inside its 5 s.
 //!
-//! The promises this crate keeps (see `design.md`): ack only after Kafka stored the record; answer
-//! inside the budget; two-phase dedup released on failure; fail open on Redis, closed on Kafka; bad
-//! input is a precise 4xx, never a crash; no secret in any log line.
+//! The promises this crate keeps (`docs/architecture.md`): ack only after a durable write; answer
+//! inside the budget; two-phase dedup released on failure; fail open on Redis, durable on Kafka
+//! (the spool); bad input is a precise 4xx, never a crash; no secret in any log line.
 
 pub mod config;
 pub mod dedup;
+pub mod durable;
 pub mod error;
+pub mod intake;
 pub mod metrics;
 pub mod publisher;
 pub mod routes;
+pub mod spool;
 pub mod startup;
+pub mod state;
 pub mod telemetry;
 
 pub use startup::Application;

@@ -5,8 +5,11 @@
 //! becomes a label.
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry,
 };
+
+use crate::spool::{SpoolStats, REFUSAL_REASONS};
 
 /// Ack latency buckets, in seconds, dense near the budget and reaching WeChat's 5 s.
 const ACK_BUCKETS: &[f64] = &[
@@ -20,6 +23,7 @@ const PUBLISH_BUCKETS: &[f64] = &[
 /// [`crate::error::IngestError::outcome`] of each failure.
 pub const PUSH_OUTCOMES: &[&str] = &[
     "accepted",
+    "spooled",
     "duplicate",
     "unknown_app",
     "too_large",
@@ -32,6 +36,8 @@ pub const PUSH_OUTCOMES: &[&str] = &[
     "backpressure",
     "publish_timeout",
     "publish_failed",
+    "spool_full",
+    "spool_failed",
     "duplicate_in_flight",
     "deadline_exceeded",
 ];
@@ -57,6 +63,117 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     /// Records in the producer's queue not yet acknowledged (sampled at scrape).
     pub producer_queue: IntGauge,
+    pub spool: SpoolMetrics,
+}
+
+/// The spool's metrics: what went in, what drained out, what it holds.
+#[derive(Debug, Clone)]
+pub struct SpoolMetrics {
+    /// Records made durable in the spool.
+    pub appended: IntCounter,
+    /// Records drained: acknowledged by Kafka and so deletable.
+    pub drained: IntCounter,
+    /// Appends refused, by reason (full, too_old, too_large, io, timeout, closed).
+    pub refused: IntCounterVec,
+    /// Drain attempts that failed (Kafka did not acknowledge); each is retried after a backoff.
+    pub drain_failures: IntCounter,
+    /// Bytes cut at recovery or skipped while draining: `torn_tail` (a write cut by a crash, never
+    /// acknowledged) or `corrupt` (damaged synced data).
+    pub discarded_bytes: IntCounterVec,
+    /// Duration of the fsync of one group commit.
+    pub fsync_duration: Histogram,
+    /// Records per group commit.
+    pub batch_records: Histogram,
+    /// Sampled at scrape: records and bytes waiting to drain, age of the oldest.
+    pub records: IntGauge,
+    pub bytes: IntGauge,
+    pub oldest_age: Gauge,
+}
+
+impl SpoolMetrics {
+    fn new() -> Result<SpoolMetrics, prometheus::Error> {
+        let metrics = SpoolMetrics {
+            appended: IntCounter::new(
+                "ingest_spool_appended_records_total",
+                "Records made durable in the local spool because Kafka could not acknowledge them in time.",
+            )?,
+            drained: IntCounter::new(
+                "ingest_spool_drained_records_total",
+                "Spooled records acknowledged by Kafka.",
+            )?,
+            refused: IntCounterVec::new(
+                Opts::new(
+                    "ingest_spool_refused_total",
+                    "Appends the spool refused (the push was answered 503), by reason.",
+                ),
+                &["reason"],
+            )?,
+            drain_failures: IntCounter::new(
+                "ingest_spool_drain_failures_total",
+                "Attempts to drain the spool into Kafka that failed.",
+            )?,
+            discarded_bytes: IntCounterVec::new(
+                Opts::new(
+                    "ingest_spool_discarded_bytes_total",
+                    "Spool bytes that were not intact records: torn_tail (a write cut by a crash, \
+                     never acknowledged) or corrupt (damaged synced data).",
+                ),
+                &["reason"],
+            )?,
+            fsync_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "ingest_spool_fsync_duration_seconds",
+                    "Duration of the fsync of one spool commit.",
+                )
+                .buckets(PUBLISH_BUCKETS.to_vec()),
+            )?,
+            batch_records: Histogram::with_opts(
+                HistogramOpts::new(
+                    "ingest_spool_commit_records",
+                    "Records written and synced together by one spool commit.",
+                )
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0]),
+            )?,
+            records: IntGauge::new(
+                "ingest_spool_records",
+                "Records in the spool waiting to be drained into Kafka.",
+            )?,
+            bytes: IntGauge::new("ingest_spool_bytes", "Bytes in the spool waiting to be drained.")?,
+            oldest_age: Gauge::new(
+                "ingest_spool_oldest_age_seconds",
+                "Age of the oldest record waiting in the spool; 0 when it is empty.",
+            )?,
+        };
+        for reason in REFUSAL_REASONS {
+            metrics.refused.with_label_values(&[reason]);
+        }
+        for reason in ["torn_tail", "corrupt"] {
+            metrics.discarded_bytes.with_label_values(&[reason]);
+        }
+        Ok(metrics)
+    }
+
+    fn register(&self, registry: &Registry) -> Result<(), prometheus::Error> {
+        registry.register(Box::new(self.appended.clone()))?;
+        registry.register(Box::new(self.drained.clone()))?;
+        registry.register(Box::new(self.refused.clone()))?;
+        registry.register(Box::new(self.drain_failures.clone()))?;
+        registry.register(Box::new(self.discarded_bytes.clone()))?;
+        registry.register(Box::new(self.fsync_duration.clone()))?;
+        registry.register(Box::new(self.batch_records.clone()))?;
+        registry.register(Box::new(self.records.clone()))?;
+        registry.register(Box::new(self.bytes.clone()))?;
+        registry.register(Box::new(self.oldest_age.clone()))?;
+        Ok(())
+    }
+
+    /// Sets the gauges from what the spool holds now (at scrape).
+    pub fn sample(&self, stats: SpoolStats) {
+        self.records.set(stats.records as i64);
+        self.bytes.set(stats.bytes as i64);
+        self.oldest_age
+            .set(stats.oldest_age.map_or(0.0, |age| age.as_secs_f64()));
+    }
 }
 
 impl Metrics {
@@ -105,6 +222,7 @@ impl Metrics {
                 "ingest_producer_queue_records",
                 "Records in the Kafka producer's queue awaiting acknowledgement.",
             )?,
+            spool: SpoolMetrics::new()?,
         };
         // Every series exists from the start at zero: dashboards show it, and `increase()` in an
         // alert sees the first event (a series born at 1 has no increase).
@@ -128,6 +246,8 @@ impl Metrics {
         registry.register(Box::new(metrics.ack_duration.clone()))?;
         registry.register(Box::new(metrics.in_flight.clone()))?;
         registry.register(Box::new(metrics.producer_queue.clone()))?;
+        // Registered whether or not the spool is on, so dashboards and alerts see zeros.
+        metrics.spool.register(registry)?;
         Ok(metrics)
     }
 }

@@ -3,13 +3,13 @@
 //! The producer is idempotent with `acks=all`: a record counts as stored only once every in-sync
 //! replica has it, and librdkafka's own retries never duplicate it. Every publish is bounded twice:
 //! by `message.timeout.ms` (the configured delivery timeout, below the ack budget) and by the
-//! push's deadline. The producer queue is bounded too; a full queue is an immediate error that the
-//! edge answers with 503 — backpressure instead of memory growth.
+//! push's deadline. The producer queue is bounded too; a full queue is an immediate error (the edge
+//! then spools the record, or answers 503 when it cannot) — backpressure instead of memory growth.
 
 use std::time::{Duration, Instant};
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::ClientConfig;
 
 use crate::config::KafkaSettings;
@@ -29,6 +29,31 @@ pub enum PublishError {
 pub struct Stored {
     pub partition: i32,
     pub offset: i64,
+}
+
+/// A record handed to the producer, awaiting Kafka's acknowledgement.
+pub struct PendingAck(DeliveryFuture);
+
+impl std::fmt::Debug for PendingAck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingAck").finish_non_exhaustive()
+    }
+}
+
+impl PendingAck {
+    /// Waits for the acknowledgement, at most until `deadline`.
+    pub async fn wait(self, deadline: Instant) -> Result<Stored, PublishError> {
+        match tokio::time::timeout_at(deadline.into(), self.0).await {
+            Ok(Ok(Ok(d))) => Ok(Stored {
+                partition: d.partition,
+                offset: d.offset,
+            }),
+            Ok(Ok(Err((e, _)))) => Err(PublishError::Kafka(e)),
+            // The producer dropped the delivery report: it is shutting down.
+            Ok(Err(_canceled)) => Err(PublishError::Kafka(KafkaError::Canceled)),
+            Err(_elapsed) => Err(PublishError::Timeout),
+        }
+    }
 }
 
 pub struct Publisher {
@@ -77,31 +102,27 @@ impl Publisher {
 
     /// Publishes one record and waits for Kafka's acknowledgement, at most until `deadline`.
     ///
-    /// On `Timeout` the record may still be delivered later; the caller answers 503 and WeChat
-    /// retries, which can at worst duplicate the record — never lose it.
+    /// On `Timeout` the record may still be delivered later; the caller answers 503 or spools the
+    /// record, which can at worst duplicate it — never lose it.
     pub async fn publish(
         &self,
-        key: &str,
+        key: &[u8],
         payload: &[u8],
         deadline: Instant,
     ) -> Result<Stored, PublishError> {
+        self.send(key, payload)?.wait(deadline).await
+    }
+
+    /// Hands one record to the producer without waiting. Records sent one after another keep
+    /// their order within a partition (the producer is idempotent).
+    pub fn send(&self, key: &[u8], payload: &[u8]) -> Result<PendingAck, PublishError> {
         let record = FutureRecord::to(&self.topic).key(key).payload(payload);
-        let delivery = match self.producer.send_result(record) {
-            Ok(delivery) => delivery,
+        match self.producer.send_result(record) {
+            Ok(delivery) => Ok(PendingAck(delivery)),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                return Err(PublishError::QueueFull)
+                Err(PublishError::QueueFull)
             }
-            Err((e, _)) => return Err(PublishError::Kafka(e)),
-        };
-        match tokio::time::timeout_at(deadline.into(), delivery).await {
-            Ok(Ok(Ok(d))) => Ok(Stored {
-                partition: d.partition,
-                offset: d.offset,
-            }),
-            Ok(Ok(Err((e, _)))) => Err(PublishError::Kafka(e)),
-            // The producer dropped the delivery report: it is shutting down.
-            Ok(Err(_canceled)) => Err(PublishError::Kafka(KafkaError::Canceled)),
-            Err(_elapsed) => Err(PublishError::Timeout),
+            Err((e, _)) => Err(PublishError::Kafka(e)),
         }
     }
 

@@ -9,38 +9,23 @@ use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use prometheus::Registry;
 
-use crate::config::{AppSettings, Settings, TlsSettings};
+use crate::config::{Settings, TlsSettings};
 use crate::dedup::DedupStore;
+use crate::durable::DurableLog;
+use crate::intake::Intake;
 use crate::metrics::{register_process_metrics, Metrics};
 use crate::publisher::Publisher;
 use crate::routes;
-
-/// One configured mini program, ready for the request path (key decoded once, at start).
-#[derive(Debug, Clone)]
-pub struct MiniProgram {
-    pub name: String,
-    pub settings: AppSettings,
-    pub aes_key: Option<common::crypto::AesKey>,
-}
-
-/// Everything a request handler needs. Each worker has its own: the Redis connection is opened on
-/// the worker's thread and driven there, so a dedup round trip never wakes another thread; the
-/// producer, the metrics and the configuration are shared.
-#[derive(Debug)]
-pub struct AppState {
-    pub settings: Settings,
-    pub apps: Arc<HashMap<String, MiniProgram>>,
-    pub dedup: DedupStore,
-    pub publisher: Arc<Publisher>,
-    pub metrics: Metrics,
-    pub registry: Registry,
-}
+use crate::spool::{Drainer, Spool};
+use crate::state::{AppState, MiniProgram};
 
 /// A bound, not yet running, ingest server.
 pub struct Application {
     port: u16,
     server: Server,
     publisher: Arc<Publisher>,
+    /// Started with the server, in [`Application::run_until_stopped`].
+    drainer: Option<Drainer>,
     settings: Settings,
 }
 
@@ -66,27 +51,39 @@ impl Application {
         let dedup = Arc::new(DedupStore::new(settings.redis.clone()).context("configuring Redis")?);
         let metrics = Metrics::new(&registry).context("registering metrics")?;
         register_process_metrics(&registry);
+        let (spool, drainer) = if settings.spool.enabled {
+            let (spool, drainer) = Spool::open(&settings.spool, metrics.spool.clone())
+                .with_context(|| {
+                    format!("opening the spool in {}", settings.spool.dir.display())
+                })?;
+            (Some(spool), Some(drainer))
+        } else {
+            (None, None)
+        };
+        let log = Arc::new(DurableLog::new(
+            publisher.clone(),
+            spool,
+            settings.kafka.delivery_timeout,
+            settings.spool.write_timeout,
+            metrics.clone(),
+        ));
         let apps: HashMap<String, MiniProgram> = settings
             .apps
             .iter()
-            .map(|(name, app)| {
-                let program = MiniProgram {
-                    name: name.clone(),
-                    aes_key: app.aes_key(),
-                    settings: app.clone(),
-                };
-                (name.clone(), program)
-            })
+            .map(|(name, app)| (name.clone(), MiniProgram::new(name, app)))
             .collect();
         let apps = Arc::new(apps);
         let worker_settings = settings.clone();
-        let worker_publisher = publisher.clone();
         let mut server = HttpServer::new(move || {
             let state = web::Data::new(AppState {
                 settings: worker_settings.clone(),
                 apps: apps.clone(),
-                dedup: dedup.with_own_connection(),
-                publisher: worker_publisher.clone(),
+                intake: Intake::new(
+                    dedup.with_own_connection(),
+                    log.clone(),
+                    metrics.clone(),
+                    worker_settings.redis.pending_poll,
+                ),
                 metrics: metrics.clone(),
                 registry: registry.clone(),
             });
@@ -105,6 +102,7 @@ impl Application {
             port,
             server,
             publisher,
+            drainer,
             settings,
         })
     }
@@ -119,14 +117,26 @@ impl Application {
     }
 
     /// Serves until stopped (SIGTERM/SIGINT or the handle): stops accepting, lets in-flight pushes
-    /// finish, then flushes the producer so nothing acknowledged-to-be is left in its queue.
+    /// finish, drains the spool for at most `spool.shutdown_drain`, then flushes the producer so
+    /// nothing acknowledged-to-be is left in its queue. What the spool still holds stays on disk
+    /// for the next start.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let drainer = self
+            .drainer
+            .map(|d| d.spawn(self.publisher.clone(), self.settings.kafka.delivery_timeout));
         self.server.await?;
+        if let Some(drainer) = drainer {
+            drainer.finish(self.settings.spool.shutdown_drain).await;
+        }
         let timeout = self.settings.kafka.delivery_timeout;
         let publisher = self.publisher;
-        tokio::task::spawn_blocking(move || publisher.flush(timeout))
-            .await?
-            .context("flushing the Kafka producer")?;
+        let flushed = tokio::task::spawn_blocking(move || publisher.flush(timeout)).await?;
+        if let Err(e) = flushed {
+            // Every push is answered by now, so what the producer still holds was never
+            // acknowledged to WeChat: pushes answered 503, or spooled records that stay in the
+            // spool until the next start drains them.
+            tracing::warn!(error = %e, "records left unacknowledged in the Kafka producer at exit");
+        }
         tracing::info!("ingest stopped");
         Ok(())
     }

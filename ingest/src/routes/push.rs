@@ -1,9 +1,10 @@
 //! `GET /wechat/{app}` (URL verification) and `POST /wechat/{app}` (a push).
 //!
 //! The push path, in order: app → bounded body → signature and timestamp window → decrypt →
-//! parse → dedup claim → publish and await Kafka's acknowledgement → mark done → answer. The whole
-//! of it runs under the ack budget; nothing is answered `success` unless Kafka stored the record
-//! (or an earlier delivery of it).
+//! parse → the intake protocol (`intake.rs`: dedup claim, durable write, done) → answer. The whole
+//! of it runs under the ack budget; nothing is answered `success` unless Kafka or the spool stored
+//! the record (or an earlier delivery of it). This module is plain HTTP: it maps the intake's
+//! outcome to an answer and knows nothing of Redis, Kafka or the spool.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -12,23 +13,19 @@ use actix_web::web::{self, BytesMut};
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use common::codec::Format;
 use common::dedup::DedupKey;
-use common::envelope::{record_key, DedupStatus, Envelope, EnvelopeV1};
+use common::envelope::{DedupStatus, EnvelopeV1};
 use common::message::Message;
-use common::push::{self, AppCredentials, Mode, OpenedPush, PushError, PushQuery};
+use common::push::{self, AppCredentials, Mode, PushError, PushQuery};
 use common::reply;
 use futures::StreamExt;
 use secrecy::ExposeSecret;
 use tracing::Instrument;
 
 use crate::config::AnswerMode;
-use crate::dedup::Claim;
-use crate::error::IngestError;
-use crate::publisher::PublishError;
-use crate::startup::{AppState, MiniProgram};
-
-/// Time kept back from the budget for the steps after a failed publish (releasing the claim,
-/// answering), so a timeout still ends in a prompt 503.
-const ANSWER_RESERVE: Duration = Duration::from_millis(100);
+use crate::durable::Durability;
+use crate::error::{Chain, IngestError};
+use crate::intake::Accepted;
+use crate::state::{AppState, MiniProgram};
 
 pub async fn verify_url(
     state: web::Data<AppState>,
@@ -54,14 +51,6 @@ pub async fn verify_url(
     }
 }
 
-/// How a push was settled.
-enum Settled {
-    /// Published now.
-    Stored,
-    /// An earlier delivery was already stored.
-    Duplicate,
-}
-
 pub async fn receive(
     state: web::Data<AppState>,
     path: web::Path<String>,
@@ -85,10 +74,11 @@ pub async fn receive(
 
     let _entered = span.enter();
     let (response, class) = match result {
-        Ok((settled, response)) => {
-            let outcome = match settled {
-                Settled::Stored => "accepted",
-                Settled::Duplicate => "duplicate",
+        Ok((accepted, response)) => {
+            let outcome = match accepted {
+                Accepted::Stored(Durability::Kafka(_)) => "accepted",
+                Accepted::Stored(Durability::Spool) => "spooled",
+                Accepted::Duplicate => "duplicate",
             };
             metrics.pushes.with_label_values(&[outcome]).inc();
             tracing::debug!(outcome, "push answered");
@@ -98,7 +88,7 @@ pub async fn receive(
             metrics.pushes.with_label_values(&[e.outcome()]).inc();
             let server_side = e.status_code().is_server_error();
             if server_side {
-                tracing::warn!(outcome = e.outcome(), error = %e, "push not stored; WeChat will retry");
+                tracing::warn!(outcome = e.outcome(), error = %Chain(&e), "push not stored; WeChat will retry");
             } else {
                 tracing::info!(outcome = e.outcome(), error = %e, "push refused");
             }
@@ -123,7 +113,7 @@ async fn handle(
     req: &HttpRequest,
     payload: web::Payload,
     deadline: Instant,
-) -> Result<(Settled, HttpResponse), IngestError> {
+) -> Result<(Accepted, HttpResponse), IngestError> {
     let app = state.apps.get(app_name).ok_or(IngestError::UnknownApp)?;
     let body = read_body(req, payload, state.settings.server.max_body_bytes).await?;
     let query = web::Query::<PushQuery>::from_query(req.query_string())
@@ -153,136 +143,21 @@ async fn handle(
         tracing::Span::current().record("msg", id.as_str());
     }
 
-    let dedup_key = DedupKey::for_message(app_name, &message);
-    let settled = store(state, app, &opened, &message, dedup_key, deadline).await?;
-    Ok((settled, answer(app, &query, &message, opened.mode)))
-}
-
-/// Claims the dedup key, publishes, and settles the claim: the two-phase dedup of `design.md`.
-async fn store(
-    state: &AppState,
-    app: &MiniProgram,
-    opened: &OpenedPush,
-    message: &Message,
-    dedup_key: DedupKey,
-    deadline: Instant,
-) -> Result<Settled, IngestError> {
-    let metrics = &state.metrics;
-    let mut seen_pending = false;
-    loop {
-        match state.dedup.claim(dedup_key.as_str()).await {
-            Ok(Claim::Acquired(token)) => {
-                let published = publish(
-                    state,
-                    app,
-                    opened,
-                    message,
-                    &dedup_key,
-                    DedupStatus::Checked,
-                    deadline,
-                )
-                .await;
-                return match published {
-                    Ok(()) => {
-                        // Stored. If marking it done fails, a retry may publish a duplicate, which
-                        // the consumer's send ledger absorbs; the push itself is safe.
-                        if let Err(e) = state.dedup.complete(&token).await {
-                            metrics.dedup_errors.with_label_values(&["complete"]).inc();
-                            tracing::warn!(error = %e, "could not mark the push done");
-                        }
-                        Ok(Settled::Stored)
-                    }
-                    Err(e) => {
-                        // Not stored: free the key so WeChat's retry is not taken for a duplicate.
-                        // If even that fails, the lease runs out before WeChat's next retry.
-                        if let Err(e) = state.dedup.release(&token).await {
-                            metrics.dedup_errors.with_label_values(&["release"]).inc();
-                            tracing::warn!(error = %e, "could not release the claim");
-                        }
-                        Err(IngestError::NotStored(e))
-                    }
-                };
-            }
-            Ok(Claim::Done) => {
-                metrics.duplicates.with_label_values(&["done"]).inc();
-                return Ok(Settled::Duplicate);
-            }
-            Ok(Claim::Pending) => {
-                // Another delivery of this push is being published right now. Never publish
-                // beside it: wait for its outcome. If it fails and releases the key, the next
-                // claim attempt here takes over.
-                if !seen_pending {
-                    metrics.duplicates.with_label_values(&["pending"]).inc();
-                    seen_pending = true;
-                }
-                let poll = state.settings.redis.pending_poll;
-                if Instant::now() + poll + ANSWER_RESERVE >= deadline {
-                    return Err(IngestError::DuplicateInFlight);
-                }
-                tokio::time::sleep(poll).await;
-            }
-            Err(e) => {
-                // Fail open: Redis cannot tell us whether this is a retry, so store it and say so.
-                metrics.dedup_errors.with_label_values(&["claim"]).inc();
-                metrics.unchecked_records.inc();
-                tracing::warn!(error = %e, "dedup store unavailable; publishing unchecked");
-                publish(
-                    state,
-                    app,
-                    opened,
-                    message,
-                    &dedup_key,
-                    DedupStatus::Unchecked,
-                    deadline,
-                )
-                .await
-                .map_err(IngestError::NotStored)?;
-                return Ok(Settled::Stored);
-            }
-        }
-    }
-}
-
-async fn publish(
-    state: &AppState,
-    app: &MiniProgram,
-    opened: &OpenedPush,
-    message: &Message,
-    dedup_key: &DedupKey,
-    dedup: DedupStatus,
-    deadline: Instant,
-) -> Result<(), PublishError> {
-    let envelope = Envelope::V1(EnvelopeV1 {
+    let answer = answer(app, &query, &message, opened.mode);
+    let record = EnvelopeV1 {
         app: app.name.clone(),
         appid: common::ids::AppId::new(app.settings.appid.clone()),
-        dedup_key: dedup_key.clone(),
-        dedup,
+        dedup_key: DedupKey::for_message(app_name, &message),
+        // Set by the intake once it knows whether the dedup check ran.
+        dedup: DedupStatus::Checked,
         received_at_ms: unix_millis(),
         format: opened.format,
         mode: opened.mode,
-        message: message.clone(),
         payload: String::from_utf8_lossy(&opened.payload).into_owned(),
-    });
-    let key = record_key(&app.name, &message.from_user_name);
-    let started = Instant::now();
-    let stored = state
-        .publisher
-        .publish(
-            &key,
-            &envelope.to_bytes(),
-            deadline.checked_sub(ANSWER_RESERVE).unwrap_or(deadline),
-        )
-        .await?;
-    state
-        .metrics
-        .publish_duration
-        .observe(started.elapsed().as_secs_f64());
-    tracing::debug!(
-        partition = stored.partition,
-        offset = stored.offset,
-        "stored in Kafka"
-    );
-    Ok(())
+        message,
+    };
+    let accepted = state.intake.accept(record, deadline).await?;
+    Ok((accepted, answer))
 }
 
 /// The answer WeChat gets once the push is stored.

@@ -15,8 +15,10 @@ fn dead_port() -> u16 {
 }
 
 #[tokio::test]
-async fn kafka_down_answers_503_in_budget_releases_the_claim_and_the_retry_lands_once() {
+async fn without_a_spool_kafka_down_answers_503_in_budget_releases_the_claim_and_the_retry_lands_once(
+) {
     let mut settings = test_settings();
+    settings.spool.enabled = false;
     settings.kafka.brokers = format!("127.0.0.1:{}", dead_port());
     settings.deadline.ack_budget = Duration::from_millis(1500);
     settings.kafka.delivery_timeout = Duration::from_millis(800);
@@ -120,7 +122,9 @@ async fn graceful_shutdown_finishes_in_flight_pushes() {
 #[tokio::test]
 async fn a_full_producer_queue_is_backpressure_not_memory() {
     let mut settings = test_settings();
-    // A broker that never answers keeps the first record queued; the queue holds only one.
+    // A broker that never answers keeps the first record queued; the queue holds only one. (With
+    // the spool on, the second push would be spooled instead: `spool.rs`.)
+    settings.spool.enabled = false;
     settings.kafka.brokers = format!("127.0.0.1:{}", dead_port());
     settings.kafka.queue_max_messages = 1;
     let app = spawn_app_with(settings).await;

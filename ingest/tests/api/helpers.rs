@@ -70,6 +70,8 @@ pub fn test_settings() -> Settings {
     settings.kafka.topic = unique("ingest-test");
     settings.redis.url = SecretString::from(redis_url());
     settings.redis.key_prefix = format!("{}:", unique("test-dedup"));
+    // A spool of this test's own (each process locks its spool directory).
+    settings.spool.dir = std::env::temp_dir().join(unique("ingest-spool"));
     // The published vectors carry 2024 timestamps; the window is tested on its own.
     settings.deadline.timestamp_tolerance = Duration::ZERO;
     let mut apps = BTreeMap::new();

@@ -8,4 +8,5 @@ mod failures;
 mod health;
 mod helpers;
 mod pushes;
+mod spool;
 mod tls;
