@@ -55,6 +55,7 @@ start_services() {
   APP_ENVIRONMENT=local INGEST_CONFIG_DIR=config RUST_LOG=warn \
     INGEST__SERVER__PORT=$INGEST_PORT INGEST__KAFKA__TOPIC=$TOPIC \
     INGEST__REDIS__KEY_PREFIX="wxkf:bench:$(date +%s%N):" \
+    INGEST__SPOOL__DIR="$(mktemp -d "$WORK/spool.XXXXXX")" \
     target/release/ingest >>"$WORK/ingest.log" 2>&1 &
   INGEST_PID=$!; PIDS+=("$INGEST_PID")
   $SIM bare --listen 127.0.0.1:$BARE_PORT >>"$WORK/bare.log" 2>&1 &

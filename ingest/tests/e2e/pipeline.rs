@@ -216,6 +216,11 @@ impl Pipeline {
             ("INGEST__KAFKA__TOPIC", self.inbound_topic.clone()),
             ("INGEST__REDIS__URL", redis_url()),
             ("INGEST__REDIS__KEY_PREFIX", format!("{}:dedup:", self.id)),
+            // The same spool across restarts of this pipeline's ingest: a restart drains it.
+            (
+                "INGEST__SPOOL__DIR",
+                self.dir.join("spool").display().to_string(),
+            ),
             ("INGEST__APPS__DEMO__APPID", APPID.into()),
             ("INGEST__APPS__DEMO__ORIGINAL_ID", ORIGINAL_ID.into()),
             ("INGEST__APPS__DEMO__TOKEN", TOKEN.into()),
