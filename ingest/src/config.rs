@@ -174,8 +174,11 @@ pub struct AppSettings {
     pub encoding_aes_key: Option<SecretString>,
     #[serde(default)]
     pub format: Option<Format>,
+    /// Accept plaintext pushes although the app has an AES key. Off by default: a plaintext
+    /// push's signature does not cover its body, so anyone who saw one push URL could post any
+    /// body with it. Only for the migration from plaintext to safe mode in the console.
     #[serde(default)]
-    pub encryption_required: bool,
+    pub allow_plaintext: bool,
     #[serde(default)]
     pub answer: AnswerMode,
 }
@@ -333,6 +336,11 @@ impl AppSettings {
         if self.appid.is_empty() {
             return invalid("appid is empty".into());
         }
+        if self.original_id.is_empty() {
+            return invalid(
+                "original_id is empty; it is the ToUserName every push to this app carries".into(),
+            );
+        }
         if self.token.expose_secret().is_empty() {
             return invalid("token is empty".into());
         }
@@ -342,12 +350,22 @@ impl AppSettings {
                     return invalid(format!("encoding_aes_key is not usable: {e}"));
                 }
             }
-            None if self.encryption_required => {
-                return invalid("encryption_required needs an encoding_aes_key".into());
+            None if self.allow_plaintext => {
+                return invalid(
+                    "allow_plaintext is set but there is no encoding_aes_key: without a key every \
+                     push is plaintext anyway; remove allow_plaintext"
+                        .into(),
+                );
             }
             None => {}
         }
         Ok(())
+    }
+
+    /// Whether a plaintext push is refused: always once the app has an AES key, unless the
+    /// migration opt-out `allow_plaintext` is set.
+    pub fn refuses_plaintext(&self) -> bool {
+        self.encoding_aes_key.is_some() && !self.allow_plaintext
     }
 
     /// The decoded AES key, if one is configured. Validation already proved it decodes.

@@ -38,6 +38,17 @@ pub enum Claim {
     Pending,
 }
 
+/// What a plaintext push's signature was used for before, inside the timestamp window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignatureUse {
+    /// Never seen.
+    First,
+    /// Seen with the same body: a retry of the same push (dedup handles it).
+    SameBody,
+    /// Seen with another body: a captured signature reused to post something else.
+    OtherBody,
+}
+
 /// Proof of owning a claim; needed to release it.
 #[derive(Debug, PartialEq, Eq)]
 pub struct ClaimToken {
@@ -62,6 +73,7 @@ pub struct DedupStore {
     settings: RedisSettings,
     claim_script: Script,
     release_script: Script,
+    signature_script: Script,
 }
 
 impl std::fmt::Debug for DedupStore {
@@ -98,6 +110,17 @@ impl DedupStore {
                   end
                   return 0",
             ),
+            // Remember the body digest a signature first came with; say whether a later use
+            // carries the same body.
+            signature_script: Script::new(
+                r"if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+                    return 'first'
+                  end
+                  if redis.call('GET', KEYS[1]) == ARGV[1] then
+                    return 'same'
+                  end
+                  return 'other'",
+            ),
         })
     }
 
@@ -111,6 +134,7 @@ impl DedupStore {
             settings: self.settings.clone(),
             claim_script: self.claim_script.clone(),
             release_script: self.release_script.clone(),
+            signature_script: self.signature_script.clone(),
         }
     }
 
@@ -152,6 +176,28 @@ impl DedupStore {
         invocation.arg(&token.value);
         let _deleted: i64 = self.bounded(invocation.invoke_async(&mut conn)).await?;
         Ok(())
+    }
+
+    /// Records that `signature` (app, timestamp, nonce and signature of a plaintext push) came
+    /// with `body`, for `ttl`, and says whether it came before and with which body.
+    pub async fn record_signature(
+        &self,
+        signature: &str,
+        body: &[u8],
+        ttl: Duration,
+    ) -> Result<SignatureUse, DedupError> {
+        use sha1::Digest;
+        let key = format!("{}sig:{signature}", self.settings.key_prefix);
+        let digest = hex::encode(sha1::Sha1::digest(body));
+        let mut conn = self.connection().await?;
+        let mut invocation = self.signature_script.key(&key);
+        invocation.arg(&digest).arg(ttl.as_millis() as u64);
+        let found: String = self.bounded(invocation.invoke_async(&mut conn)).await?;
+        Ok(match found.as_str() {
+            "first" => SignatureUse::First,
+            "same" => SignatureUse::SameBody,
+            _ => SignatureUse::OtherBody,
+        })
     }
 
     /// Redis answers PING; for readiness.

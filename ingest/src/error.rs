@@ -26,6 +26,10 @@ pub enum IngestError {
     StaleTimestamp,
     #[error("this app requires encrypted pushes")]
     EncryptionRequired,
+    #[error("this signature already came with a different body")]
+    Replayed,
+    #[error("the push is addressed to another account (ToUserName is not this app's original id)")]
+    WrongRecipient,
     #[error("malformed push: {0}")]
     Malformed(String),
     #[error("undecryptable push: {0}")]
@@ -48,6 +52,8 @@ impl IngestError {
             IngestError::Unauthenticated(_) => "bad_signature",
             IngestError::StaleTimestamp => "stale_timestamp",
             IngestError::EncryptionRequired => "encryption_required",
+            IngestError::Replayed => "replayed",
+            IngestError::WrongRecipient => "wrong_recipient",
             IngestError::Malformed(_) => "malformed",
             IngestError::Undecryptable(_) => "undecryptable",
             IngestError::NotStored(WriteError::Kafka(PublishError::QueueFull)) => "backpressure",
@@ -74,7 +80,10 @@ impl ResponseError for IngestError {
             }
             IngestError::Unauthenticated(_)
             | IngestError::StaleTimestamp
-            | IngestError::EncryptionRequired => StatusCode::UNAUTHORIZED,
+            | IngestError::EncryptionRequired
+            | IngestError::Replayed => StatusCode::UNAUTHORIZED,
+            // Authentic, but not for this app.
+            IngestError::WrongRecipient => StatusCode::FORBIDDEN,
             // Not stored: WeChat must retry, and will.
             IngestError::NotStored(_)
             | IngestError::DuplicateInFlight
@@ -129,6 +138,8 @@ mod tests {
             IngestError::Unauthenticated(common::push::PushError::BadSignature),
             IngestError::StaleTimestamp,
             IngestError::EncryptionRequired,
+            IngestError::Replayed,
+            IngestError::WrongRecipient,
             IngestError::Malformed(String::new()),
             IngestError::Undecryptable(common::push::PushError::NoKey),
             IngestError::NotStored(WriteError::Kafka(PublishError::QueueFull)),

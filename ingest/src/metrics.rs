@@ -31,6 +31,8 @@ pub const PUSH_OUTCOMES: &[&str] = &[
     "bad_signature",
     "stale_timestamp",
     "encryption_required",
+    "replayed",
+    "wrong_recipient",
     "malformed",
     "undecryptable",
     "backpressure",
@@ -42,7 +44,7 @@ pub const PUSH_OUTCOMES: &[&str] = &[
     "deadline_exceeded",
 ];
 const DUPLICATE_KINDS: &[&str] = &["done", "pending"];
-const DEDUP_OPS: &[&str] = &["claim", "complete", "release"];
+const DEDUP_OPS: &[&str] = &["claim", "complete", "release", "signature"];
 const ACK_RESULTS: &[&str] = &["ok", "client_error", "server_error"];
 
 #[derive(Debug, Clone)]

@@ -67,6 +67,15 @@ impl Application {
             settings.spool.write_timeout,
             metrics.clone(),
         ));
+        for (name, app) in &settings.apps {
+            if app.allow_plaintext {
+                tracing::warn!(
+                    app = %name,
+                    "allow_plaintext is set: unsigned plaintext bodies are accepted although the \
+                     app has an AES key; remove it once the console is in safe mode"
+                );
+            }
+        }
         let apps: HashMap<String, MiniProgram> = settings
             .apps
             .iter()

@@ -22,33 +22,47 @@ use secrecy::ExposeSecret;
 use tracing::Instrument;
 
 use crate::config::AnswerMode;
+use crate::dedup::SignatureUse;
 use crate::durable::Durability;
 use crate::error::{Chain, IngestError};
 use crate::intake::Accepted;
 use crate::state::{AppState, MiniProgram};
+use crate::telemetry::Untrusted;
 
 pub async fn verify_url(
     state: web::Data<AppState>,
     path: web::Path<String>,
     req: HttpRequest,
 ) -> HttpResponse {
-    let Some(app) = state.apps.get(path.as_str()) else {
-        return IngestError::UnknownApp.error_response();
-    };
-    let query = match web::Query::<PushQuery>::from_query(req.query_string()) {
-        Ok(q) => q.into_inner(),
-        Err(e) => return IngestError::Malformed(e.to_string()).error_response(),
-    };
-    match push::verify_url(&query, app.settings.token.expose_secret()) {
+    match check_url(&state, path.as_str(), &req) {
         // The body must be exactly echostr: no quotes, no trailing newline.
-        Ok(echostr) => HttpResponse::Ok()
-            .content_type("text/plain")
-            .body(echostr.to_owned()),
+        Ok(echostr) => HttpResponse::Ok().content_type("text/plain").body(echostr),
         Err(e) => {
-            tracing::warn!(app = %app.name, error = %e, "URL verification refused");
-            IngestError::Unauthenticated(e).error_response()
+            tracing::warn!(
+                app = %Untrusted(path.as_str()),
+                error = %Untrusted(Chain(&e)),
+                "URL verification refused"
+            );
+            e.error_response()
         }
     }
+}
+
+/// The URL check WeChat makes when the push URL is saved: the same signature and the same
+/// timestamp window as a push, so a captured verification URL cannot be replayed later.
+fn check_url(state: &AppState, app_name: &str, req: &HttpRequest) -> Result<String, IngestError> {
+    let app = state.apps.get(app_name).ok_or(IngestError::UnknownApp)?;
+    let query = web::Query::<PushQuery>::from_query(req.query_string())
+        .map_err(|e| IngestError::Malformed(format!("query string: {e}")))?
+        .into_inner();
+    let echostr = push::verify_url(&query, app.settings.token.expose_secret()).map_err(classify)?;
+    let timestamp = query
+        .timestamp
+        .as_deref()
+        .and_then(|t| t.parse::<i64>().ok())
+        .ok_or(IngestError::Unauthenticated(PushError::BadTimestamp))?;
+    check_timestamp(timestamp, state.settings.deadline.timestamp_tolerance)?;
+    Ok(echostr.to_owned())
 }
 
 pub async fn receive(
@@ -61,7 +75,12 @@ pub async fn receive(
     let deadline = started + state.settings.deadline.ack_budget;
     let metrics = &state.metrics;
     metrics.in_flight.inc();
-    let span = tracing::info_span!("push", app = %path.as_str(), msg = tracing::field::Empty);
+    // Values from the request are escaped in every log line: a crafted path must not forge lines.
+    let span = tracing::info_span!(
+        "push",
+        app = %Untrusted(path.as_str()),
+        msg = tracing::field::Empty
+    );
     // The inner steps respect the deadline themselves; this outer bound is the backstop that makes
     // "every push is answered inside the budget" hold even if one of them did not.
     let result = tokio::time::timeout_at(
@@ -88,9 +107,17 @@ pub async fn receive(
             metrics.pushes.with_label_values(&[e.outcome()]).inc();
             let server_side = e.status_code().is_server_error();
             if server_side {
-                tracing::warn!(outcome = e.outcome(), error = %Chain(&e), "push not stored; WeChat will retry");
+                tracing::warn!(
+                    outcome = e.outcome(),
+                    error = %Untrusted(Chain(&e)),
+                    "push not stored; WeChat will retry"
+                );
             } else {
-                tracing::info!(outcome = e.outcome(), error = %e, "push refused");
+                tracing::info!(
+                    outcome = e.outcome(),
+                    error = %Untrusted(Chain(&e)),
+                    "push refused"
+                );
             }
             let class = if server_side {
                 "server_error"
@@ -132,18 +159,28 @@ async fn handle(
         verified.timestamp(),
         state.settings.deadline.timestamp_tolerance,
     )?;
-    if app.settings.encryption_required && verified.mode() == Mode::Plaintext {
-        return Err(IngestError::EncryptionRequired);
+    if verified.mode() == Mode::Plaintext {
+        if app.settings.refuses_plaintext() {
+            return Err(IngestError::EncryptionRequired);
+        }
+        // A plaintext signature does not cover the body: within the timestamp window the same
+        // signature must not carry a different body. WeChat's retries carry the same body.
+        check_signature_reuse(state, app, &query, &body).await?;
     }
     let opened = verified.open(&creds).map_err(classify)?;
     let message = opened
         .parse()
         .map_err(|e| IngestError::Malformed(e.to_string()))?;
     if let Some(id) = message.msg_id() {
-        tracing::Span::current().record("msg", id.as_str());
+        tracing::Span::current().record("msg", tracing::field::display(Untrusted(id.as_str())));
+    }
+    // Authentic, but addressed to another account (a token or key shared between accounts, or a
+    // misrouted URL): refused, so it never reaches this app's conversations.
+    if message.to_user_name != app.settings.original_id {
+        return Err(IngestError::WrongRecipient);
     }
 
-    let answer = answer(app, &query, &message, opened.mode);
+    let answer = answer(app, &query, &message, opened.mode, opened.format);
     let record = EnvelopeV1 {
         app: app.name.clone(),
         appid: common::ids::AppId::new(app.settings.appid.clone()),
@@ -160,8 +197,14 @@ async fn handle(
     Ok((accepted, answer))
 }
 
-/// The answer WeChat gets once the push is stored.
-fn answer(app: &MiniProgram, query: &PushQuery, message: &Message, mode: Mode) -> HttpResponse {
+/// The answer WeChat gets once the push is stored, in the push's own format.
+fn answer(
+    app: &MiniProgram,
+    query: &PushQuery,
+    message: &Message,
+    mode: Mode,
+    format: Format,
+) -> HttpResponse {
     match app.settings.answer {
         AnswerMode::Success => HttpResponse::Ok()
             .content_type("text/plain")
@@ -169,7 +212,6 @@ fn answer(app: &MiniProgram, query: &PushQuery, message: &Message, mode: Mode) -
         AnswerMode::Empty => HttpResponse::Ok().finish(),
         // Only real user messages may be transferred, never events.
         AnswerMode::Transfer if message.is_user_message() => {
-            let format = app.settings.format.unwrap_or(Format::Xml);
             let now = unix_millis() / 1000;
             let packet = reply::transfer_customer_service(message, now, format);
             let body = match (mode, app.aes_key.as_ref()) {
@@ -193,6 +235,49 @@ fn answer(app: &MiniProgram, query: &PushQuery, message: &Message, mode: Mode) -
         AnswerMode::Transfer => HttpResponse::Ok()
             .content_type("text/plain")
             .body("success"),
+    }
+}
+
+/// Refuses a plaintext push whose signature (app, timestamp, nonce, signature) already came with
+/// a different body inside the timestamp window. Fails open when Redis cannot answer, counted.
+async fn check_signature_reuse(
+    state: &AppState,
+    app: &MiniProgram,
+    query: &PushQuery,
+    body: &[u8],
+) -> Result<(), IngestError> {
+    let part = |v: &Option<String>| v.as_deref().unwrap_or_default().to_owned();
+    let signature = [
+        app.name.clone(),
+        part(&query.timestamp),
+        part(&query.nonce),
+        part(&query.signature),
+    ]
+    .join(":");
+    // Twice the window: a timestamp is accepted up to the tolerance either side of our clock.
+    let tolerance = state.settings.deadline.timestamp_tolerance;
+    let ttl = if tolerance.is_zero() {
+        state.settings.redis.done_ttl
+    } else {
+        tolerance * 2
+    };
+    match state
+        .intake
+        .dedup()
+        .record_signature(&signature, body, ttl)
+        .await
+    {
+        Ok(SignatureUse::First | SignatureUse::SameBody) => Ok(()),
+        Ok(SignatureUse::OtherBody) => Err(IngestError::Replayed),
+        Err(e) => {
+            state
+                .metrics
+                .dedup_errors
+                .with_label_values(&["signature"])
+                .inc();
+            tracing::warn!(error = %e, "could not check the plaintext signature for reuse; accepting");
+            Ok(())
+        }
     }
 }
 

@@ -52,14 +52,17 @@ fn app(format: Option<Format>) -> AppSettings {
         token: SecretString::from(TOKEN),
         encoding_aes_key: Some(SecretString::from(AES_KEY)),
         format,
-        encryption_required: false,
+        // Most tests push in every mode; the default (plaintext refused once there is a key) is
+        // the `strict` app's, and `security.rs` tests it.
+        allow_plaintext: true,
         answer: AnswerMode::Success,
     }
 }
 
 /// Settings for a test: the project's defaults file, a fresh topic and key prefix, and the apps
-/// `json`, `xml`, `sniff` (format detected per push), `strict` (encryption required) and
-/// `transfer` (answers transfer_customer_service).
+/// `json`, `xml`, `sniff` (format detected per push), `strict` (the default: plaintext refused
+/// since it has a key), `transfer` (answers transfer_customer_service), `transfer-sniff` (the
+/// same, format detected per push) and `empty` (answers an empty body, format detected).
 pub fn test_settings() -> Settings {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config");
     let mut settings = Settings::load_from(&dir, "test").expect("the default configuration loads");
@@ -81,7 +84,7 @@ pub fn test_settings() -> Settings {
     apps.insert(
         "strict".into(),
         AppSettings {
-            encryption_required: true,
+            allow_plaintext: false,
             ..app(Some(Format::Json))
         },
     );
@@ -90,6 +93,20 @@ pub fn test_settings() -> Settings {
         AppSettings {
             answer: AnswerMode::Transfer,
             ..app(Some(Format::Xml))
+        },
+    );
+    apps.insert(
+        "transfer-sniff".into(),
+        AppSettings {
+            answer: AnswerMode::Transfer,
+            ..app(None)
+        },
+    );
+    apps.insert(
+        "empty".into(),
+        AppSettings {
+            answer: AnswerMode::Empty,
+            ..app(None)
         },
     );
     settings.apps = apps;
@@ -297,7 +314,9 @@ pub fn push_raw(plain: &str, format: Format, mode: PushMode, timestamp: i64, tok
         aes_key: Some(&key),
         appid: APPID,
     };
-    let sealed = common::seal::seal(plain, format, mode, &creds, timestamp, "415670741");
+    // A fresh nonce per push, as WeChat sends: a reposted `Push` is a retry of the same delivery.
+    let nonce = (uuid::Uuid::new_v4().as_u128() % 1_000_000_000).to_string();
+    let sealed = common::seal::seal(plain, format, mode, &creds, timestamp, &nonce);
     Push {
         query: sealed.query,
         body: sealed.body,

@@ -8,5 +8,6 @@ mod failures;
 mod health;
 mod helpers;
 mod pushes;
+mod security;
 mod spool;
 mod tls;

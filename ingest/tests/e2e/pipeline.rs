@@ -226,6 +226,8 @@ impl Pipeline {
             ("INGEST__APPS__DEMO__TOKEN", TOKEN.into()),
             ("INGEST__APPS__DEMO__ENCODING_AES_KEY", AES_KEY.into()),
             ("INGEST__APPS__DEMO__ANSWER", "success".into()),
+            // The simulator pushes in every mode, plaintext included.
+            ("INGEST__APPS__DEMO__ALLOW_PLAINTEXT", "true".into()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
