@@ -8,8 +8,12 @@
 #   scripts/services.sh up       install what is missing, start what is not running, wait until ready
 #   scripts/services.sh down     stop what this script started (by pid file), nothing else
 #   scripts/services.sh status   say what runs
-#   scripts/services.sh kafka-stop | kafka-start | redis-stop | redis-start   (used by failure tests)
+#   scripts/services.sh kafka-stop | kafka-start | kafka-kill | redis-stop | redis-start | redis-kill
+#                                (used by failure tests; `kill` sends SIGKILL and returns at once)
 #
+# `start` right after a `kill -9` waits until the killed process has finished exiting and its ports
+# are free (at most $WXKF_STOP_WAIT seconds, default 30), then starts a new one; a process that
+# really runs is left alone ("already running").
 # Idempotent: a second `up` finds what runs. State (data, logs, pid files) lives in $WXKF_STATE_DIR
 # (default: .local/ in the repository); the Kafka jars in $WXKF_CACHE_DIR (default ~/.cache/wxkf).
 set -euo pipefail
@@ -24,6 +28,7 @@ CACHE_DIR=${WXKF_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/wxkf}
 KAFKA_LIBS=$CACHE_DIR/kafka-$KAFKA_VERSION/libs
 LOG_DIR=$STATE_DIR/logs
 RUN_DIR=$STATE_DIR/run
+STOP_WAIT=${WXKF_STOP_WAIT:-30}
 
 log() { printf '[services] %s\n' "$*" >&2; }
 die() { printf '[services] error: %s\n' "$*" >&2; exit 1; }
@@ -41,8 +46,115 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# ---------------------------------------------------------------- processes
+# `kill -0` is not enough to tell whether a service runs: a process killed with SIGKILL answers it
+# while its threads are still being torn down (a JVM with a large heap takes a while) and, once
+# dead, as long as it is an unreaped zombie, which an init that reaps lazily keeps for seconds.
+
+# proc_state PID: prints `running`, `exiting` (killed, still tearing down: it may hold its ports) or
+# `gone` (no such process, or a zombie with no thread left, which holds nothing).
+proc_state() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || { echo gone; return; }
+  # The fields after the command name, which is in parentheses and may contain anything.
+  local -a f; read -r -a f <<<"${stat##*) }"
+  case ${f[0]} in
+    Z|X)
+      local threads; threads=$(find "/proc/$1/task" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)
+      if [ "$threads" -le 1 ]; then echo gone; else echo exiting; fi
+      return ;;
+  esac
+  # flags (field 9) has PF_EXITING (0x4) once the process is exiting.
+  if (( ${f[6]} & 4 )); then echo exiting; return; fi
+  # A SIGKILL sent but not acted upon yet (bit 9 of the pending signal masks).
+  local mask
+  for mask in $(awk '/^(SigPnd|ShdPnd):/ {print $2}' "/proc/$1/status" 2>/dev/null); do
+    if (( 16#$mask & 16#100 )); then echo exiting; return; fi
+  done
+  echo running
+}
+
+# owned PID MARKER: the command line of PID contains the word MARKER (so a pid reused by another
+# program after a crash is not mistaken for the service).
+owned() { tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -qF -- "$2 "; }
+
+# pid_alive PIDFILE: the pid file names a running process.
+pid_alive() { [ -f "$1" ] && [ "$(proc_state "$(cat "$1")")" = running ]; }
+
+wait_gone() {
+  local deadline=$((SECONDS + STOP_WAIT))
+  while [ "$(proc_state "$1")" != gone ]; do
+    [ $SECONDS -lt $deadline ] || return 1
+    sleep 0.1
+  done
+}
+
+port_listening() { [ -n "$(ss -Hltn "sport = :$1" 2>/dev/null)" ]; }
+
+# prepare_start NAME PIDFILE MARKER PORT...: before starting NAME. Returns 1 when the process of
+# PIDFILE runs (nothing to start). Otherwise waits until the previous process is gone and its
+# PORTs are free, and fails with a clear error when that takes more than $STOP_WAIT seconds.
+prepare_start() {
+  local name=$1 pidfile=$2 marker=$3; shift 3
+  [ -f "$pidfile" ] || return 0
+  local pid; pid=$(cat "$pidfile")
+  case $(proc_state "$pid") in
+    running)
+      if owned "$pid" "$marker"; then log "$name already running (pid $pid)"; return 1; fi
+      log "$name: the pid file names pid $pid, now another program (the service died); ignoring it" ;;
+    exiting)
+      log "$name: the previous process (pid $pid) is still exiting; waiting for it to be gone"
+      wait_gone "$pid" || die "$name: the previous process (pid $pid) is still exiting after ${STOP_WAIT}s; not starting another beside it" ;;
+  esac
+  rm -f "$pidfile"
+  local port deadline=$((SECONDS + STOP_WAIT))
+  for port in "$@"; do
+    while port_listening "$port"; do
+      [ $SECONDS -lt $deadline ] || die "$name: 127.0.0.1:$port is still in use ${STOP_WAIT}s after the previous process (pid $pid) ended: $(ss -Hltnp "sport = :$port" 2>/dev/null | tr -s ' ')"
+      sleep 0.1
+    done
+  done
+  return 0
+}
+
+# stop_pid NAME PIDFILE MARKER: SIGTERM, wait until gone (SIGKILL after $STOP_WAIT s), remove the pid file.
+stop_pid() {
+  local name=$1 pidfile=$2 marker=$3
+  [ -f "$pidfile" ] || return 0
+  local pid; pid=$(cat "$pidfile")
+  case $(proc_state "$pid") in
+    running)
+      if owned "$pid" "$marker"; then
+        kill "$pid" 2>/dev/null || true
+        if ! wait_gone "$pid"; then
+          log "$name (pid $pid) did not stop within ${STOP_WAIT}s; killing it"
+          kill -9 "$pid" 2>/dev/null || true
+          wait_gone "$pid" || die "$name (pid $pid) still exits ${STOP_WAIT}s after SIGKILL"
+        fi
+        log "$name stopped"
+      fi ;;
+    exiting)
+      wait_gone "$pid" || die "$name (pid $pid) is still exiting after ${STOP_WAIT}s"
+      log "$name stopped" ;;
+  esac
+  rm -f "$pidfile"
+}
+
+# kill_pid NAME PIDFILE MARKER: SIGKILL, as a crash; returns at once and keeps the pid file, so
+# that the next start waits for the process to be gone.
+kill_pid() {
+  local name=$1 pidfile=$2 marker=$3
+  [ -f "$pidfile" ] || { log "$name: not started by this script"; return 0; }
+  local pid; pid=$(cat "$pidfile")
+  if [ "$(proc_state "$pid")" = running ] && owned "$pid" "$marker"; then
+    kill -9 "$pid"
+    log "$name (pid $pid) killed with SIGKILL"
+  else
+    log "$name: not running"
+  fi
+}
 
 # Runs a Kafka tool class from the cached jars (the same classes as bin/kafka-*.sh).
 kafka_tool() {
@@ -53,7 +165,7 @@ kafka_tool() {
 redis_up() {
   command -v redis-server >/dev/null || apt_install redis-server
   mkdir -p "$STATE_DIR/redis" "$LOG_DIR" "$RUN_DIR"
-  if pid_alive "$RUN_DIR/redis.pid"; then log "redis already running (pid $(cat "$RUN_DIR/redis.pid"))"; return 0; fi
+  prepare_start redis "$RUN_DIR/redis.pid" "127.0.0.1:$REDIS_PORT" "$REDIS_PORT" || return 0
   if port_open "$REDIS_PORT"; then log "something already listens on 127.0.0.1:$REDIS_PORT; using it as Redis"; return 0; fi
   redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --daemonize yes \
     --pidfile "$RUN_DIR/redis.pid" --logfile "$LOG_DIR/redis.log" --dir "$STATE_DIR/redis" \
@@ -65,15 +177,8 @@ redis_up() {
   die "redis did not answer PING within 10 s; see $LOG_DIR/redis.log"
 }
 
-redis_down() {
-  if pid_alive "$RUN_DIR/redis.pid"; then
-    local pid; pid=$(cat "$RUN_DIR/redis.pid")
-    kill "$pid"
-    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    log "redis stopped"
-  fi
-  rm -f "$RUN_DIR/redis.pid"
-}
+redis_down() { stop_pid redis "$RUN_DIR/redis.pid" "127.0.0.1:$REDIS_PORT"; }
+redis_kill() { kill_pid redis "$RUN_DIR/redis.pid" "127.0.0.1:$REDIS_PORT"; }
 
 # ---------------------------------------------------------------- Kafka
 kafka_fetch() {
@@ -154,7 +259,7 @@ kafka_ready() { timeout 20 bash -c "$(declare -f kafka_tool); KAFKA_LIBS='$KAFKA
 kafka_up() {
   kafka_fetch
   kafka_write_config
-  if pid_alive "$RUN_DIR/kafka.pid"; then log "kafka already running (pid $(cat "$RUN_DIR/kafka.pid"))"; return 0; fi
+  prepare_start kafka "$RUN_DIR/kafka.pid" "$RUN_DIR/kafka.properties" "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT" || return 0
   if port_open "$KAFKA_PORT"; then log "something already listens on 127.0.0.1:$KAFKA_PORT; using it as Kafka"; return 0; fi
   if [ ! -f "$STATE_DIR/kafka/meta.properties" ]; then
     kafka_tool kafka.tools.StorageTool format --ignore-formatted -c "$RUN_DIR/kafka.properties" \
@@ -175,16 +280,8 @@ kafka_up() {
   die "kafka did not answer a metadata request within 90 s; see $LOG_DIR/kafka.log"
 }
 
-kafka_down() {
-  if pid_alive "$RUN_DIR/kafka.pid"; then
-    local pid; pid=$(cat "$RUN_DIR/kafka.pid")
-    kill "$pid"
-    for _ in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$pid" 2>/dev/null && kill -9 "$pid"
-    log "kafka stopped"
-  fi
-  rm -f "$RUN_DIR/kafka.pid"
-}
+kafka_down() { stop_pid kafka "$RUN_DIR/kafka.pid" "$RUN_DIR/kafka.properties"; }
+kafka_kill() { kill_pid kafka "$RUN_DIR/kafka.pid" "$RUN_DIR/kafka.properties"; }
 
 # Creates a topic if it does not exist: topic NAME PARTITIONS
 topic() {
@@ -205,8 +302,10 @@ case "${1:-}" in
   status) status ;;
   kafka-start) kafka_up ;;
   kafka-stop) kafka_down ;;
+  kafka-kill) kafka_kill ;;
   redis-start) redis_up ;;
   redis-stop) redis_down ;;
+  redis-kill) redis_kill ;;
   topic) shift; kafka_write_config; topic "$@" ;;
-  *) echo "usage: $0 up|down|status|kafka-start|kafka-stop|redis-start|redis-stop|topic NAME PARTITIONS" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|kafka-start|kafka-stop|kafka-kill|redis-start|redis-stop|redis-kill|topic NAME PARTITIONS" >&2; exit 2 ;;
 esac
