@@ -12,7 +12,8 @@
 # RESTART_TEST_PORT_BASE_* below). Exits 1 on the first failure; stops what it started.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-SERVICES=$ROOT/scripts/services.sh
+# RESTART_TEST_SERVICES runs the check against another copy of the script (e.g. an older one).
+SERVICES=${RESTART_TEST_SERVICES:-$ROOT/scripts/services.sh}
 
 CLUSTER=0
 [ "${1:-}" = "--cluster" ] && CLUSTER=1
