@@ -555,7 +555,6 @@ rinfo() { rcli "$1" cluster info 2>/dev/null | tr -d '\r' | awk -F: -v k="$2" '$
 redis_cluster_up() {
   local n
   for n in $(seq 1 $REDIS_NODES); do rnode_start "$n"; done
-  local first; first=$(rnode_port 1)
   local fresh=1
   for n in $(seq 1 $REDIS_NODES); do
     [ "$(rinfo "$(rnode_port "$n")" cluster_slots_assigned)" = 0 ] && [ "$(rinfo "$(rnode_port "$n")" cluster_known_nodes)" = 1 ] || fresh=0
