@@ -2,6 +2,12 @@
 # Brings up the whole pipeline on this machine: Redis and Kafka (scripts/services.sh), the topics,
 # `ingest` and `consumer` with the example configuration and rules, and the WeChat simulator's API
 # side. Prints where each listens. `scripts/run-local.sh down` stops everything it started.
+#
+#   scripts/run-local.sh [up]          on one Kafka broker and one Redis (the quick path)
+#   scripts/run-local.sh --cluster     on the production topology: the three-broker Kafka cluster
+#                                      (topics with replication factor 3, min.insync.replicas 2) and
+#                                      the six-node Redis Cluster of `scripts/services.sh cluster-up`
+#   scripts/run-local.sh down          stops the pipeline and the services of the topology it ran on
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -14,6 +20,17 @@ mkdir -p "$RUN_DIR" "$LOG_DIR"
 log() { printf '[run-local] %s\n' "$*" >&2; }
 pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
+ACTION=up TOPOLOGY=single
+for arg in "$@"; do
+  case $arg in
+    up|down) ACTION=$arg ;;
+    --cluster) TOPOLOGY=cluster ;;
+    *) echo "usage: $0 [up|down] [--cluster]" >&2; exit 2 ;;
+  esac
+done
+# The topology the pipeline was last brought up on, so that `down` stops the right services.
+TOPOLOGY_FILE=$RUN_DIR/run-local.topology
+
 stop() {
   local name=$1
   if pid_alive "$RUN_DIR/$name.pid"; then
@@ -22,10 +39,21 @@ stop() {
   rm -f "$RUN_DIR/$name.pid"
 }
 
-if [ "${1:-up}" = "down" ]; then
+if [ "$ACTION" = down ]; then
   stop consumer; stop ingest; stop wechat-api
-  scripts/services.sh down
+  if [ "$TOPOLOGY" = cluster ] || [ "$(cat "$TOPOLOGY_FILE" 2>/dev/null)" = cluster ]; then
+    scripts/services.sh cluster-down
+  else
+    scripts/services.sh down
+  fi
+  rm -f "$TOPOLOGY_FILE"
   exit 0
+fi
+
+running_on=$(cat "$TOPOLOGY_FILE" 2>/dev/null || true)
+if [ -n "$running_on" ] && [ "$running_on" != "$TOPOLOGY" ] && { pid_alive "$RUN_DIR/ingest.pid" || pid_alive "$RUN_DIR/consumer.pid"; }; then
+  log "the pipeline already runs on the $running_on topology; stop it first with: scripts/run-local.sh down"
+  exit 1
 fi
 
 # start NAME COMMAND...: runs a service in the background with its log in $LOG_DIR, once.
@@ -47,7 +75,30 @@ wait_http() {
 }
 
 scripts/setup.sh
-scripts/services.sh up
+if [ "$TOPOLOGY" = cluster ]; then
+  scripts/services.sh cluster-up
+  # WXKF_CLUSTER_KAFKA_BOOTSTRAP: the three brokers; WXKF_REDIS_CLUSTER_NODES: the six Redis nodes.
+  eval "$(scripts/services.sh cluster-env)"
+  export WXKF_CLUSTER_KAFKA_BOOTSTRAP WXKF_REDIS_CLUSTER_NODES
+  export INGEST__KAFKA__BROKERS=$WXKF_CLUSTER_KAFKA_BOOTSTRAP CONSUMER__KAFKA__BROKERS=$WXKF_CLUSTER_KAFKA_BOOTSTRAP
+  # `consumer setup` creates the topics on three brokers; min.insync.replicas 2 and unclean leader
+  # election off are the cluster's defaults.
+  export CONSUMER__KAFKA__TOPICS__REPLICATION_FACTOR=3
+  # Redis Cluster: the services take one Redis URL today, so they get the first node's. Until they
+  # speak the cluster protocol, a key whose slot lives on another primary is answered with MOVED
+  # (ingest fails open and counts it; the consumer retries). When they learn it, they read the whole
+  # node list from redis.cluster_nodes: pass it here as
+  #   INGEST__REDIS__CLUSTER_NODES=$WXKF_REDIS_CLUSTER_NODES CONSUMER__REDIS__CLUSTER_NODES=$WXKF_REDIS_CLUSTER_NODES
+  # (not set yet: both services refuse a setting they do not know).
+  export INGEST__REDIS__URL=${WXKF_REDIS_CLUSTER_NODES%%,*} CONSUMER__REDIS__URL=${WXKF_REDIS_CLUSTER_NODES%%,*}
+  KAFKA_SHOWN="$WXKF_CLUSTER_KAFKA_BOOTSTRAP (replication factor 3, min.insync.replicas 2)"
+  REDIS_SHOWN="Redis Cluster $WXKF_REDIS_CLUSTER_NODES (the services use the first node until they speak the cluster protocol)"
+else
+  scripts/services.sh up
+  KAFKA_SHOWN="127.0.0.1:${WXKF_KAFKA_PORT:-9092}"
+  REDIS_SHOWN="127.0.0.1:${WXKF_REDIS_PORT:-6379}"
+fi
+echo "$TOPOLOGY" >"$TOPOLOGY_FILE"
 log "building the services (release)"
 cargo build --release --locked -p ingest -p consumer --bins
 
@@ -81,11 +132,13 @@ The pipeline runs:
   ingest       http://127.0.0.1:8080/wechat/demo   (push URL; /healthz /readyz /metrics)
   consumer     http://127.0.0.1:9090/metrics       (/healthz /readyz; rules: config/rules.toml, hot-reloaded)
   WeChat API   http://127.0.0.1:8081               (simulated; replies so far: curl 127.0.0.1:8081/sim/sends)
-  kafka        127.0.0.1:${WXKF_KAFKA_PORT:-9092}   topics wxkf.inbound, wxkf.dead-letter, wxkf.handoff
-  redis        127.0.0.1:${WXKF_REDIS_PORT:-6379}
+  kafka        $KAFKA_SHOWN
+               topics wxkf.inbound, wxkf.dead-letter, wxkf.handoff
+  redis        $REDIS_SHOWN
   logs         $LOG_DIR   (replies also in $LOG_DIR/sends.jsonl)
 Replies the simulated WeChat API has accepted so far: ${sends:-0}
 Push more:   target/release/wechat-sim push --count 100 --users 10
 Dry-run the rules over recorded records: target/release/consumer explain --help
-Stop it all with: scripts/run-local.sh down
+Stop it all with: scripts/run-local.sh down$([ "$TOPOLOGY" = cluster ] && echo "
+Failure tests: scripts/services.sh kafka-kill N / kafka-start N (N = 1..3), redis-kill N / redis-start N (N = 1..6); scripts/services.sh cluster-status")
 TXT
