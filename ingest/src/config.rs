@@ -19,6 +19,28 @@ use serde::Deserialize;
 pub const WECHAT_DEADLINE: Duration = Duration::from_secs(5);
 /// WeChat's retries of one push arrive within about 20 s (four deliveries, 5 s apart).
 pub const WECHAT_RETRY_HORIZON: Duration = Duration::from_secs(20);
+/// WeChat's next delivery of an unanswered push comes about this long after the previous one.
+pub const WECHAT_RETRY_SPACING: Duration = Duration::from_secs(5);
+
+/// librdkafka properties the producer sets itself, with every other name librdkafka accepts for
+/// the same property: an alias in `kafka.properties` could silently replace `acks=all` or the
+/// idempotence the ack promise rests on, since which of two names wins is not defined.
+const RESERVED_KAFKA_PROPERTIES: &[&str] = &[
+    "acks",
+    "request.required.acks",
+    "enable.idempotence",
+    "bootstrap.servers",
+    "metadata.broker.list",
+    "message.timeout.ms",
+    "delivery.timeout.ms",
+    "linger.ms",
+    "queue.buffering.max.ms",
+    "compression.type",
+    "compression.codec",
+    "queue.buffering.max.messages",
+    "max.in.flight.requests.per.connection",
+    "max.in.flight",
+];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -67,7 +89,7 @@ pub struct DeadlineSettings {
     pub timestamp_tolerance: Duration,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSettings {
     pub brokers: String,
@@ -82,6 +104,32 @@ pub struct KafkaSettings {
     pub queue_max_messages: u32,
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for KafkaSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Properties may carry credentials (sasl.password, ssl.key.password, ...): their names
+        // print, the values of those that look secret do not.
+        let properties: BTreeMap<&str, &str> = self
+            .properties
+            .iter()
+            .map(|(k, v)| {
+                let secret = ["password", "secret", "key", "token", "jaas", "oauthbearer"]
+                    .iter()
+                    .any(|word| k.contains(word));
+                (k.as_str(), if secret { "<redacted>" } else { v.as_str() })
+            })
+            .collect();
+        f.debug_struct("KafkaSettings")
+            .field("brokers", &self.brokers)
+            .field("topic", &self.topic)
+            .field("delivery_timeout", &self.delivery_timeout)
+            .field("linger", &self.linger)
+            .field("compression", &self.compression)
+            .field("queue_max_messages", &self.queue_max_messages)
+            .field("properties", &properties)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -195,16 +243,29 @@ pub enum ConfigError {
 impl Settings {
     /// Loads the layers from `dir` (see the module docs) and validates the result.
     pub fn load_from(dir: &Path, environment: &str) -> Result<Settings, ConfigError> {
+        Settings::load_layers(dir, environment, None)
+    }
+
+    /// As [`Settings::load_from`], with `env` standing in for the process environment.
+    pub fn load_layers(
+        dir: &Path,
+        environment: &str,
+        env: Option<config::Map<String, String>>,
+    ) -> Result<Settings, ConfigError> {
         let settings: Settings = config::Config::builder()
             .add_source(config::File::from(dir.join("ingest.toml")).required(true))
             .add_source(
                 config::File::from(dir.join(format!("ingest.{environment}.toml"))).required(false),
             )
+            // Variables stay strings until a setting's own type parses them: a token `0123`, a
+            // digits-only key or a `True` must reach the service byte for byte, never guessed into
+            // a number or a boolean first.
             .add_source(
                 config::Environment::with_prefix("INGEST")
                     .prefix_separator("__")
                     .separator("__")
-                    .try_parsing(true),
+                    .try_parsing(false)
+                    .source(env),
             )
             .build()?
             .try_deserialize()?;
@@ -244,6 +305,49 @@ impl Settings {
         if self.redis.command_timeout >= d.ack_budget {
             return invalid("redis.command_timeout must be below deadline.ack_budget".into());
         }
+        if self.redis.claim_lease >= WECHAT_RETRY_SPACING {
+            return invalid(format!(
+                "redis.claim_lease ({:?}) must be below WeChat's retry spacing ({:?}): the claim \
+                 of a delivery whose process died must be gone when WeChat's retry arrives, or \
+                 every retry finds it pending and is answered 503 until WeChat gives up",
+                self.redis.claim_lease, WECHAT_RETRY_SPACING
+            ));
+        }
+        if !d.timestamp_tolerance.is_zero() && self.redis.done_ttl <= d.timestamp_tolerance {
+            return invalid(format!(
+                "redis.done_ttl ({:?}) must exceed deadline.timestamp_tolerance ({:?}): a push \
+                 replayed inside the accepted window must still find its `done` mark",
+                self.redis.done_ttl, d.timestamp_tolerance
+            ));
+        }
+        if self.redis.pending_poll >= d.ack_budget {
+            return invalid(format!(
+                "redis.pending_poll ({:?}) must be below deadline.ack_budget ({:?})",
+                self.redis.pending_poll, d.ack_budget
+            ));
+        }
+        // The steps of one push, each bounded on its own, must fit in the budget together: the
+        // claim (and the plaintext signature check), Kafka, the spool, the answer.
+        let steps = self.redis.command_timeout * 2
+            + self.kafka.delivery_timeout
+            + if self.spool.enabled {
+                self.spool.write_timeout
+            } else {
+                Duration::ZERO
+            };
+        if steps > d.ack_budget {
+            return invalid(format!(
+                "redis.command_timeout ×2 + kafka.delivery_timeout{} add up to {steps:?}, more \
+                 than deadline.ack_budget ({:?}): a push that meets every bound would still be \
+                 answered after the budget",
+                if self.spool.enabled {
+                    " + spool.write_timeout"
+                } else {
+                    ""
+                },
+                d.ack_budget
+            ));
+        }
         if self.redis.claim_lease < d.ack_budget {
             return invalid(format!(
                 "redis.claim_lease ({:?}) must be at least deadline.ack_budget ({:?}): a claim that \
@@ -260,18 +364,18 @@ impl Settings {
         if self.redis.pending_poll.is_zero() {
             return invalid("redis.pending_poll must be above zero".into());
         }
-        self.spool
-            .validate(d.ack_budget, self.kafka.delivery_timeout)?;
+        self.spool.validate()?;
         if self.server.max_body_bytes < 1024 {
             return invalid("server.max_body_bytes must be at least 1024".into());
         }
         if self.kafka.topic.is_empty() {
             return invalid("kafka.topic must not be empty".into());
         }
-        for reserved in ["acks", "enable.idempotence", "bootstrap.servers"] {
-            if self.kafka.properties.contains_key(reserved) {
+        for reserved in RESERVED_KAFKA_PROPERTIES {
+            if self.kafka.properties.contains_key(*reserved) {
                 return invalid(format!(
-                    "kafka.properties.{reserved} cannot be overridden; the service relies on it"
+                    "kafka.properties.{reserved} cannot be set: the service sets it (or the \
+                     property it is another name for) itself and relies on its value"
                 ));
             }
         }
@@ -283,24 +387,13 @@ impl Settings {
 }
 
 impl SpoolSettings {
-    fn validate(
-        &self,
-        ack_budget: Duration,
-        delivery_timeout: Duration,
-    ) -> Result<(), ConfigError> {
+    fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |msg: String| Err(ConfigError::Invalid(format!("spool.{msg}")));
         if !self.enabled {
             return Ok(());
         }
         if self.dir.as_os_str().is_empty() {
             return invalid("dir must not be empty".into());
-        }
-        if delivery_timeout + self.write_timeout > ack_budget {
-            return invalid(format!(
-                "write_timeout ({:?}) plus kafka.delivery_timeout ({:?}) must fit in \
-                 deadline.ack_budget ({:?}): a push first waits for Kafka, then for the spool",
-                self.write_timeout, delivery_timeout, ack_budget
-            ));
         }
         if self.write_timeout.is_zero() {
             return invalid("write_timeout must be above zero".into());
@@ -373,5 +466,126 @@ impl AppSettings {
         self.encoding_aes_key
             .as_ref()
             .and_then(|k| AesKey::from_encoding_aes_key(k.expose_secret()).ok())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn load(env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config");
+        let env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Settings::load_layers(&dir, "none", Some(env))
+    }
+
+    #[test]
+    fn secrets_from_the_environment_stay_byte_exact() {
+        // Each of these was changed by type guessing: a leading zero dropped, a long digit string
+        // rounded through a float, a capital `True` lowered.
+        let key_of_digits = "1234567890123456789012345678901234567890123";
+        for token in [
+            "0123",
+            "True",
+            "1e5",
+            "12345678901234567890123",
+            "-0",
+            " padded ",
+        ] {
+            let settings = load(&[
+                ("INGEST__APPS__DEMO__APPID", "0012345"),
+                ("INGEST__APPS__DEMO__ORIGINAL_ID", "007"),
+                ("INGEST__APPS__DEMO__TOKEN", token),
+                ("INGEST__APPS__DEMO__ENCODING_AES_KEY", key_of_digits),
+            ])
+            .unwrap();
+            let app = &settings.apps["demo"];
+            assert_eq!(app.token.expose_secret(), token);
+            assert_eq!(app.appid, "0012345");
+            assert_eq!(app.original_id, "007");
+            assert_eq!(
+                app.encoding_aes_key.as_ref().unwrap().expose_secret(),
+                key_of_digits
+            );
+        }
+    }
+
+    #[test]
+    fn aliases_of_the_properties_the_producer_relies_on_are_refused() {
+        for alias in [
+            "request.required.acks",
+            "metadata.broker.list",
+            "delivery.timeout.ms",
+        ] {
+            let mut settings = load(&[]).unwrap();
+            settings.kafka.properties.insert(alias.into(), "1".into());
+            let refused = settings.validate().unwrap_err().to_string();
+            assert!(refused.contains(alias), "{refused}");
+        }
+    }
+
+    #[test]
+    fn kafka_credentials_never_print() {
+        let mut settings = load(&[]).unwrap();
+        let props = &mut settings.kafka.properties;
+        props.insert("sasl.password".into(), "hunter2-kafka".into());
+        props.insert("ssl.key.password".into(), "hunter3-kafka".into());
+        props.insert("security.protocol".into(), "SASL_SSL".into());
+        let printed = format!("{settings:?}");
+        assert!(!printed.contains("hunter2-kafka") && !printed.contains("hunter3-kafka"));
+        assert!(printed.contains("SASL_SSL") && printed.contains("sasl.password"));
+    }
+
+    #[test]
+    fn timing_bounds_that_would_lose_pushes_are_refused_with_the_reason() {
+        type Breakage = fn(&mut Settings);
+        let cases: &[(&str, Breakage)] = &[
+            ("retry spacing", |s| {
+                s.redis.claim_lease = Duration::from_secs(20)
+            }),
+            ("at least deadline.ack_budget", |s| {
+                s.redis.claim_lease = Duration::from_secs(2)
+            }),
+            ("timestamp_tolerance", |s| {
+                s.redis.done_ttl = Duration::from_secs(60);
+                s.deadline.timestamp_tolerance = Duration::from_secs(15 * 60);
+            }),
+            ("add up to", |s| {
+                s.redis.command_timeout = Duration::from_millis(600)
+            }),
+            ("spool.write_timeout add up to", |s| {
+                s.spool.write_timeout = Duration::from_secs(2)
+            }),
+        ];
+        for (reason, break_it) in cases {
+            let mut settings = load(&[]).unwrap();
+            break_it(&mut settings);
+            let refused = settings.validate().unwrap_err().to_string();
+            assert!(
+                refused.contains(reason),
+                "expected '{reason}' in: {refused}"
+            );
+        }
+        load(&[]).unwrap().validate().unwrap();
+    }
+
+    #[test]
+    fn numbers_booleans_and_durations_still_parse_from_the_environment() {
+        let settings = load(&[
+            ("INGEST__SERVER__PORT", "9999"),
+            ("INGEST__SPOOL__ENABLED", "false"),
+            ("INGEST__DEADLINE__ACK_BUDGET", "2500ms"),
+            ("INGEST__KAFKA__DELIVERY_TIMEOUT", "1s"),
+        ])
+        .unwrap();
+        assert_eq!(settings.server.port, 9999);
+        assert!(!settings.spool.enabled);
+        assert_eq!(settings.deadline.ack_budget, Duration::from_millis(2500));
+        let bad = load(&[("INGEST__SERVER__PORT", "eighty")]).unwrap_err();
+        assert!(bad.to_string().contains("port"), "{bad}");
     }
 }

@@ -226,14 +226,8 @@ impl DedupStore {
         if let Some(conn) = self.connection.get() {
             return Ok(conn.clone());
         }
-        {
-            let last = self
-                .last_connect_failure
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if last.is_some_and(|at| at.elapsed() < RECONNECT_BACKOFF) {
-                return Err(DedupError::Backoff);
-            }
+        if self.recently_failed() {
+            return Err(DedupError::Backoff);
         }
         let limit = self.settings.command_timeout;
         let config = ConnectionManagerConfig::new()
@@ -241,10 +235,17 @@ impl DedupStore {
             .set_response_timeout(limit)
             .set_number_of_retries(1)
             .set_max_delay(500);
+        // Pushes that arrive while a first connection is being tried queue on the cell, each to
+        // try in turn once the one before failed. Checking the backoff again inside makes them
+        // fail open at once instead of paying the timeout one after another — which, against a
+        // Redis that accepts and never answers, would push the last of them past the budget.
         let attempt = self
             .connection
             .get_or_try_init(|| async {
-                match tokio::time::timeout(
+                if self.recently_failed() {
+                    return Err(DedupError::Backoff);
+                }
+                let connected = match tokio::time::timeout(
                     limit,
                     ConnectionManager::new_with_config(self.client.clone(), config),
                 )
@@ -252,18 +253,23 @@ impl DedupStore {
                 {
                     Ok(result) => result.map_err(DedupError::from),
                     Err(_) => Err(DedupError::Timeout(limit)),
+                };
+                if connected.is_err() {
+                    *self
+                        .last_connect_failure
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
                 }
+                connected
             })
             .await;
-        match attempt {
-            Ok(conn) => Ok(conn.clone()),
-            Err(e) => {
-                *self
-                    .last_connect_failure
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
-                Err(e)
-            }
-        }
+        attempt.cloned()
+    }
+
+    fn recently_failed(&self) -> bool {
+        self.last_connect_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|at| at.elapsed() < RECONNECT_BACKOFF)
     }
 }

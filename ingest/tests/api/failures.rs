@@ -170,3 +170,40 @@ async fn a_full_producer_queue_is_backpressure_not_memory() {
         1.0
     );
 }
+
+/// A Redis that accepts connections and never answers (a hung server, a black-holed port on
+/// 127.0.0.1): pushes must not wait on it past the budget. They fail open, stored unchecked.
+#[tokio::test]
+async fn a_redis_that_hangs_on_connect_fails_open_within_the_budget() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hung = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let mut settings = test_settings();
+    settings.redis.url = SecretString::from(format!("redis://127.0.0.1:{port}/"));
+    let app = spawn_app_with(settings).await;
+    let pushes: Vec<_> = (0..200)
+        .map(|i| {
+            push(
+                &text_message(&format!("u-hung-{i}"), "hello"),
+                Format::Json,
+                PushMode::Safe,
+                now(),
+            )
+        })
+        .collect();
+    let answers = futures::future::join_all(pushes.iter().map(|p| app.post("json", p))).await;
+    for answer in answers {
+        assert_eq!(answer.status(), 200, "fail open, not 503");
+    }
+    let records = read_records(app.topic());
+    assert_eq!(records.len(), 200);
+    assert!(records
+        .iter()
+        .all(|(_, e)| e.v1().dedup == DedupStatus::Unchecked));
+    hung.abort();
+}
