@@ -6,11 +6,14 @@
 //! push's deadline. The producer queue is bounded too; a full queue is an immediate error (the edge
 //! then spools the record, or answers 503 when it cannot) — backpressure instead of memory growth.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rdkafka::client::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::ClientConfig;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::KafkaSettings;
 
@@ -56,8 +59,52 @@ impl PendingAck {
     }
 }
 
+/// The producer's context: librdkafka's global errors arrive here. A *fatal* error (the
+/// idempotent producer lost track of its sequence, for example) leaves the producer unable to
+/// produce ever again; it is recorded and announced, so readiness turns red and the process exits
+/// for the orchestrator to restart it, instead of answering 503 (or spooling) forever.
+#[derive(Debug, Default)]
+pub struct ProducerHealth {
+    fatal: std::sync::OnceLock<String>,
+    announce: CancellationToken,
+}
+
+impl ProducerHealth {
+    /// The fatal error, once there was one.
+    pub fn fatal(&self) -> Option<&str> {
+        self.fatal.get().map(String::as_str)
+    }
+
+    /// Resolves when a fatal error happened.
+    pub async fn fatal_error(&self) {
+        self.announce.cancelled().await;
+    }
+}
+
+impl ProducerHealth {
+    fn record(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
+            tracing::error!(error = %error, reason, "the Kafka producer hit a fatal error");
+            let _ = self.fatal.set(format!("{error}: {reason}"));
+            self.announce.cancel();
+        } else {
+            tracing::warn!(error = %error, reason, "librdkafka");
+        }
+    }
+}
+
+/// What librdkafka calls back into: the shared [`ProducerHealth`].
+struct HealthContext(Arc<ProducerHealth>);
+
+impl ClientContext for HealthContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.0.record(error, reason);
+    }
+}
+
 pub struct Publisher {
-    producer: FutureProducer,
+    producer: FutureProducer<HealthContext>,
+    health: Arc<ProducerHealth>,
     topic: String,
 }
 
@@ -90,8 +137,10 @@ impl Publisher {
                 settings.queue_max_messages.to_string(),
             )
             .set("client.id", "wxkf-ingest");
+        let health = Arc::new(ProducerHealth::default());
         Ok(Publisher {
-            producer: config.create()?,
+            producer: config.create_with_context(HealthContext(health.clone()))?,
+            health,
             topic: settings.topic.clone(),
         })
     }
@@ -126,13 +175,22 @@ impl Publisher {
         }
     }
 
+    /// The producer's health: whether it hit a fatal error.
+    pub fn health(&self) -> &ProducerHealth {
+        &self.health
+    }
+
     /// Records handed to the producer and not yet acknowledged or failed.
     pub fn queued(&self) -> i32 {
         self.producer.in_flight_count()
     }
 
-    /// Kafka answers a metadata request for our topic within `timeout`; for readiness.
+    /// Kafka answers a metadata request for our topic within `timeout`, and the producer has not
+    /// hit a fatal error; for readiness.
     pub async fn ready(&self, timeout: Duration) -> Result<(), KafkaError> {
+        if self.health().fatal().is_some() {
+            return Err(KafkaError::Global(RDKafkaErrorCode::Fatal));
+        }
         let producer = self.producer.clone();
         let topic = self.topic.clone();
         tokio::task::spawn_blocking(move || {
@@ -149,5 +207,33 @@ impl Publisher {
     /// Waits until every queued record is acknowledged or failed, at most `timeout`.
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
         self.producer.flush(timeout)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_fatal_error_is_recorded_and_announced_and_others_are_not() {
+        let context = HealthContext(Arc::new(ProducerHealth::default()));
+        let health = &context.0;
+        context.error(
+            KafkaError::Global(RDKafkaErrorCode::BrokerTransportFailure),
+            "disconnected",
+        );
+        assert_eq!(health.fatal(), None);
+        context.error(
+            KafkaError::Global(RDKafkaErrorCode::Fatal),
+            "OUT_OF_ORDER_SEQUENCE_NUMBER",
+        );
+        assert!(health
+            .fatal()
+            .unwrap()
+            .contains("OUT_OF_ORDER_SEQUENCE_NUMBER"));
+        tokio::time::timeout(Duration::from_secs(1), health.fatal_error())
+            .await
+            .expect("announced");
     }
 }

@@ -133,7 +133,22 @@ impl Application {
         let drainer = self
             .drainer
             .map(|d| d.spawn(self.publisher.clone(), self.settings.kafka.delivery_timeout));
-        self.server.await?;
+        let handle = self.server.handle();
+        let mut server = self.server;
+        let health = self.publisher.clone();
+        let fatal = tokio::select! {
+            served = &mut server => {
+                served?;
+                false
+            }
+            () = health.health().fatal_error() => {
+                // The producer can never produce again: stop taking pushes and exit with an error
+                // so that the orchestrator starts a fresh process (the spool is recovered then).
+                handle.stop(true).await;
+                server.await?;
+                true
+            }
+        };
         if let Some(drainer) = drainer {
             drainer.finish(self.settings.spool.shutdown_drain).await;
         }
@@ -145,6 +160,9 @@ impl Application {
             // acknowledged to WeChat: pushes answered 503, or spooled records that stay in the
             // spool until the next start drains them.
             tracing::warn!(error = %e, "records left unacknowledged in the Kafka producer at exit");
+        }
+        if fatal {
+            anyhow::bail!("stopped because the Kafka producer hit a fatal error; start again");
         }
         tracing::info!("ingest stopped");
         Ok(())
