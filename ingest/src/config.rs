@@ -102,8 +102,52 @@ pub struct KafkaSettings {
     pub compression: String,
     /// Producer queue bound; a full queue answers 503 instead of buffering without limit.
     pub queue_max_messages: u32,
+    /// Extra librdkafka properties. Names may use `_` for `.` (`security_protocol`), which is how
+    /// they arrive from environment variables.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+    /// A file of librdkafka properties, `name=value` per line (`#` starts a comment): how a
+    /// mounted Secret passes credentials. `properties` override it.
+    #[serde(default)]
+    pub properties_file: Option<PathBuf>,
+}
+
+impl KafkaSettings {
+    /// The extra librdkafka properties: the file's, then `properties` over them, every name in
+    /// librdkafka's dotted form. A malformed file line is an error naming the file and the line.
+    pub fn librdkafka_properties(&self) -> Result<BTreeMap<String, String>, ConfigError> {
+        let mut merged = BTreeMap::new();
+        if let Some(path) = &self.properties_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::Invalid(format!("kafka.properties_file {}: {e}", path.display()))
+            })?;
+            for (number, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let Some((name, value)) = line.split_once('=') else {
+                    return Err(ConfigError::Invalid(format!(
+                        "kafka.properties_file {} line {}: expected name=value",
+                        path.display(),
+                        number + 1
+                    )));
+                };
+                merged.insert(dotted(name.trim()), value.trim().to_owned());
+            }
+        }
+        for (name, value) in &self.properties {
+            merged.insert(dotted(name), value.clone());
+        }
+        Ok(merged)
+    }
+}
+
+/// librdkafka names its properties with dots and never with underscores, and an environment
+/// variable cannot carry a dot where `__` already separates the levels: `security_protocol` is
+/// `security.protocol`.
+fn dotted(name: &str) -> String {
+    name.replace('_', ".")
 }
 
 impl std::fmt::Debug for KafkaSettings {
@@ -128,6 +172,7 @@ impl std::fmt::Debug for KafkaSettings {
             .field("compression", &self.compression)
             .field("queue_max_messages", &self.queue_max_messages)
             .field("properties", &properties)
+            .field("properties_file", &self.properties_file)
             .finish()
     }
 }
@@ -371,8 +416,9 @@ impl Settings {
         if self.kafka.topic.is_empty() {
             return invalid("kafka.topic must not be empty".into());
         }
+        let properties = self.kafka.librdkafka_properties()?;
         for reserved in RESERVED_KAFKA_PROPERTIES {
-            if self.kafka.properties.contains_key(*reserved) {
+            if properties.contains_key(*reserved) {
                 return invalid(format!(
                     "kafka.properties.{reserved} cannot be set: the service sets it (or the \
                      property it is another name for) itself and relies on its value"
@@ -526,6 +572,45 @@ mod tests {
             let refused = settings.validate().unwrap_err().to_string();
             assert!(refused.contains(alias), "{refused}");
         }
+    }
+
+    #[test]
+    fn dotted_kafka_properties_come_from_the_environment_and_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("kafka.properties");
+        std::fs::write(
+            &file,
+            "# mounted from a Secret\nsasl.mechanism=SCRAM-SHA-512\nsasl.password = s3cret=x\n",
+        )
+        .unwrap();
+        let settings = load(&[
+            ("INGEST__KAFKA__PROPERTIES__SECURITY_PROTOCOL", "SASL_SSL"),
+            ("INGEST__KAFKA__PROPERTIES__SASL_MECHANISM", "SCRAM-SHA-256"),
+            ("INGEST__KAFKA__PROPERTIES_FILE", file.to_str().unwrap()),
+        ])
+        .unwrap();
+        let properties = settings.kafka.librdkafka_properties().unwrap();
+        assert_eq!(properties["security.protocol"], "SASL_SSL");
+        assert_eq!(
+            properties["sasl.mechanism"], "SCRAM-SHA-256",
+            "the variable wins"
+        );
+        assert_eq!(properties["sasl.password"], "s3cret=x");
+
+        std::fs::write(
+            &file,
+            "sasl.mechanism=PLAIN\nthis line has no equals sign\n",
+        )
+        .unwrap();
+        let refused = load(&[("INGEST__KAFKA__PROPERTIES_FILE", file.to_str().unwrap())])
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("line 2"), "{refused}");
+        std::fs::write(&file, "request.required.acks=1\n").unwrap();
+        let refused = load(&[("INGEST__KAFKA__PROPERTIES_FILE", file.to_str().unwrap())])
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("request.required.acks"), "{refused}");
     }
 
     #[test]

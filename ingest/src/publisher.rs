@@ -119,7 +119,10 @@ impl std::fmt::Debug for Publisher {
 impl Publisher {
     pub fn new(settings: &KafkaSettings) -> Result<Publisher, KafkaError> {
         let mut config = ClientConfig::new();
-        for (key, value) in &settings.properties {
+        let properties = settings
+            .librdkafka_properties()
+            .map_err(|e| KafkaError::ClientCreation(e.to_string()))?;
+        for (key, value) in &properties {
             config.set(key, value);
         }
         config
