@@ -101,6 +101,14 @@ CMD ["--help"]
 # Last, so a plain `docker build .` gives the edge service.
 FROM runtime AS ingest
 COPY --from=builder /out/ingest /usr/local/bin/ingest
+# spool.dir (config/ingest.toml; docs/spool.md), owned by the service user. Meant to be a volume
+# of its own (a PersistentVolumeClaim per pod, a named volume in docker-compose.yml): a new named
+# volume takes this directory's owner, and without any volume the default still works, in the
+# container's writable layer (when the root filesystem is not read-only), which a new container
+# does not keep.
+USER 0:0
+RUN install -d -o 10001 -g 10001 -m 0750 /var/lib/wxkf/spool
+USER 10001:10001
 ENV INGEST_CONFIG_DIR=/app/config \
     INGEST__SERVER__HOST=0.0.0.0 \
     INGEST__TELEMETRY__LOG_FORMAT=json

@@ -40,7 +40,8 @@ def main() -> int:
 
     report = Report()
     configs = {s: ServiceConfig(root, s) for s in ("ingest", "consumer")}
-    stages = check_dockerfile(root, args.hadolint, report)
+    stages = check_dockerfile(root, args.hadolint, report,
+                              spool_dir=str(configs["ingest"].get("spool.dir")).rstrip("/"))
     check_compose(root, stages, configs, report)
     rendered = check_kubernetes(root, args.kustomize, args.k8s_versions.split(","), configs, report)
     check_rules_files(root, rendered, report)

@@ -40,7 +40,8 @@ def stage_chain(stages: dict[str, list[str]], name: str) -> list[list[str]]:
     return chain
 
 
-def check_dockerfile(root: Path, hadolint: str, report: Report) -> set[str]:
+def check_dockerfile(root: Path, hadolint: str, report: Report,
+                     spool_dir: str | None = None) -> set[str]:
     started = report.start("Dockerfile")
     path = root / "Dockerfile"
     text = path.read_text()
@@ -57,8 +58,10 @@ def check_dockerfile(root: Path, hadolint: str, report: Report) -> set[str]:
             continue
         chain = stage_chain(stages, target)
         flat = [i for stage in chain for i in stage]
-        users = [i for i in flat if i.upper().startswith("USER ")]
-        user = users[0].split()[1] if users else "root"
+        # The user the image runs as: the last USER of the nearest stage that has one.
+        users = next(([i for i in stage if i.upper().startswith("USER ")] for stage in chain
+                      if any(i.upper().startswith("USER ") for i in stage)), [])
+        user = users[-1].split()[1] if users else "root"
         report.check(
             re.fullmatch(r"[1-9]\d*(:\d+)?", user) is not None,
             f"target {target}: runs as numeric non-root user ({user})",
@@ -69,6 +72,12 @@ def check_dockerfile(root: Path, hadolint: str, report: Report) -> set[str]:
         if target != "wechat-sim":
             report.check(any(i.upper().startswith("HEALTHCHECK ") and "/healthz" in i for i in flat),
                          f"target {target}: HEALTHCHECK probes /healthz")
+    if spool_dir and "ingest" in stages:
+        # The spool's default directory exists in the image and belongs to the service user: a new
+        # named volume mounted there takes its owner, and without a volume ingest can still start.
+        flat = [i for stage in stage_chain(stages, "ingest") for i in stage]
+        report.check(any(i.upper().startswith("RUN ") and spool_dir in i and "10001" in i for i in flat),
+                     f"target ingest: creates spool.dir {spool_dir} owned by 10001")
     builder = stages.get("builder", [])
     report.check(any("cargo chef cook" in i for i in builder),
                  "builder compiles the dependencies in their own cached layer (cargo chef cook)")
@@ -192,10 +201,33 @@ def check_compose(root: Path, stages: set[str], configs: dict[str, ServiceConfig
             if not problems:
                 report.ok(f"{name}: all {len(env)} environment variables are settings of {svc_name}")
     check_commands(root, services, report)
-    # Shutdown: the grace period must cover the drain.
-    for svc_name, grace_key in (("ingest", "server.shutdown_timeout"), ("consumer", "server.shutdown_timeout")):
+    # Shutdown: the grace period must cover the drain (and ingest's spool drain).
+    for svc_name in ("ingest", "consumer"):
         service = services.get(svc_name, {})
-        drain = parse_duration(str(configs[svc_name].get(grace_key, service.get("environment"))))
+        env = service.get("environment") or {}
+        keys = ["server.shutdown_timeout"]
+        if svc_name == "ingest" and str(configs[svc_name].get("spool.enabled", env)).lower() == "true":
+            keys.append("spool.shutdown_drain")
+        drains = [parse_duration(str(configs[svc_name].get(k, env))) for k in keys]
         grace = parse_duration(str(service.get("stop_grace_period", "10s")))
-        report.check(grace > drain, f"{svc_name}: stop_grace_period {grace:g}s > {grace_key} {drain:g}s")
+        report.check(grace > sum(drains), f"{svc_name}: stop_grace_period {grace:g}s > "
+                     + " + ".join(f"{k} {d:g}s" for k, d in zip(keys, drains)))
+    # ingest's spool: on a named volume (the root filesystem is read-only, and the records in it
+    # must outlive the container).
+    ingest = services.get("ingest", {})
+    env = ingest.get("environment") or {}
+    if str(configs["ingest"].get("spool.enabled", env)).lower() == "true":
+        spool_dir = str(configs["ingest"].get("spool.dir", env)).rstrip("/")
+        named = compose.get("volumes") or {}
+        mounted = []
+        for volume in ingest.get("volumes", []):
+            if isinstance(volume, str):
+                parts = volume.split(":")
+                source, target = (parts[0], parts[1]) if len(parts) > 1 else (None, parts[0])
+            else:
+                source, target = volume.get("source"), volume.get("target")
+            if target.rstrip("/") == spool_dir:
+                mounted.append(source)
+        report.check(len(mounted) == 1 and mounted[0] in named,
+                     f"ingest: spool.dir {spool_dir} is a named volume")
     report.done(started, f"{len(services)} services")

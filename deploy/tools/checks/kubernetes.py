@@ -130,19 +130,24 @@ def check_rendered(root: Path, name: str, docs: list[dict], configs: dict[str, S
     for doc in docs:
         by_kind.setdefault(doc["kind"], []).append(doc)
     configmaps = {d["metadata"]["name"]: d for d in by_kind.get("ConfigMap", [])}
-    deployments = {d["metadata"]["name"]: d for d in by_kind.get("Deployment", [])}
+    # The workloads, by name: ingest is a StatefulSet (its spool needs a volume per pod that a
+    # replacement pod gets back), the consumer a Deployment.
+    workloads = {d["metadata"]["name"]: d for kind in ("Deployment", "StatefulSet")
+                 for d in by_kind.get(kind, [])}
+    services_by_name = {d["metadata"]["name"]: d for d in by_kind.get("Service", [])}
     report.check(not by_kind.get("Secret"), f"{name}: renders no Secret (secrets are created by the operator)")
     for cm in configmaps.values():
         for key, value in (cm.get("data") or {}).items():
             if SECRET_LIKE.search(key) and not key.endswith((".toml", ".json", ".yml", ".yaml")):
                 report.fail(f"{name}: ConfigMap {cm['metadata']['name']} holds {key}, which looks like a secret")
 
-    services = {"ingest": "wxkf-ingest", "consumer": "wxkf-consumer"}
-    for service, deployment_name in services.items():
-        deployment = next((d for n, d in deployments.items() if n.endswith(deployment_name)), None)
-        if not report.check(deployment is not None, f"{name}: Deployment {deployment_name} present"):
+    services = {"ingest": ("wxkf-ingest", "StatefulSet"), "consumer": ("wxkf-consumer", "Deployment")}
+    for service, (workload_name, kind) in services.items():
+        workload = next((d for n, d in workloads.items() if n.endswith(workload_name)), None)
+        if not report.check(workload is not None and workload["kind"] == kind,
+                            f"{name}: {kind} {workload_name} present"):
             continue
-        pod = deployment["spec"]["template"]["spec"]
+        pod = workload["spec"]["template"]["spec"]
         config = configs[service]
         pod_sc = pod.get("securityContext", {})
         report.check(pod_sc.get("runAsNonRoot") is True and pod_sc.get("runAsUser", 0) > 0,
@@ -185,9 +190,15 @@ def check_rendered(root: Path, name: str, docs: list[dict], configs: dict[str, S
         if command and command[0].endswith("sleep"):
             pre_stop = float(command[1])
         grace = pod.get("terminationGracePeriodSeconds", 30)
-        report.check(grace > drain + pre_stop,
+        spool_drain = 0.0
+        if service == "ingest" and spool_enabled(config, env):
+            spool_drain = parse_duration(str(config.get("spool.shutdown_drain", env)))
+        report.check(grace > drain + pre_stop + spool_drain,
                      f"{name}: {service} terminationGracePeriodSeconds {grace} > preStop {pre_stop:g}s "
-                     f"+ server.shutdown_timeout {drain:g}s")
+                     f"+ server.shutdown_timeout {drain:g}s"
+                     + (f" + spool.shutdown_drain {spool_drain:g}s" if spool_drain else ""))
+        if service == "ingest":
+            check_spool_volume(name, workload, main, env, config, services_by_name, report)
         if service == "consumer":
             mounts = {m["name"]: m for m in main.get("volumeMounts", [])}
             rules_path = env.get("CONSUMER__RULES__PATH", "")
@@ -203,23 +214,33 @@ def check_rendered(root: Path, name: str, docs: list[dict], configs: dict[str, S
                 report.check(sub in subcommands,
                              f"{name}: consumer/{container['name']}: `consumer {sub}` is a subcommand")
 
-    selectors = {n: d["spec"]["selector"]["matchLabels"] for n, d in deployments.items()}
+    selectors = {n: d["spec"]["selector"]["matchLabels"] for n, d in workloads.items()}
 
-    def selects_a_deployment(selector: dict) -> bool:
+    def selects_a_workload(selector: dict) -> bool:
         return any(all(sel.get(k) == v for k, v in selector.items()) for sel in selectors.values())
 
+    def scales_a_workload(ref: dict) -> bool:
+        """The scale target exists with that kind, and its manifest leaves `replicas` alone."""
+        target = workloads.get(ref.get("name"))
+        return (target is not None and ref.get("kind") == target["kind"]
+                and ref.get("apiVersion", "apps/v1") == target["apiVersion"]
+                and "replicas" not in target["spec"])
+
     for svc in by_kind.get("Service", []):
-        report.check(selects_a_deployment(svc["spec"]["selector"]),
-                     f"{name}: Service {svc['metadata']['name']} selects a Deployment's pods")
+        report.check(selects_a_workload(svc["spec"]["selector"]),
+                     f"{name}: Service {svc['metadata']['name']} selects a workload's pods")
     for pdb in by_kind.get("PodDisruptionBudget", []):
-        report.check(selects_a_deployment(pdb["spec"]["selector"]["matchLabels"]),
-                     f"{name}: PodDisruptionBudget {pdb['metadata']['name']} selects a Deployment's pods")
+        report.check(selects_a_workload(pdb["spec"]["selector"]["matchLabels"]),
+                     f"{name}: PodDisruptionBudget {pdb['metadata']['name']} selects a workload's pods")
     for hpa in by_kind.get("HorizontalPodAutoscaler", []):
-        target = hpa["spec"]["scaleTargetRef"]["name"]
-        report.check(target in deployments and "replicas" not in deployments[target]["spec"],
-                     f"{name}: HPA {hpa['metadata']['name']} scales {target}, whose manifest sets no replicas")
+        ref = hpa["spec"]["scaleTargetRef"]
+        report.check(scales_a_workload(ref),
+                     f"{name}: HPA {hpa['metadata']['name']} scales {ref.get('kind')} {ref.get('name')}, "
+                     "whose manifest sets no replicas")
     report.check(any(h["spec"]["scaleTargetRef"]["name"].endswith("wxkf-ingest")
-                     for h in by_kind.get("HorizontalPodAutoscaler", [])), f"{name}: ingest has an HPA")
+                     and h["spec"]["scaleTargetRef"].get("kind") == "StatefulSet"
+                     for h in by_kind.get("HorizontalPodAutoscaler", [])),
+                 f"{name}: ingest has an HPA, on its StatefulSet")
     for ingress in by_kind.get("Ingress", []):
         spec = ingress["spec"]
         hosts = {r.get("host") for r in spec.get("rules", [])}
@@ -240,9 +261,10 @@ def check_rendered(root: Path, name: str, docs: list[dict], configs: dict[str, S
             partitions = int(configs["consumer"].get("kafka.topics.inbound_partitions", consumer_env))
             report.check(so.get("maxReplicaCount") == partitions,
                          f"{name}: ScaledObject maxReplicaCount {so.get('maxReplicaCount')} = inbound partitions {partitions}")
-            target = so["scaleTargetRef"]["name"]
-            report.check(target in deployments and "replicas" not in deployments[target]["spec"],
-                         f"{name}: ScaledObject scales {target}, whose manifest sets no replicas")
+            ref = so["scaleTargetRef"]
+            report.check(scales_a_workload({"kind": "Deployment", **ref}),
+                         f"{name}: ScaledObject scales {ref.get('kind', 'Deployment')} {ref.get('name')}, "
+                         "whose manifest sets no replicas")
             for trigger in so.get("triggers", []):
                 if trigger.get("type") == "kafka":
                     meta = trigger.get("metadata", {})
@@ -253,6 +275,55 @@ def check_rendered(root: Path, name: str, docs: list[dict], configs: dict[str, S
                                  f"{name}: kafka trigger watches the consumer's group on the inbound topic")
                     report.check(meta.get("bootstrapServers") == consumer_env.get("CONSUMER__KAFKA__BROKERS"),
                                  f"{name}: kafka trigger uses the consumer's brokers")
+
+
+def spool_enabled(config: ServiceConfig, env: dict[str, str]) -> bool:
+    return str(config.get("spool.enabled", env)).lower() == "true"
+
+
+QUANTITY_UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
+                  "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+
+def quantity_bytes(text: str) -> int | None:
+    m = re.fullmatch(r"(\d+)(Ki|Mi|Gi|Ti|k|M|G|T|)", str(text))
+    return int(m.group(1)) * QUANTITY_UNITS[m.group(2)] if m else None
+
+
+def check_spool_volume(name: str, workload: dict, main: dict, env: dict[str, str],
+                       config: ServiceConfig, services: dict[str, dict], report: Report) -> None:
+    """ingest's spool (docs/spool.md): a claim of its own per pod, kept when pods go away."""
+    spec = workload["spec"]
+    if not spool_enabled(config, env):
+        print(f"    note: {name}: spool.enabled is false; the spool volume is not checked")
+        return
+    report.check(spec.get("podManagementPolicy") == "Parallel",
+                 f"{name}: ingest StatefulSet starts and stops its pods in parallel (podManagementPolicy)")
+    governing = services.get(spec.get("serviceName", ""))
+    report.check(governing is not None and governing["spec"].get("clusterIP") == "None",
+                 f"{name}: ingest StatefulSet's serviceName {spec.get('serviceName')} is a headless Service")
+    retention = spec.get("persistentVolumeClaimRetentionPolicy", {})
+    report.check(retention.get("whenScaled", "Retain") == "Retain"
+                 and retention.get("whenDeleted", "Retain") == "Retain",
+                 f"{name}: spool claims are retained when ingest scales in or is deleted "
+                 "(they may hold undrained records)")
+    spool_dir = str(config.get("spool.dir", env)).rstrip("/")
+    mount = next((m for m in main.get("volumeMounts", []) if m["mountPath"].rstrip("/") == spool_dir), None)
+    templates = {t["metadata"]["name"]: t for t in spec.get("volumeClaimTemplates", [])}
+    if not report.check(mount is not None and mount["name"] in templates and "subPath" not in mount
+                        and not mount.get("readOnly"),
+                        f"{name}: spool.dir {spool_dir} is a volume of its own per pod (volumeClaimTemplates)"):
+        return
+    claim = templates[mount["name"]]["spec"]
+    report.check(claim.get("accessModes") == ["ReadWriteOnce"] or claim.get("accessModes") == ["ReadWriteOncePod"],
+                 f"{name}: spool claim is ReadWriteOnce (one pod writes it)")
+    size = quantity_bytes(claim.get("resources", {}).get("requests", {}).get("storage", ""))
+    needed = int(config.get("spool.max_bytes", env)) + int(config.get("spool.segment_bytes", env))
+    report.check(size is not None and size > needed,
+                 f"{name}: spool claim ({claim.get('resources', {}).get('requests', {}).get('storage')}) "
+                 f"holds spool.max_bytes + spool.segment_bytes ({needed / 2**30:.2f} GiB)")
+    report.check(workload["spec"]["template"]["spec"].get("securityContext", {}).get("fsGroup") is not None,
+                 f"{name}: ingest pods have an fsGroup (the spool volume is writable for their user)")
 
 
 def check_kubernetes(root: Path, kustomize: str, versions: list[str], configs: dict[str, ServiceConfig],

@@ -70,7 +70,9 @@ def check_prometheus(root: Path, promtool: str, report: Report) -> None:
     report.check(len(names) == len(set(names)), "alert names are unique")
     for topic in (r"ingest_ack_duration_seconds", r"ingest_dedup_errors_total",
                   r"publish_failed", r"consumer_dead_letters_total", r"consumer_lag_records",
-                  r"consumer_token_refreshes_total"):
+                  r"consumer_token_refreshes_total", r"ingest_spool_oldest_age_seconds",
+                  r"ingest_spool_drained_records_total", r"ingest_spool_bytes",
+                  r"ingest_spool_refused_total"):
         report.check(topic in alerts_path.read_text(), f"an alert covers {topic}")
 
     # The rules' unit tests. promtool compares annotations exactly, so the tests run against the
@@ -134,7 +136,7 @@ def check_grafana(root: Path, report: Report) -> dict:
     report.ok(f"{len(panels)} panels: each has a query and uses the datasource variable")
     wanted = ["pushes by outcome", "ack latency", "publish latency", "duplicates", "dedup", "in flight",
               "producer queue", "records by outcome", "sends by result", "api latency", "dead letters",
-              "token refreshes", "lag"]
+              "token refreshes", "lag", "spool records", "spool oldest", "spool appended vs drained"]
     titles = " | ".join(p.get("title", "").lower() for p in panels)
     missing = [w for w in wanted if w not in titles]
     report.check(not missing, f"dashboard has panels for {', '.join(wanted)} {missing or ''}")
