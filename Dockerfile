@@ -49,6 +49,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     cargo build --release --locked -p ingest -p consumer --bins \
+ && cargo build --release --locked -p ingest --features sim --bin wechat-sim \
  && mkdir -p /out/config \
  && for bin in ingest consumer wechat-sim; do \
       if [ -x "target/release/$bin" ]; then cp "target/release/$bin" /out/; fi; \

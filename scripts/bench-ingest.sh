@@ -45,7 +45,7 @@ trap cleanup EXIT
 
 scripts/setup.sh
 scripts/services.sh up
-cargo build --release --locked -p ingest --bins
+cargo build --release --locked -p ingest --features sim --bins
 SIM=target/release/wechat-sim
 TOPIC=wxkf.bench-$(date +%s)
 scripts/services.sh topic "$TOPIC" "$PARTITIONS"

@@ -101,6 +101,7 @@ fi
 echo "$TOPOLOGY" >"$TOPOLOGY_FILE"
 log "building the services (release)"
 cargo build --release --locked -p ingest -p consumer --bins
+cargo build --release --locked -p ingest --features sim --bin wechat-sim
 
 export APP_ENVIRONMENT=${APP_ENVIRONMENT:-local}
 export INGEST_CONFIG_DIR=$ROOT/config CONSUMER_CONFIG_DIR=$ROOT/config

@@ -1,6 +1,6 @@
 //! WeChat message encryption (safe and compatible mode): AES-256-CBC with WeChat's framing.
 //!
-//! Layout of the plaintext before encryption (reference §4.4):
+//! Layout of the plaintext before encryption (docs/wechat-protocol.md §4.2):
 //!
 //! ```text
 //! random (16) | msg_len (u32, big-endian) | msg | appid | padding
@@ -134,7 +134,7 @@ impl CryptoError {
     }
 }
 
-/// Decrypts an `Encrypt` text and returns the message bytes, following reference §4.5 strictly.
+/// Decrypts an `Encrypt` text and returns the message bytes, following docs/wechat-protocol.md §4.3 strictly.
 pub fn decrypt(
     key: &AesKey,
     encrypt_b64: &str,

@@ -2,7 +2,7 @@
 //!
 //! WeChat re-sends a push it got no timely answer for (at least 3 more times, 5 s apart), with the
 //! same body but not necessarily the same query `timestamp`/`nonce`, so the key comes from the
-//! message itself (reference §5.1):
+//! message itself (docs/wechat-protocol.md §5):
 //!
 //! - user messages carry a unique `MsgId`: `"{app}:msg:{MsgId}"`;
 //! - events have no id, so `FromUserName` + `CreateTime` + `Event` identify them:

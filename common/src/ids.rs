@@ -1,4 +1,4 @@
-//! Identifier newtypes: [`AppId`], [`OpenId`] and [`MsgId`].
+//! Identifier newtypes: [`AppId`], [`OpenId`], [`MsgId`], and the deployment's own [`AppName`].
 //!
 //! WeChat identifiers are opaque strings to this pipeline. Wrapping them keeps an openid from being
 //! passed where an appid is expected, and keeps every id in one textual form end to end.
@@ -11,6 +11,11 @@
 //!   JSON string or a JSON integer, reading integers through serde's `u64`/`i64` paths and never
 //!   through `f64`. A number that only fits a float (a fraction, an exponent, or beyond 64 bits) is
 //!   rejected rather than rounded.
+//! - an [`AppName`] is the one identity this project chooses rather than receives: the `{app}`
+//!   of `/wechat/{app}`, the `[apps.<name>]` of both services' configuration, and the first part
+//!   of every dedup key and record key. It is checked once, by [`AppName::parse`], against one
+//!   rule (lowercase ASCII letters, digits, `-`, `_`), so it can never hold the `:` that separates
+//!   the parts of those keys.
 
 use std::fmt;
 
@@ -111,6 +116,55 @@ impl Visitor<'_> for MsgIdVisitor {
     }
 }
 
+/// The name a deployment gives one of its Mini Programs (see the module docs for where it
+/// appears). Only [`AppName::parse`] makes one, so every `AppName` follows the rule.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct AppName(String);
+
+/// A string that is not a valid [`AppName`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the app name `{0}` may hold only a-z, 0-9, '-' and '_' (and not be empty)")]
+pub struct AppNameError(pub String);
+
+impl AppName {
+    /// Checks `name` against the rule: non-empty, only `a-z`, `0-9`, `-` and `_`.
+    pub fn parse(name: &str) -> Result<AppName, AppNameError> {
+        let valid = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if valid {
+            Ok(AppName(name.to_owned()))
+        } else {
+            Err(AppNameError(name.to_owned()))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for AppName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::borrow::Borrow<str> for AppName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for AppName {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        AppName::parse(&name).map_err(de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,5 +213,17 @@ mod tests {
         for id in ["", "007", "-1", "+1", " 1", "1a", "18446744073709551616"] {
             assert_eq!(MsgId::new(id).as_u64(), None, "{id:?}");
         }
+    }
+
+    #[test]
+    fn app_names_follow_one_rule() {
+        for ok in ["shop", "shop-2", "a_b", "0"] {
+            assert_eq!(AppName::parse(ok).map(|n| n.to_string()), Ok(ok.to_owned()));
+        }
+        for bad in ["", "Shop", "a:b", "a b", "商店", "a/b"] {
+            assert!(AppName::parse(bad).is_err(), "{bad:?}");
+        }
+        let parsed: Result<AppName, _> = serde_json::from_str("\"a:b\"");
+        assert!(parsed.is_err(), "deserialising checks the rule too");
     }
 }

@@ -43,6 +43,6 @@ pub use codec::{CodecError, Format};
 pub use crypto::{AesKey, CryptoError};
 pub use dedup::DedupKey;
 pub use envelope::{DedupStatus, Envelope, EnvelopeError, EnvelopeV1, ENVELOPE_VERSION};
-pub use ids::{AppId, MsgId, OpenId};
+pub use ids::{AppId, AppName, AppNameError, MsgId, OpenId};
 pub use message::{Message, MessageBody};
 pub use push::{AppCredentials, Mode, OpenedPush, PushError, PushQuery, VerifiedPush};

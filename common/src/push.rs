@@ -4,7 +4,7 @@
 //! that checked out, and the only way to reach the message inside is [`VerifiedPush::open`]. So
 //! code that decrypts or parses has, by construction, already verified.
 //!
-//! Modes (reference §3.1), told apart by the query:
+//! Modes (docs/wechat-protocol.md §2), told apart by the query:
 //! - `encrypt_type=aes`: `msg_signature` over token, timestamp, nonce and the body's `Encrypt`
 //!   text is checked before anything in the body is used; the body is [`Mode::Safe`], or
 //!   [`Mode::Compatible`] when it also carries a plaintext copy (a `MsgType` beside `Encrypt`).

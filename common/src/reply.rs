@@ -1,8 +1,8 @@
 //! The passive HTTP answer to a push, when it is more than `success`.
 //!
-//! For Mini Programs the only non-trivial answer is `transfer_customer_service` (reference §5.4),
+//! For Mini Programs the only non-trivial answer is `transfer_customer_service` (docs/wechat-protocol.md §5),
 //! which hands the user message to the web customer-service tool. In safe and compatible mode it
-//! must be sealed in an encrypted envelope (§4.6); `success` and an empty body never are.
+//! must be sealed in an encrypted envelope (docs/wechat-protocol.md §4.4); `success` and an empty body never are.
 //!
 //! Both are written in the push's configured format. JSON mode answering in JSON is community
 //! evidence, not documented (**UNCONFIRMED** upstream); it is what the format setting implies.

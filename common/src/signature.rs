@@ -43,7 +43,7 @@ pub fn verify(parts: &[&str], expected_hex: &str) -> bool {
 mod tests {
     use super::*;
 
-    /// The official URL-verification vector (reference §2).
+    /// The official URL-verification vector (docs/wechat-protocol.md §8).
     const URL_PARTS: [&str; 3] = ["AAAAA", "1714036504", "1514711492"];
     const URL_SIGNATURE: &str = "f464b24fc39322e44b38aa78f5edd27bd1441696";
 

@@ -1,4 +1,4 @@
-//! Property tests: no byte sequence makes the protocol code panic (invariant 8).
+//! Property tests: no byte sequence makes the protocol code panic (`docs/architecture.md`, promise 8).
 //!
 //! Random bytes rarely get past the first syntax check, so each input is also tried as a small
 //! edit of a valid document, which reaches the deeper code paths. `cargo fuzz` (see `fuzz/`)

@@ -1,7 +1,7 @@
-//! The published and derived test vectors of the protocol reference (§2, §4.8, §5.4).
+//! The published and derived test vectors of the protocol (docs/wechat-protocol.md §8).
 //!
-//! V4 (easywechat) and V5 (wechatpy) are not here: the reference gives only excerpts of their
-//! ciphertexts and echostr, and a vector cannot be checked from an excerpt.
+//! V4 (easywechat) and V5 (wechatpy) are not here: only excerpts of their ciphertexts and echostr
+//! were recorded, and a vector cannot be checked from an excerpt.
 
 use common::codec::{self, Format};
 use common::crypto::{self, AesKey};

@@ -128,7 +128,7 @@ async fn main() -> anyhow::Result<()> {
     settings.kafka.inbound_topic = format!("bench-inbound-{run}");
     settings.kafka.dead_letter_topic = format!("bench-dlq-{run}");
     settings.kafka.handoff_topic = format!("bench-handoff-{run}");
-    consumer::setup::create_topics(&settings.kafka).await?;
+    consumer::operator::setup::create_topics(&settings.kafka).await?;
 
     let dir = std::env::temp_dir().join(format!("consumer-bench-{run}"));
     std::fs::create_dir_all(&dir)?;

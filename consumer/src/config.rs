@@ -14,13 +14,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use common::AppName;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-/// WeChat's reply window after a user message (reference §6.3). A send ledger entry never needs
+/// WeChat's reply window after a user message (docs/wechat-protocol.md §6.3). A send ledger entry never needs
 /// to outlive it by much: any send after the window fails with 45015 anyway.
 pub const REPLY_WINDOW: Duration = Duration::from_secs(48 * 3600);
-/// `stable_token` rolls a token 5 minutes before it expires (reference §7.2); refreshing earlier
+/// `stable_token` rolls a token 5 minutes before it expires (docs/wechat-protocol.md §7); refreshing earlier
 /// than that only returns the same token again.
 pub const STABLE_TOKEN_ROLLOVER: Duration = Duration::from_secs(300);
 
@@ -262,9 +263,11 @@ impl Settings {
         Settings::load_from(&dir, &environment)
     }
 
-    /// Cross-field rules; each message names the keys involved.
+    /// Cross-field rules; each message names the keys involved. Every rule is checked and every
+    /// violation reported in one error, so a broken deployment is fixed in one round.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        let mut problems: Vec<String> = Vec::new();
+        let mut invalid = |msg: String| problems.push(msg);
         let k = &self.kafka;
         for (key, topic) in [
             ("kafka.inbound_topic", &k.inbound_topic),
@@ -273,11 +276,11 @@ impl Settings {
             ("kafka.group_id", &k.group_id),
         ] {
             if topic.is_empty() {
-                return invalid(format!("{key} must not be empty"));
+                invalid(format!("{key} must not be empty"));
             }
         }
         if k.dead_letter_topic == k.inbound_topic || k.handoff_topic == k.inbound_topic {
-            return invalid(
+            invalid(
                 "kafka.dead_letter_topic and kafka.handoff_topic must differ from \
                  kafka.inbound_topic, or records would loop back into the consumer"
                     .into(),
@@ -289,9 +292,7 @@ impl Settings {
             || t.handoff_partitions < 1
             || t.replication_factor < 1
         {
-            return invalid(
-                "kafka.topics: partition counts and replication_factor must be ≥ 1".into(),
-            );
+            invalid("kafka.topics: partition counts and replication_factor must be ≥ 1".into());
         }
         for reserved in [
             "bootstrap.servers",
@@ -300,7 +301,7 @@ impl Settings {
             "enable.auto.commit",
         ] {
             if k.properties.contains_key(reserved) {
-                return invalid(format!(
+                invalid(format!(
                     "kafka.properties.{reserved} cannot be overridden; offset discipline relies on it"
                 ));
             }
@@ -309,99 +310,93 @@ impl Settings {
             || k.statistics_interval.is_zero()
             || k.produce_timeout.is_zero()
         {
-            return invalid(
+            invalid(
                 "kafka: commit_interval, statistics_interval and produce_timeout must be above zero".into(),
             );
         }
         let p = &self.processing;
         if p.max_in_flight_keys == 0 || p.max_buffered_records < p.max_in_flight_keys {
-            return invalid(format!(
+            invalid(format!(
                 "processing.max_in_flight_keys ({}) must be ≥ 1 and ≤ processing.max_buffered_records ({})",
                 p.max_in_flight_keys, p.max_buffered_records
             ));
         }
         if p.retry_initial_backoff.is_zero() || p.retry_max_backoff < p.retry_initial_backoff {
-            return invalid(
-                "processing: retry_initial_backoff must be > 0 and ≤ retry_max_backoff".into(),
-            );
+            invalid("processing: retry_initial_backoff must be > 0 and ≤ retry_max_backoff".into());
         }
         let w = &self.wechat;
         if !(w.base_url.starts_with("http://") || w.base_url.starts_with("https://")) {
-            return invalid(format!(
+            invalid(format!(
                 "wechat.base_url ({}) must be an http(s) URL",
                 w.base_url
             ));
         }
         if w.timeout.is_zero() || w.max_attempts == 0 {
-            return invalid("wechat.timeout must be > 0 and wechat.max_attempts ≥ 1".into());
+            invalid("wechat.timeout must be > 0 and wechat.max_attempts ≥ 1".into());
         }
         if w.retry_initial_backoff.is_zero() || w.retry_max_backoff < w.retry_initial_backoff {
-            return invalid(
-                "wechat: retry_initial_backoff must be > 0 and ≤ retry_max_backoff".into(),
-            );
+            invalid("wechat: retry_initial_backoff must be > 0 and ≤ retry_max_backoff".into());
         }
         if w.token_endpoint == TokenEndpoint::Stable
             && w.token_refresh_ahead > STABLE_TOKEN_ROLLOVER
         {
-            return invalid(format!(
+            invalid(format!(
                 "wechat.token_refresh_ahead ({:?}) must not exceed 5m with stable_token: it only \
                  hands out a new token in the last 5 minutes, so an earlier refresh would repeat",
                 w.token_refresh_ahead
             ));
         }
         if w.token_lock_lease <= w.timeout {
-            return invalid(format!(
+            invalid(format!(
                 "wechat.token_lock_lease ({:?}) must exceed wechat.timeout ({:?}): the lock must \
                  outlive the token fetch it protects",
                 w.token_lock_lease, w.timeout
             ));
         }
         if w.media_ttl.is_zero() || w.media_ttl >= Duration::from_secs(3 * 24 * 3600) {
-            return invalid("wechat.media_ttl must be above zero and below WeChat's 3 days".into());
+            invalid("wechat.media_ttl must be above zero and below WeChat's 3 days".into());
         }
         let l = &self.ledger;
         // One attempt of a send is a token fetch (bounded by token_wait) plus the call itself.
         let attempt = w.timeout + w.token_wait;
         if l.sending_lease <= attempt {
-            return invalid(format!(
+            invalid(format!(
                 "ledger.sending_lease ({:?}) must exceed wechat.timeout + wechat.token_wait ({:?}): \
                  a live send must never look abandoned",
                 l.sending_lease, attempt
             ));
         }
         if l.entry_ttl < REPLY_WINDOW {
-            return invalid(format!(
+            invalid(format!(
                 "ledger.entry_ttl ({:?}) must be at least the 48 h reply window: a redelivered \
                  record must still find its replies",
                 l.entry_ttl
             ));
         }
         if self.rules.reload_interval.is_zero() {
-            return invalid("rules.reload_interval must be above zero".into());
+            invalid("rules.reload_interval must be above zero".into());
         }
         if !self.handoff.webhook.is_empty() && !self.handoff.webhook.starts_with("http") {
-            return invalid("handoff.webhook must be an http(s) URL or empty".into());
+            invalid("handoff.webhook must be an http(s) URL or empty".into());
         }
         if self.redis.command_timeout.is_zero() {
-            return invalid("redis.command_timeout must be above zero".into());
+            invalid("redis.command_timeout must be above zero".into());
         }
         if self.redis.key_prefix.is_empty() {
-            return invalid("redis.key_prefix must not be empty".into());
+            invalid("redis.key_prefix must not be empty".into());
         }
         for (name, app) in &self.apps {
-            let name_ok = !name.is_empty()
-                && name.bytes().all(|b| {
-                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
-                });
-            if !name_ok {
-                return invalid(format!(
-                    "apps.{name}: the app name may hold only a-z, 0-9, '-' and '_'"
-                ));
+            if let Err(e) = AppName::parse(name) {
+                invalid(format!("apps.{name}: {e}"));
             }
             if app.appid.is_empty() || app.secret.expose_secret().is_empty() {
-                return invalid(format!("apps.{name}: appid and secret must not be empty"));
+                invalid(format!("apps.{name}: appid and secret must not be empty"));
             }
         }
-        Ok(())
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems.join("; ")))
+        }
     }
 }

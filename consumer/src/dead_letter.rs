@@ -1,5 +1,5 @@
 //! Dead letters: records the consumer could not finish, kept with the reason, for inspection and
-//! redrive (issue 7's `dlq list/show/redrive` reads this format).
+//! redrive (`consumer dlq list|show|redrive`, in `operator/`, reads this format).
 //!
 //! A dead letter is published to `kafka.dead_letter_topic` with the source record's key (so a
 //! redrive keeps per-user order) and:
@@ -14,10 +14,12 @@
 //!   absent otherwise, so version 1 stays readable in both directions.
 
 use base64::Engine;
+use common::envelope::EnvelopeError;
 use serde::{Deserialize, Serialize};
 
+use crate::clock::now_ms;
 use crate::outbound::{Outbound, PublishError};
-use crate::store::now_ms;
+use crate::record::KafkaRecord;
 
 /// Why a record was dead-lettered. `kind()` is a closed set of labels.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,6 +139,15 @@ impl DeadLetter {
             action_index: None,
         }
     }
+
+    /// The dead letter of a record value that is not a readable envelope (poison): no rules
+    /// change or retry can alter that, so it is final at once.
+    pub fn poison(error: EnvelopeError) -> DeadLetter {
+        DeadLetter::record(match error {
+            EnvelopeError::UnknownVersion(v) => Reason::UnknownVersion(v),
+            EnvelopeError::Malformed(detail) => Reason::Undecodable(detail),
+        })
+    }
 }
 
 /// Where the dead record was read.
@@ -147,6 +158,21 @@ pub struct SourceRecord {
     pub offset: i64,
     pub key: Option<String>,
     pub timestamp_ms: Option<i64>,
+}
+
+impl From<&KafkaRecord> for SourceRecord {
+    fn from(record: &KafkaRecord) -> SourceRecord {
+        SourceRecord {
+            topic: record.topic.clone(),
+            partition: record.partition,
+            offset: record.offset,
+            key: record
+                .key
+                .as_deref()
+                .map(|k| String::from_utf8_lossy(k).into_owned()),
+            timestamp_ms: record.timestamp_ms,
+        }
+    }
 }
 
 /// A record's place in a topic.

@@ -21,8 +21,9 @@ use std::time::Duration;
 
 use redis::Script;
 
+use crate::clock::now_ms;
 use crate::config::LedgerSettings;
-use crate::store::{now_ms, Store, StoreError};
+use crate::store::{Store, StoreError};
 
 /// Writes a `sending` mark unless an entry exists; returns the existing entry otherwise.
 const CLAIM_SCRIPT: &str = r"

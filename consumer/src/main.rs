@@ -1,7 +1,7 @@
 use clap::Parser;
 use consumer::cli::{Cli, Command};
 use consumer::config::Settings;
-use consumer::{explain, operator, rules, setup, startup, telemetry};
+use consumer::{startup, telemetry};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
@@ -14,39 +14,19 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
-    match cli.command {
-        Some(Command::Replay(_) | Command::Dlq(_)) => {
-            telemetry::init_for_operator(settings.telemetry.log_format)
-        }
-        _ => telemetry::init(settings.telemetry.log_format),
-    }
     match cli.command.unwrap_or(Command::Run) {
-        Command::Run => run(settings).await,
-        Command::Setup => {
-            for (topic, status) in setup::create_topics(&settings.kafka).await? {
-                println!("{topic}: {status:?}");
+        Command::Run => {
+            telemetry::init(settings.telemetry.log_format);
+            run(settings).await
+        }
+        Command::Operator(command) => {
+            if command.reports_on_stdout() {
+                telemetry::init_for_operator(settings.telemetry.log_format);
+            } else {
+                telemetry::init(settings.telemetry.log_format);
             }
-            Ok(())
+            exit(command.run(&settings).await)
         }
-        Command::Explain(args) => {
-            let Some(source) = args.source() else {
-                eprintln!("consumer explain: give --file PATH or --topic NAME");
-                std::process::exit(2);
-            };
-            let path = args.rules.unwrap_or_else(|| settings.rules.path.clone());
-            let rules = match rules::load_file(&path, &startup::rules_context(&settings)) {
-                Ok(rules) => rules,
-                Err(e) => {
-                    eprintln!("consumer: {e}");
-                    std::process::exit(2);
-                }
-            };
-            let mut out = std::io::stdout().lock();
-            explain::explain(&settings, &rules, &source, &mut out)?;
-            Ok(())
-        }
-        Command::Replay(args) => exit(operator::replay_command(&settings, &args).await),
-        Command::Dlq(args) => exit(operator::dlq_command(&settings, &args).await),
     }
 }
 

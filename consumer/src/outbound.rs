@@ -14,11 +14,13 @@ use rdkafka::ClientConfig;
 
 use crate::config::KafkaSettings;
 
+/// A record Kafka did not acknowledge within `kafka.produce_timeout`.
 #[derive(Debug, thiserror::Error)]
-#[error("publishing to {topic}: {detail}")]
+#[error("publishing to {topic}: {source}")]
 pub struct PublishError {
     pub topic: String,
-    pub detail: String,
+    #[source]
+    pub source: rdkafka::error::KafkaError,
 }
 
 #[derive(Clone)]
@@ -95,7 +97,7 @@ impl Outbound {
             .map(|delivery| (delivery.partition, delivery.offset))
             .map_err(|(e, _)| PublishError {
                 topic: topic.to_owned(),
-                detail: e.to_string(),
+                source: e,
             })
     }
 

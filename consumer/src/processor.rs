@@ -2,7 +2,7 @@
 //!
 //! The Kafka loop only feeds this function and stores offsets by its answer; tests call it
 //! directly. Every call ends in exactly one [`Outcome`] — replied, skipped, or dead-lettered with a
-//! reason — or a [`ProcessError`], which is always transient (Redis, Kafka or a webhook briefly
+//! reason — or a [`ProcessError`] (defined below both this module and the actions), which is always transient (Redis, Kafka or a webhook briefly
 //! unavailable): the caller retries the same record later and its offset is not stored
 //! meanwhile. Repeating `process` for a record is safe: the send ledger makes replies at most
 //! once and the reply window is not reopened by the same record twice.
@@ -13,10 +13,9 @@ use common::envelope::EnvelopeV1;
 
 use crate::actions::{plan, Actions, Done};
 use crate::dead_letter::{DeadLetter, Reason};
+use crate::error::ProcessError;
 use crate::metrics::Metrics;
 use crate::rules::RulesHandle;
-use crate::store::StoreError;
-use crate::token_broker::TokenError;
 
 /// How a record ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,28 +43,6 @@ impl Outcome {
             Outcome::Replied { .. } => "replied",
             Outcome::Skipped(_) => "skipped",
             Outcome::DeadLettered(_) => "dead_lettered",
-        }
-    }
-}
-
-/// A transient failure; the record is retried.
-#[derive(Debug, thiserror::Error)]
-pub enum ProcessError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("access token: {0}")]
-    Token(TokenError),
-    #[error("{0}")]
-    Sink(String),
-}
-
-impl ProcessError {
-    /// Bounded label for `consumer_process_retries_total{kind}`.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            ProcessError::Store(_) => "redis",
-            ProcessError::Token(_) => "token",
-            ProcessError::Sink(_) => "sink",
         }
     }
 }

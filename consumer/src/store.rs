@@ -93,11 +93,3 @@ impl Store {
             .is_ok()
     }
 }
-
-/// Unix milliseconds now (wall clock; Redis entries and WeChat windows are wall-clock based).
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
-}

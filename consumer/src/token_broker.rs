@@ -1,5 +1,5 @@
 //! The token broker: one access token per app, shared through Redis by every consumer process
-//! (reference §7.3–7.5).
+//! (docs/wechat-protocol.md §7).
 //!
 //! Redis holds, per app, a hash `{prefix}token:{app}` = `{token, expires_ms, gen}`; the secret is
 //! never in a key or a value, and neither the secret nor a token is ever logged. Invariants:
@@ -24,9 +24,10 @@ use rand::Rng;
 use redis::Script;
 use secrecy::SecretString;
 
+use crate::clock::now_ms;
 use crate::config::{Settings, TokenEndpoint};
 use crate::metrics::Metrics;
-use crate::store::{now_ms, Store, StoreError};
+use crate::store::{Store, StoreError};
 use crate::wechat_api::{AccessToken, ApiError, WechatApi};
 
 /// Stores a fetched token if nothing newer was stored and the lock is still ours.

@@ -1,5 +1,5 @@
 //! Reply windows: how many replies WeChat will still accept for a user, and until when
-//! (reference §6.3).
+//! (docs/wechat-protocol.md §6.3).
 //!
 //! A user message opens a window of 48 h and 5 replies; entering the session opens 1 min and 2
 //! replies. Allowances do not accumulate: each such action resets both the count and the window,
@@ -19,7 +19,8 @@ use common::envelope::EnvelopeV1;
 use common::message::MessageBody;
 use redis::Script;
 
-use crate::store::{now_ms, Store, StoreError};
+use crate::clock::now_ms;
+use crate::store::{Store, StoreError};
 
 /// Replies allowed after a user message, and for how long.
 pub const MESSAGE_ALLOWANCE: (i64, Duration) = (5, Duration::from_secs(48 * 3600));

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use common::codec::Format;
 use common::crypto::AesKey;
+use common::AppName;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
@@ -465,12 +466,8 @@ impl SpoolSettings {
 impl AppSettings {
     fn validate(&self, name: &str) -> Result<(), ConfigError> {
         let invalid = |msg: String| Err(ConfigError::Invalid(format!("apps.{name}: {msg}")));
-        let name_ok = !name.is_empty()
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-        if !name_ok {
-            return invalid("the app name may hold only a-z, 0-9, '-' and '_'".into());
+        if let Err(e) = AppName::parse(name) {
+            return invalid(e.to_string());
         }
         if self.appid.is_empty() {
             return invalid("appid is empty".into());

@@ -1,7 +1,7 @@
 //! Calling the WeChat API with the shared token: one attempt (with the token-error protocol), and
 //! the retry policy for retryable failures.
 //!
-//! Token protocol (reference §7.4 step 4): an attempt uses the current token; if WeChat answers
+//! Token protocol (docs/wechat-protocol.md §7): an attempt uses the current token; if WeChat answers
 //! 40001/40014/42001, the token is expired only if it is still the current generation (so a
 //! stale failure never wipes a fresh token), a token is fetched again, and the call is repeated
 //! exactly once. A second token error is returned to the caller, who gives up (no loop).
@@ -14,8 +14,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use rand::Rng;
-
+use crate::backoff::exponential_jitter;
 use crate::config::WechatSettings;
 use crate::token_broker::{TokenBroker, TokenError};
 use crate::wechat_api::error::ERRCODE_MINUTE_QUOTA;
@@ -65,13 +64,6 @@ impl RetryPolicy {
         }
         exponential_jitter(attempt, self.initial_backoff, self.max_backoff)
     }
-}
-
-/// Full jitter: uniform in `[0, min(max, initial × 2^(attempt-1))]`, at least 1 ms.
-pub fn exponential_jitter(attempt: u32, initial: Duration, max: Duration) -> Duration {
-    let exp = initial.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
-    let cap = exp.min(max).as_millis().max(1) as u64;
-    Duration::from_millis(rand::rng().random_range(1..=cap))
 }
 
 #[derive(Debug)]
@@ -125,25 +117,5 @@ impl Caller<'_> {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_is_bounded_and_jittered() {
-        let initial = Duration::from_millis(100);
-        let max = Duration::from_millis(800);
-        for attempt in 1..20 {
-            let d = exponential_jitter(attempt, initial, max);
-            assert!(
-                d >= Duration::from_millis(1) && d <= max,
-                "{attempt}: {d:?}"
-            );
-        }
-        let first = exponential_jitter(1, initial, max);
-        assert!(first <= initial);
     }
 }

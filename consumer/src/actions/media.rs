@@ -1,4 +1,4 @@
-//! Temporary media for replies that name a local image file (reference §6.6).
+//! Temporary media for replies that name a local image file (docs/wechat-protocol.md §6.6).
 //!
 //! The file is uploaded as temporary media once per app and its media id cached in Redis at
 //! `{prefix}media:{app}:{path}:{size}:{mtime}` for `wechat.media_ttl` (below WeChat's 3 days, so a

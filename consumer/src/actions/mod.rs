@@ -22,9 +22,9 @@ use std::sync::Arc;
 use common::envelope::EnvelopeV1;
 
 use crate::dead_letter::Reason;
+use crate::error::ProcessError;
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
-use crate::processor::ProcessError;
 use crate::rules::{field, Action, ForwardTarget, MediaSource, RuleMatch, Template};
 use crate::token_broker::TokenBroker;
 use crate::wechat_api::body::{CardBody, ImageBody, LinkBody, TextBody};
@@ -252,7 +252,7 @@ impl Actions {
                 Ok(Done::DeadLetter(Reason::WebhookRejected { status, detail }))
             }
             // Unreachable or 5xx: the record is retried later, its offset not stored.
-            Err(SinkError::Transient(detail)) => Err(ProcessError::Sink(detail)),
+            Err(transient) => Err(ProcessError::Sink(transient)),
         }
     }
 

@@ -19,10 +19,10 @@ use common::envelope::EnvelopeV1;
 use super::calls::{AttemptError, CallFailure};
 use super::media::MediaError;
 use super::{set_media_id, Actions, Done, PlannedAction};
+use crate::clock::now_ms;
 use crate::dead_letter::Reason;
+use crate::error::ProcessError;
 use crate::ledger::{Claim, Lease};
-use crate::processor::ProcessError;
-use crate::store::now_ms;
 use crate::token_broker::TokenError;
 use crate::wechat_api::error::{
     ERRCODE_INVALID_MEDIA, ERRCODE_QUOTA_EXHAUSTED, ERRCODE_WINDOW_CLOSED,
@@ -216,7 +216,7 @@ impl Actions {
         match error {
             // A refusal by the token endpoint (bad appid/secret, IP not allowed) will not heal
             // by retrying this record; dead-letter it so the failure is visible and redrivable.
-            // On the token endpoint itself 40001 means a wrong AppSecret (reference §7.1), not a
+            // On the token endpoint itself 40001 means a wrong AppSecret (docs/wechat-protocol.md §7), not a
             // stale token, so the token class is final here too.
             TokenError::Fetch(e)
                 if matches!(e.class(true), ErrorClass::Final | ErrorClass::Token) =>

@@ -14,14 +14,23 @@ use std::time::Duration;
 use common::envelope::{record_key, Envelope, EnvelopeV1};
 use serde::Serialize;
 
-use crate::outbound::Outbound;
+use crate::clock::now_ms;
+use crate::outbound::{Outbound, PublishError};
 use crate::rules::ForwardTarget;
-use crate::store::now_ms;
 
+/// Why a forward or hand-off did not complete.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    #[error("{0}")]
-    Transient(String),
+    /// Kafka did not acknowledge the record (transient).
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    /// The webhook could not be reached or did not answer in time (transient).
+    #[error("webhook: {0}")]
+    Unreachable(#[source] reqwest::Error),
+    /// The webhook answered 5xx, 408 or 429 (transient).
+    #[error("webhook answered HTTP {0}")]
+    Unavailable(u16),
+    /// The webhook refused the record with another 4xx; retrying will not change that.
     #[error("refused with HTTP {status}: {detail}")]
     Rejected { status: u16, detail: String },
 }
@@ -126,7 +135,7 @@ impl Sinks {
                 &[("wxkf-idempotency-key", idempotency_key)],
             )
             .await
-            .map_err(|e| SinkError::Transient(e.to_string()))
+            .map_err(SinkError::Publish)
     }
 
     async fn post(&self, url: &str, body: Vec<u8>, idempotency_key: &str) -> Result<(), SinkError> {
@@ -138,7 +147,7 @@ impl Sinks {
             .body(body)
             .send()
             .await
-            .map_err(|e| SinkError::Transient(format!("webhook: {}", e.without_url())))?;
+            .map_err(|e| SinkError::Unreachable(e.without_url()))?;
         let status = response.status();
         if status.is_success() {
             return Ok(());
@@ -150,9 +159,7 @@ impl Sinks {
                 detail: "webhook refused the record".into(),
             })
         } else {
-            Err(SinkError::Transient(format!(
-                "webhook answered HTTP {code}"
-            )))
+            Err(SinkError::Unavailable(code))
         }
     }
 }

@@ -7,15 +7,69 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 
+use clap::{Args, Subcommand};
+
 use common::envelope::{Envelope, EnvelopeV1};
 
-use super::args::{DlqFilterArgs, DlqListArgs, DlqShowArgs, RangeArgs};
+use super::args::RangeArgs;
 use super::marks::{describe, Marks};
-use super::range::{self, RangeReader, RawRecord};
+use super::range::{self, RangeReader};
+use super::redrive::{RedriveArgs, REDRIVE_ABOUT};
 use super::timespec::format_ms;
+use crate::clock::now_ms;
 use crate::config::Settings;
 use crate::dead_letter::DeadLetterRecord;
-use crate::store::now_ms;
+use crate::record::KafkaRecord;
+
+/// `consumer dlq`.
+#[derive(Debug, Clone, Args)]
+pub struct DlqArgs {
+    #[command(subcommand)]
+    pub command: DlqCommand,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum DlqCommand {
+    /// List dead letters with their reasons and whether they were redriven; counts by reason.
+    List(DlqListArgs),
+    /// Show one dead letter in full: reason, detail, errcode, origin, envelope and payload.
+    Show(DlqShowArgs),
+    /// Send a selection of dead letters through processing again, after fixing their cause.
+    #[command(long_about = REDRIVE_ABOUT)]
+    Redrive(RedriveArgs),
+}
+
+/// Which dead letters.
+#[derive(Debug, Clone, Default, Args)]
+pub struct DlqFilterArgs {
+    /// Only this reason (repeatable): token_unavailable, retries_exhausted, window_closed, ...
+    #[arg(long, value_name = "REASON")]
+    pub reason: Vec<String>,
+    /// Only dead letters of this app (repeatable).
+    #[arg(long, value_name = "APP")]
+    pub app: Vec<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DlqListArgs {
+    #[command(flatten)]
+    pub range: RangeArgs,
+    #[command(flatten)]
+    pub filter: DlqFilterArgs,
+    /// Only dead letters not redriven yet.
+    #[arg(long)]
+    pub open: bool,
+    /// Only the counts by reason, no line per dead letter.
+    #[arg(long)]
+    pub counts: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DlqShowArgs {
+    /// The dead letter's place in the dead-letter topic, as `dlq list` prints it.
+    #[arg(value_name = "PARTITION:OFFSET", value_parser = parse_position)]
+    pub position: (i32, i64),
+}
 
 /// How many dead letters `list` looks up in Redis at once.
 const CHUNK: usize = 500;
@@ -33,7 +87,7 @@ pub struct Entry {
 
 impl Entry {
     /// `None` when the value is not a dead-letter record this build can read.
-    pub fn parse(raw: &RawRecord) -> Option<Entry> {
+    pub fn parse(raw: &KafkaRecord) -> Option<Entry> {
         let record: DeadLetterRecord = serde_json::from_slice(&raw.value).ok()?;
         let original = record.original().ok()?;
         let envelope = Envelope::from_bytes(&original).ok().map(|e| e.v1().clone());
@@ -306,4 +360,13 @@ fn truncate(s: &str, max: usize) -> String {
         Some((i, _)) => format!("{}…", &s[..i]),
         None => s.to_owned(),
     }
+}
+
+fn parse_position(s: &str) -> Result<(i32, i64), String> {
+    let (p, o) = s
+        .split_once(':')
+        .ok_or_else(|| format!("`{s}` is not PARTITION:OFFSET"))?;
+    let p = p.parse().map_err(|_| format!("bad partition `{p}`"))?;
+    let o = o.parse().map_err(|_| format!("bad offset `{o}`"))?;
+    Ok((p, o))
 }

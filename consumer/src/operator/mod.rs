@@ -1,12 +1,16 @@
-//! Operator commands: `consumer replay` and `consumer dlq list|show|redrive`.
+//! The operator's tools: every `consumer` subcommand but `run` — `setup`, `explain`, `replay`
+//! and `dlq list|show|redrive`. The runtime (the group loop and everything it calls) lives
+//! outside this folder and never depends on it; the tools are built on the runtime's parts, so
+//! what they do is what the live consumer does: [`crate::processor::Processor::process`] and the
+//! rules for every record, the send ledger for at-most-once replies, the dead-letter record
+//! format ([`crate::dead_letter`]) and writer, the group's per-user
+//! [`crate::pipeline::dispatch`] for concurrency.
 //!
-//! They are built from the consumer's own parts, so what they do is what the live consumer does:
-//! [`crate::processor::Processor::process`] and the rules for every record, the send ledger for
-//! at-most-once replies, the dead-letter record format ([`crate::dead_letter`]) and writer,
-//! `consumer explain`'s printer for dry runs, the group's per-user [`crate::pipeline::dispatch`]
-//! for concurrency.
+//! Adding a command: a module here with its arguments (a clap `Args` struct) and its `run`, a
+//! variant of [`Command`] and its arm in [`Command::run`]. Arguments several commands share are
+//! in [`args`]; `replay` and `dlq redrive` share their skeleton in [`rerun`].
 //!
-//! Two promises hold for all of them:
+//! Two promises hold for every command that reads a topic:
 //! - **The live consumer group is not disturbed.** They read with `assign` and a throwaway group
 //!   id, never subscribe and never commit ([`range`]).
 //! - **No reply goes out twice.** Every reply passes the send ledger, whatever is re-driven and
@@ -17,25 +21,80 @@
 
 pub mod args;
 pub mod dlq;
-pub mod engine;
-pub mod marks;
+pub mod explain;
+pub(crate) mod marks;
 pub mod range;
 pub mod redrive;
 pub mod replay;
+pub(crate) mod rerun;
+pub mod setup;
 pub mod summary;
 pub mod timespec;
 
 use std::io::Write;
 
+use clap::Subcommand;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::store::Store;
-use args::{DlqArgs, DlqCommand, ReplayArgs};
+use dlq::{DlqArgs, DlqCommand};
+use explain::ExplainArgs;
+use replay::{ReplayArgs, REPLAY_ABOUT};
+
+/// The operator commands (flattened into `consumer`'s own subcommands by [`crate::cli`]).
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the inbound, dead-letter and hand-off topics (idempotent).
+    Setup,
+    /// Dry run: show which rules match recorded records and the requests they would make.
+    Explain(ExplainArgs),
+    /// Re-drive inbound records from Kafka (by time or offsets, filtered) through the current
+    /// rules; --dry-run to only show what would be sent.
+    #[command(long_about = REPLAY_ABOUT)]
+    Replay(ReplayArgs),
+    /// Inspect the dead-letter topic and redrive dead letters once their cause is fixed.
+    Dlq(DlqArgs),
+}
+
+impl Command {
+    /// Whether the command's report is stdout, so logs must go to stderr and stay quiet.
+    pub fn reports_on_stdout(&self) -> bool {
+        matches!(self, Command::Replay(_) | Command::Dlq(_))
+    }
+
+    /// Runs the command to its process exit code: 0 done, 1 records left unfinished (a re-drive
+    /// cut short; running it again is safe), 2 for a usage or configuration error.
+    pub async fn run(self, settings: &Settings) -> anyhow::Result<i32> {
+        let mut out = std::io::stdout();
+        match self {
+            Command::Setup => {
+                for (topic, status) in setup::create_topics(&settings.kafka).await? {
+                    println!("{topic}: {status:?}");
+                }
+                Ok(0)
+            }
+            Command::Explain(args) => explain::command(settings, &args),
+            Command::Replay(args) => {
+                let summary = replay::run(settings, &args, &mut out, interruptible()).await?;
+                Ok(i32::from(summary.unfinished > 0))
+            }
+            Command::Dlq(args) => match &args.command {
+                DlqCommand::List(list) => dlq::list(settings, list, &mut out).await.map(|_| 0),
+                DlqCommand::Show(show) => dlq::show(settings, show, &mut out).await.map(|_| 0),
+                DlqCommand::Redrive(redrive) => {
+                    let summary =
+                        redrive::run(settings, redrive, &mut out, interruptible()).await?;
+                    Ok(i32::from(summary.unfinished > 0))
+                }
+            },
+        }
+    }
+}
 
 /// A librdkafka group id for a reader that never joins or commits (see [`range`]); unique per
 /// run, so it can never share anything with the live group or another run.
-pub fn throwaway_group(settings: &Settings, purpose: &str) -> String {
+pub(crate) fn throwaway_group(settings: &Settings, purpose: &str) -> String {
     format!(
         "{}-{purpose}-{}",
         settings.kafka.group_id,
@@ -45,7 +104,7 @@ pub fn throwaway_group(settings: &Settings, purpose: &str) -> String {
 
 /// Redis, if it answers. Read-only commands (dry runs, `dlq list/show`) use it to say more and
 /// work without it: a Redis outage is when one most needs to look.
-pub async fn optional_store(
+pub(crate) async fn optional_store(
     settings: &Settings,
     missing: &str,
     out: &mut dyn Write,
@@ -62,7 +121,7 @@ pub async fn optional_store(
 
 /// A token cancelled by Ctrl-C or SIGTERM: the run stops taking records, lets the running ones
 /// finish, and prints its summary.
-pub fn interruptible() -> CancellationToken {
+fn interruptible() -> CancellationToken {
     let token = CancellationToken::new();
     let cancel = token.clone();
     tokio::spawn(async move {
@@ -82,24 +141,4 @@ pub fn interruptible() -> CancellationToken {
         cancel.cancel();
     });
     token
-}
-
-/// `consumer replay` from `main`: the process exit code (0 done, 1 records left unfinished).
-pub async fn replay_command(settings: &Settings, args: &ReplayArgs) -> anyhow::Result<i32> {
-    let mut out = std::io::stdout();
-    let summary = replay::run(settings, args, &mut out, interruptible()).await?;
-    Ok(i32::from(summary.unfinished > 0))
-}
-
-/// `consumer dlq …` from `main`: the process exit code.
-pub async fn dlq_command(settings: &Settings, args: &DlqArgs) -> anyhow::Result<i32> {
-    let mut out = std::io::stdout();
-    match &args.command {
-        DlqCommand::List(list) => dlq::list(settings, list, &mut out).await.map(|_| 0),
-        DlqCommand::Show(show) => dlq::show(settings, show, &mut out).await.map(|_| 0),
-        DlqCommand::Redrive(redrive) => {
-            let summary = redrive::run(settings, redrive, &mut out, interruptible()).await?;
-            Ok(i32::from(summary.unfinished > 0))
-        }
-    }
 }

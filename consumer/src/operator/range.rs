@@ -21,7 +21,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::config::KafkaSettings;
-use crate::dead_letter::SourceRecord;
+use crate::record::KafkaRecord;
 
 /// Bound on each metadata, watermark and time lookup.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -93,38 +93,6 @@ impl TopicRange {
             .map(|p| format!("{}:[{}, {})", p.partition, p.start, p.end))
             .collect();
         format!("{} partitions {}", self.topic, parts.join(" "))
-    }
-}
-
-/// One record read from the range, owned.
-#[derive(Debug, Clone)]
-pub struct RawRecord {
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-    pub key: Option<Vec<u8>>,
-    pub value: Vec<u8>,
-    pub timestamp_ms: Option<i64>,
-}
-
-impl RawRecord {
-    /// `topic/partition@offset`, as `consumer explain` labels records.
-    pub fn label(&self) -> String {
-        format!("{}/{}@{}", self.topic, self.partition, self.offset)
-    }
-
-    /// Where the record was read, as a dead letter names it.
-    pub fn source(&self) -> SourceRecord {
-        SourceRecord {
-            topic: self.topic.clone(),
-            partition: self.partition,
-            offset: self.offset,
-            key: self
-                .key
-                .as_deref()
-                .map(|k| String::from_utf8_lossy(k).into_owned()),
-            timestamp_ms: self.timestamp_ms,
-        }
     }
 }
 
@@ -288,7 +256,7 @@ impl RangeReader {
     pub async fn next_or_cancelled(
         &mut self,
         cancel: &tokio_util::sync::CancellationToken,
-    ) -> anyhow::Result<Option<RawRecord>> {
+    ) -> anyhow::Result<Option<KafkaRecord>> {
         tokio::select! {
             biased;
             _ = cancel.cancelled() => Ok(None),
@@ -297,7 +265,7 @@ impl RangeReader {
     }
 
     /// The next record of the range; `None` once every partition reached its end.
-    pub async fn next(&mut self) -> anyhow::Result<Option<RawRecord>> {
+    pub async fn next(&mut self) -> anyhow::Result<Option<KafkaRecord>> {
         loop {
             if self.open.is_empty() {
                 return Ok(None);
@@ -328,14 +296,7 @@ impl RangeReader {
                 self.finish(p);
                 continue;
             }
-            let record = RawRecord {
-                topic: message.topic().to_owned(),
-                partition: p,
-                offset,
-                key: message.key().map(<[u8]>::to_vec),
-                value: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-                timestamp_ms: message.timestamp().to_millis(),
-            };
+            let record = KafkaRecord::from_message(&message);
             drop(message);
             if offset + 1 >= end {
                 self.finish(p);

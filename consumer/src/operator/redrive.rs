@@ -20,24 +20,60 @@
 use std::io::Write;
 use std::sync::Arc;
 
+use clap::Args;
+
 use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 
-use super::args::RedriveArgs;
-use super::dlq::Entry;
-use super::engine::{run_live, tally, Driver, Handle, Job, Select};
+use super::args::{RangeArgs, RunArgs};
+use super::dlq::{DlqFilterArgs, Entry};
 use super::marks::{describe, Marks};
-use super::range::{self, RangeReader, RawRecord};
-use super::replay::{check_ledger, count_plan};
-use super::summary::{Progress, Summary, Tally};
+use super::rerun::{tally, Driver, Handle, Job, Preview, Rerun, Select};
+use super::summary::{Summary, Tally};
+use crate::clock::now_ms;
 use crate::config::Settings;
 use crate::dead_letter::{DeadLetterWriter, Position, Reason, Redrive};
-use crate::explain::Explainer;
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::processor::Outcome;
-use crate::startup::{rules_context, Services};
-use crate::store::now_ms;
+use crate::record::KafkaRecord;
+use crate::startup::Services;
+
+#[derive(Debug, Clone, Args)]
+pub struct RedriveArgs {
+    #[command(flatten)]
+    pub range: RangeArgs,
+    #[command(flatten)]
+    pub filter: DlqFilterArgs,
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Also redrive `ambiguous` dead letters: replies whose send timed out or was interrupted,
+    /// which WeChat may or may not have delivered. Their ledger entry is cleared and the reply
+    /// sent again, so a user who did receive it gets it TWICE. Check first (e.g. with the
+    /// business, or WeChat's message log) that they did not arrive.
+    #[arg(long)]
+    pub include_ambiguous: bool,
+}
+
+/// The long help of `consumer dlq redrive`.
+pub const REDRIVE_ABOUT: &str = "\
+Send a selection of dead letters through processing again, after fixing their cause (a rotated \
+AppSecret, an API outage, a rules file, a missing app).
+
+Each selected dead letter's original record runs through the current rules exactly as the live \
+consumer would run it. Replies already delivered are never sent again: the send ledger answers \
+`already sent` for them. A record that succeeds is replied; one that fails again is written back \
+to the dead-letter topic with its new reason, a redrive count and a pointer to the dead letter it \
+replaces. Nothing is lost either way.
+
+What was redriven is remembered per dead letter in Redis (`{prefix}redrive:{topic}:{partition}:\
+{offset}`, kept 30 days), written once the outcome is final. Running the same redrive twice skips \
+what the first run finished and picks up what it did not; the newer dead letters a redrive \
+writes are picked up by the next one. The ledger is the guarantee against double replies; the \
+marks save the work and keep failures from being dead-lettered twice.
+
+`ambiguous` dead letters (the send timed out; the user may have the reply) are held back unless \
+--include-ambiguous is given.";
 
 const AMBIGUOUS: &str = "ambiguous";
 
@@ -62,86 +98,57 @@ pub async fn run(
              add --include-ambiguous to do it anyway"
         );
     }
-    let mut settings = settings.clone();
-    if let Some(rules) = &args.run.rules {
-        settings.rules.path = rules.clone();
-    }
-    let group = super::throwaway_group(&settings, "redrive");
     let topic = settings.kafka.dead_letter_topic.clone();
-    let spec = args.range.spec(now_ms());
-    let range = range::resolve(&settings.kafka, &group, &topic, &spec).await?;
-    writeln!(
+    let mut rerun = Rerun::open(
+        settings,
+        "redrive",
+        &topic,
+        "dead letters",
+        &args.range,
+        &args.run,
         out,
-        "redrive{} of {} ({} dead letters)",
-        if args.run.dry_run { " (dry run)" } else { "" },
-        range.describe(),
-        range.len()
-    )?;
+    )
+    .await?;
     let metrics = Metrics::unregistered();
     // Live or not, the marks say what was redriven before, so Redis is needed either way.
-    let services = Services::build(&settings, &metrics).await?;
+    let services = Services::build(&rerun.settings, &metrics).await?;
     let marks = Marks::new(services.store.clone(), &topic);
-    let mut summary = Summary {
-        group: group.clone(),
-        ..Summary::default()
-    };
-    let mut progress = Progress::new("redrive", range.len(), args.run.progress);
-    let mut reader = RangeReader::open(&settings.kafka, &group, &range)?;
     if args.run.dry_run {
-        dry_run(
-            &settings,
-            args,
-            &marks,
-            &services.processor.actions.ledger,
-            &mut reader,
-            &mut summary,
-            &mut progress,
-            out,
-            &cancel,
-        )
-        .await?;
-        summary.print_dry_run("redrive", out)?;
-        return Ok(summary);
+        let ledger = services.processor.actions.ledger.clone();
+        let result = dry_run(args, &marks, ledger, &mut rerun, out, &cancel).await;
+        return rerun.finish(result, out);
     }
-    let driver = Arc::new(Driver::new(&settings, services.processor));
-    let writer = DeadLetterWriter {
-        group: format!("{}-redrive", settings.kafka.group_id),
-        ..services.dead_letters
-    };
+    let driver = Arc::new(Driver::new(&rerun.settings, services.processor));
+    let writer = rerun.dead_letter_writer(services.dead_letters);
     let include_ambiguous = args.include_ambiguous;
     let handle: Handle<Entry> = Arc::new(move |entry: Entry, stop| {
         let (driver, marks, writer) = (Arc::clone(&driver), marks.clone(), writer.clone());
         async move { redrive(&driver, &marks, &writer, include_ambiguous, entry, &stop).await }
             .boxed()
     });
-    let mut choose = |raw: RawRecord, summary: &mut Summary| {
+    let mut choose = |raw: KafkaRecord, summary: &mut Summary| {
         select(args, &raw, summary).map(|entry| Job {
-            key: raw.key.clone().unwrap_or_default(),
+            key: raw.ordering_key(),
             label: format!("dlq {}", entry.position()),
             item: entry,
         })
     };
     let select_fn: &mut Select<'_, Entry> = &mut choose;
-    let result = run_live(
-        &mut reader,
-        select_fn,
-        handle,
-        args.run.concurrency,
-        &mut summary,
-        &mut progress,
-        out,
-        &cancel,
-    )
-    .await;
-    summary.take_sends(&metrics);
-    // What was done is reported even when reading stopped early (Kafka gone).
-    summary.print_live("redrive", out)?;
-    result?;
-    Ok(summary)
+    let result = rerun
+        .live(
+            select_fn,
+            handle,
+            args.run.concurrency,
+            &metrics,
+            out,
+            &cancel,
+        )
+        .await;
+    rerun.finish(result, out)
 }
 
 /// The dead letter in `raw` if the filters select it; counts what it leaves out.
-fn select(args: &RedriveArgs, raw: &RawRecord, summary: &mut Summary) -> Option<Entry> {
+fn select(args: &RedriveArgs, raw: &KafkaRecord, summary: &mut Summary) -> Option<Entry> {
     let Some(entry) = Entry::parse(raw) else {
         summary.unreadable += 1;
         return None;
@@ -244,34 +251,25 @@ async fn redrive(
     (tally, line)
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn dry_run(
-    settings: &Settings,
     args: &RedriveArgs,
     marks: &Marks,
-    ledger: &Ledger,
-    reader: &mut RangeReader,
-    summary: &mut Summary,
-    progress: &mut Progress,
+    ledger: Ledger,
+    rerun: &mut Rerun,
     out: &mut dyn Write,
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let rules = crate::rules::load_file(&settings.rules.path, &rules_context(settings))?;
-    let explainer = Explainer::new(settings, &rules)?;
-    summary.replies_in_ledger = Some(0);
-    loop {
-        progress.tick(summary);
-        let Some(raw) = reader.next_or_cancelled(cancel).await? else {
-            break;
-        };
-        summary.read += 1;
-        let Some(entry) = select(args, &raw, summary) else {
+    let settings = rerun.settings.clone();
+    let rules = rerun.rules()?;
+    let preview = Preview::new(&settings, &rules, Some(ledger), &mut rerun.summary)?;
+    while let Some(raw) = rerun.next(cancel).await? {
+        let Some(entry) = select(args, &raw, &mut rerun.summary) else {
             continue;
         };
-        summary.selected += 1;
+        rerun.summary.selected += 1;
         let r = &entry.record;
         if let Some(mark) = marks.status(&[(entry.partition, entry.offset)]).await?[0].take() {
-            summary.add(&Tally::AlreadyRedriven);
+            rerun.summary.add(&Tally::AlreadyRedriven);
             writeln!(
                 out,
                 "== dlq {}: {}",
@@ -289,9 +287,9 @@ async fn dry_run(
         )?;
         let s = &r.source;
         let label = format!("{}/{}@{}", s.topic, s.partition, s.offset);
-        explainer.record(&label, &entry.original, out)?;
-        let keys = count_plan(settings, &rules, &entry.original, summary);
-        check_ledger(Some(ledger), &keys, summary, out).await?;
+        preview
+            .show(&label, &entry.original, &mut rerun.summary, out)
+            .await?;
     }
     Ok(())
 }

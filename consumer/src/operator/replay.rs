@@ -19,24 +19,63 @@
 use std::io::Write;
 use std::sync::Arc;
 
+use clap::{ArgGroup, Args};
+
 use common::envelope::Envelope;
 use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 
-use super::args::ReplayArgs;
-use super::engine::{poison, run_live, tally, Driver, Handle, Job, Select};
-use super::range::{self, RangeReader, RawRecord};
-use super::summary::{Progress, Summary, Tally};
-use crate::actions::{plan, Step};
+use super::args::{FilterArgs, RangeArgs, RunArgs};
+use super::rerun::{tally, Driver, Handle, Job, Preview, Rerun, Select};
+use super::summary::{Summary, Tally};
+use crate::clock::now_ms;
 use crate::config::Settings;
-use crate::dead_letter::DeadLetterWriter;
-use crate::explain::Explainer;
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::processor::Outcome;
-use crate::rules::RuleSet;
-use crate::startup::{rules_context, Services};
-use crate::store::now_ms;
+use crate::record::KafkaRecord;
+use crate::startup::Services;
+
+/// `consumer replay`.
+#[derive(Debug, Clone, Args)]
+#[command(group(ArgGroup::new("start").required(true).args(["since", "from_offset"])))]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub range: RangeArgs,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Count the replay's dead letters in the summary without writing them to the dead-letter
+    /// topic (for old traffic, where most replies meet a closed window).
+    #[arg(long)]
+    pub no_dead_letters: bool,
+}
+
+/// The long help of `consumer replay`.
+pub const REPLAY_ABOUT: &str = "\
+Re-drive inbound records from Kafka through the current rules: by time (--since/--until) or by \
+offsets (--partition, --from-offset, --to-offset), filtered by app, openid, message type and \
+event. For records handled wrongly or not at all: a rules file that missed them, an app that was \
+not configured yet, an outage.
+
+--dry-run prints every selected record's decision and the exact requests it would make (method, \
+URL, JSON body), as `consumer explain` does, and sends, publishes and writes nothing.
+
+Live, every record runs through the same processing as the live consumer. Replies already sent \
+are never sent again (the send ledger answers `already sent`), so replaying answered records is \
+harmless. The reply window still applies: WeChat accepts replies only within 48 h of the user's \
+last message, so replaying older records mostly ends in `window_closed` dead letters, which is \
+correct (the summary counts them). Dead letters are written to the dead-letter topic unless \
+--no-dead-letters. Typing indicators are not sent by replays.
+
+The live consumer group is not disturbed: the replay reads with its own throwaway group id, by \
+assignment (no group membership, no rebalance) and never commits an offset.
+
+Progress goes to stderr; the summary (records read, selected, replied, already sent, skipped, \
+dead-lettered by reason, not finished) to stdout. Exit code 1 if records were left unfinished \
+(a transient failure such as Redis being down, or Ctrl-C); running the same command again is \
+safe.";
 
 /// Replays the records `args` selects, writing decisions or outcomes and the summary to `out`.
 pub async fn run(
@@ -45,64 +84,27 @@ pub async fn run(
     out: &mut (dyn Write + Send),
     cancel: CancellationToken,
 ) -> anyhow::Result<Summary> {
-    let mut settings = settings.clone();
-    if let Some(rules) = &args.run.rules {
-        settings.rules.path = rules.clone();
-    }
-    let group = super::throwaway_group(&settings, "replay");
-    let now = now_ms();
-    let range = range::resolve(
-        &settings.kafka,
-        &group,
-        &settings.kafka.inbound_topic,
-        &args.range.spec(now),
+    let topic = settings.kafka.inbound_topic.clone();
+    let mut rerun = Rerun::open(
+        settings,
+        "replay",
+        &topic,
+        "records",
+        &args.range,
+        &args.run,
+        out,
     )
     .await?;
-    writeln!(
-        out,
-        "replay{} of {} ({} records)",
-        if args.run.dry_run { " (dry run)" } else { "" },
-        range.describe(),
-        range.len()
-    )?;
-    let mut summary = Summary {
-        group: group.clone(),
-        ..Summary::default()
-    };
-    let mut progress = Progress::new("replay", range.len(), args.run.progress);
-    let mut reader = RangeReader::open(&settings.kafka, &group, &range)?;
-    if args.run.dry_run {
-        dry_run(
-            &settings,
-            args,
-            &mut reader,
-            &mut summary,
-            &mut progress,
-            out,
-            &cancel,
-        )
-        .await?;
-        summary.print_dry_run("replay", out)?;
+    let result = if args.run.dry_run {
+        dry_run(args, &mut rerun, out, &cancel).await
     } else {
-        let result = live(
-            &settings,
-            args,
-            &mut reader,
-            &mut summary,
-            &mut progress,
-            out,
-            &cancel,
-        )
-        .await;
-        // What was done is reported even when reading stopped early (Kafka gone).
-        summary.print_live("replay", out)?;
-        result?;
-    }
-    Ok(summary)
+        live(args, &mut rerun, out, &cancel).await
+    };
+    rerun.finish(result, out)
 }
 
 /// The envelope of `record` if it passes the filters; counts what it leaves out.
-fn select(args: &ReplayArgs, record: &RawRecord, summary: &mut Summary, now: i64) -> bool {
+fn select(args: &ReplayArgs, record: &KafkaRecord, summary: &mut Summary, now: i64) -> bool {
     let Ok(envelope) = Envelope::from_bytes(&record.value) else {
         summary.unreadable += 1;
         return false;
@@ -116,124 +118,42 @@ fn select(args: &ReplayArgs, record: &RawRecord, summary: &mut Summary, now: i64
 }
 
 async fn dry_run(
-    settings: &Settings,
     args: &ReplayArgs,
-    reader: &mut RangeReader,
-    summary: &mut Summary,
-    progress: &mut Progress,
+    rerun: &mut Rerun,
     out: &mut dyn Write,
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let rules = crate::rules::load_file(&settings.rules.path, &rules_context(settings))?;
-    let explainer = Explainer::new(settings, &rules)?;
-    let ledger = super::optional_store(settings, "the send ledger is not consulted", out)
+    let settings = rerun.settings.clone();
+    let rules = rerun.rules()?;
+    let ledger = super::optional_store(&settings, "the send ledger is not consulted", out)
         .await
         .map(|store| Ledger::new(store, &settings.ledger));
-    summary.replies_in_ledger = ledger.as_ref().map(|_| 0);
+    let preview = Preview::new(&settings, &rules, ledger, &mut rerun.summary)?;
     let now = now_ms();
-    loop {
-        progress.tick(summary);
-        let Some(record) = reader.next_or_cancelled(cancel).await? else {
-            break;
-        };
-        summary.read += 1;
-        if !select(args, &record, summary, now) {
+    while let Some(record) = rerun.next(cancel).await? {
+        if !select(args, &record, &mut rerun.summary, now) {
             continue;
         }
-        summary.selected += 1;
-        explainer.record(&record.label(), &record.value, out)?;
-        let keys = count_plan(settings, &rules, &record.value, summary);
-        check_ledger(ledger.as_ref(), &keys, summary, out).await?;
+        rerun.summary.selected += 1;
+        preview
+            .show(&record.label(), &record.value, &mut rerun.summary, out)
+            .await?;
     }
     Ok(())
 }
 
-/// Counts, for a dry run, what `process` would decide before any Redis or WeChat call; returns
-/// the idempotency keys of the replies it would send.
-pub(super) fn count_plan(
-    settings: &Settings,
-    rules: &RuleSet,
-    value: &[u8],
-    summary: &mut Summary,
-) -> Vec<String> {
-    let dead_letter = |reason: &str| Tally::DeadLettered {
-        reason: reason.to_owned(),
-        written: false,
-    };
-    let envelope = match Envelope::from_bytes(value) {
-        Ok(envelope) => envelope,
-        Err(e) => {
-            summary.add(&dead_letter(poison(e).reason.kind()));
-            return Vec::new();
-        }
-    };
-    let env = envelope.v1();
-    if !settings.apps.contains_key(&env.app) {
-        summary.add(&dead_letter("unknown_app"));
-        return Vec::new();
-    }
-    let matches = rules.evaluate(env);
-    let keys: Vec<String> = plan(env, &matches)
-        .into_iter()
-        .filter(|a| matches!(a.step, Step::Send { .. }))
-        .map(|a| a.idempotency_key)
-        .collect();
-    if keys.is_empty() {
-        summary.skipped += 1;
-    } else {
-        summary.planned_replies += 1;
-        summary.replies_planned += keys.len() as u64;
-    }
-    keys
-}
-
-/// Says, for a dry run, which planned replies the send ledger already holds (read only).
-pub(super) async fn check_ledger(
-    ledger: Option<&Ledger>,
-    keys: &[String],
-    summary: &mut Summary,
-    out: &mut dyn Write,
-) -> anyhow::Result<()> {
-    let Some(ledger) = ledger else {
-        return Ok(());
-    };
-    for key in keys {
-        let state = ledger.peek(key).await?;
-        let note = match state.as_deref() {
-            None => continue,
-            Some("sent") => "sent before: will not be sent again",
-            Some("ambiguous") => {
-                "ambiguous (may have arrived): not sent; see `dlq redrive --include-ambiguous`"
-            }
-            Some(_) => "being sent right now by another process",
-        };
-        if state.as_deref() == Some("sent") {
-            summary.replies_in_ledger = summary.replies_in_ledger.map(|n| n + 1);
-        }
-        writeln!(out, "   ledger {key}: {note}")?;
-    }
-    Ok(())
-}
-
-#[allow(clippy::too_many_arguments)]
 async fn live(
-    settings: &Settings,
     args: &ReplayArgs,
-    reader: &mut RangeReader,
-    summary: &mut Summary,
-    progress: &mut Progress,
+    rerun: &mut Rerun,
     out: &mut dyn Write,
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
     let metrics = Metrics::unregistered();
-    let services = Services::build(settings, &metrics).await?;
-    let driver = Arc::new(Driver::new(settings, services.processor));
-    // Dead letters of a replay name it as their writer, so `dlq list` tells them apart.
-    let dead_letters = (!args.no_dead_letters).then(|| DeadLetterWriter {
-        group: format!("{}-replay", settings.kafka.group_id),
-        ..services.dead_letters
-    });
-    let handle: Handle<RawRecord> = Arc::new(move |record: RawRecord, stop| {
+    let services = Services::build(&rerun.settings, &metrics).await?;
+    let driver = Arc::new(Driver::new(&rerun.settings, services.processor));
+    let dead_letters =
+        (!args.no_dead_letters).then(|| rerun.dead_letter_writer(services.dead_letters));
+    let handle: Handle<KafkaRecord> = Arc::new(move |record: KafkaRecord, stop| {
         let (driver, dead_letters) = (Arc::clone(&driver), dead_letters.clone());
         async move {
             let outcome = match driver.drive(&record.value, &stop).await {
@@ -246,7 +166,7 @@ async fn live(
             let (mut tally, mut line) = tally(&outcome);
             if let (Outcome::DeadLettered(letter), Some(writer)) = (&outcome, &dead_letters) {
                 match writer
-                    .write_at(letter, record.source(), &record.value, None)
+                    .write_at(letter, (&record).into(), &record.value, None)
                     .await
                 {
                     Ok((p, o)) => {
@@ -267,25 +187,22 @@ async fn live(
         .boxed()
     });
     let now = now_ms();
-    let mut choose = |record: RawRecord, summary: &mut Summary| {
+    let mut choose = |record: KafkaRecord, summary: &mut Summary| {
         select(args, &record, summary, now).then(|| Job {
-            key: record.key.clone().unwrap_or_default(),
+            key: record.ordering_key(),
             label: record.label(),
             item: record,
         })
     };
-    let select_fn: &mut Select<'_, RawRecord> = &mut choose;
-    let result = run_live(
-        reader,
-        select_fn,
-        handle,
-        args.run.concurrency,
-        summary,
-        progress,
-        out,
-        cancel,
-    )
-    .await;
-    summary.take_sends(&metrics);
-    result
+    let select_fn: &mut Select<'_, KafkaRecord> = &mut choose;
+    rerun
+        .live(
+            select_fn,
+            handle,
+            args.run.concurrency,
+            &metrics,
+            out,
+            cancel,
+        )
+        .await
 }

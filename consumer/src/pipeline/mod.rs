@@ -1,6 +1,6 @@
 //! The Kafka side: the consumer-group loop that feeds [`Processor::process`] and stores offsets.
 //!
-//! Offset discipline (invariant 6): `enable.auto.offset.store=false` and `enable.auto.commit=false`;
+//! Offset discipline (`docs/architecture.md`, promise 6): `enable.auto.offset.store=false` and `enable.auto.commit=false`;
 //! this loop commits the offsets it stored every `commit_interval`, and nothing else ever commits
 //! (a process that dies commits nothing more). A record's offset is stored when its outcome
 //! is final (replied, skipped, or dead-lettered *and* the dead letter acknowledged), and only up
@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::envelope::{Envelope, EnvelopeError};
+use common::envelope::Envelope;
 use futures::FutureExt;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message as _};
@@ -39,40 +39,22 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::actions::calls::exponential_jitter;
+use crate::backoff::exponential_jitter;
 use crate::config::Settings;
-use crate::dead_letter::{DeadLetter, DeadLetterWriter, Reason, SourceRecord};
+use crate::dead_letter::{DeadLetter, DeadLetterWriter};
+use crate::error::ProcessError;
 use crate::metrics::Metrics;
-use crate::processor::{Outcome, ProcessError, Processor};
+use crate::processor::{Outcome, Processor};
+use crate::record::KafkaRecord;
 use context::PipelineContext;
 use dispatch::Dispatcher;
 use offsets::OffsetTracker;
 
-/// One received record, owned.
+/// A received record and the assignment generation it was received in (see [`offsets`]).
 #[derive(Debug, Clone)]
-pub struct InboundRecord {
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-    pub key: Option<Vec<u8>>,
-    pub value: Option<Vec<u8>>,
-    pub timestamp_ms: Option<i64>,
+struct Tracked {
+    record: KafkaRecord,
     generation: u64,
-}
-
-impl InboundRecord {
-    fn source(&self) -> SourceRecord {
-        SourceRecord {
-            topic: self.topic.clone(),
-            partition: self.partition,
-            offset: self.offset,
-            key: self
-                .key
-                .as_deref()
-                .map(|k| String::from_utf8_lossy(k).into_owned()),
-            timestamp_ms: self.timestamp_ms,
-        }
-    }
 }
 
 /// The librdkafka settings of the group consumer.
@@ -182,7 +164,7 @@ impl Pipeline {
             self.max_keys,
             self.max_buffered,
             shared.metrics.in_flight_keys.clone(),
-            move |record: InboundRecord| {
+            move |record: Tracked| {
                 let shared = Arc::clone(&handler_shared);
                 async move { shared.handle(record).await }.boxed()
             },
@@ -236,7 +218,7 @@ impl std::fmt::Debug for Shared {
 
 /// What the main loop does after [`Shared::receive`].
 enum Next {
-    Record(InboundRecord),
+    Record(Tracked),
     /// A commit tick or a consumer error: receive again.
     Again,
     Stop,
@@ -274,17 +256,12 @@ impl Shared {
     }
 
     /// Registers a received message with the offset tracker and owns it.
-    fn take(&self, message: &BorrowedMessage<'_>) -> InboundRecord {
+    fn take(&self, message: &BorrowedMessage<'_>) -> Tracked {
         let generation = self
             .tracker
             .begin(message.topic(), message.partition(), message.offset());
-        InboundRecord {
-            topic: message.topic().to_owned(),
-            partition: message.partition(),
-            offset: message.offset(),
-            key: message.key().map(<[u8]>::to_vec),
-            value: message.payload().map(<[u8]>::to_vec),
-            timestamp_ms: message.timestamp().to_millis(),
+        Tracked {
+            record: KafkaRecord::from_message(message),
             generation,
         }
     }
@@ -298,13 +275,12 @@ impl Shared {
     /// partitions resume once the record is taken. False when shutdown cut the wait short.
     async fn hand_over(
         &self,
-        dispatcher: &Dispatcher<InboundRecord>,
-        record: InboundRecord,
-        backlog: &mut VecDeque<InboundRecord>,
+        dispatcher: &Dispatcher<Tracked>,
+        record: Tracked,
+        backlog: &mut VecDeque<Tracked>,
         commit_ticker: &mut tokio::time::Interval,
     ) -> bool {
-        let key = record.key.clone().unwrap_or_default();
-        let dispatch = dispatcher.dispatch(key, record);
+        let dispatch = dispatcher.dispatch(record.record.ordering_key(), record);
         tokio::pin!(dispatch);
         let pause_at = tokio::time::sleep(PAUSE_AFTER);
         tokio::pin!(pause_at);
@@ -370,7 +346,8 @@ impl Shared {
     }
 
     /// Takes one record to a final outcome (retrying transient failures), then stores its offset.
-    async fn handle(&self, record: InboundRecord) {
+    async fn handle(&self, tracked: Tracked) {
+        let Tracked { record, generation } = tracked;
         let span = tracing::info_span!(
             "record",
             partition = record.partition,
@@ -382,7 +359,7 @@ impl Shared {
                 // Revoked meanwhile: the new owner will redeliver it; do nothing twice.
                 if !self
                     .tracker
-                    .is_current(&record.topic, record.partition, record.generation)
+                    .is_current(&record.topic, record.partition, generation)
                 {
                     return;
                 }
@@ -414,7 +391,7 @@ impl Shared {
                 &record.topic,
                 record.partition,
                 record.offset,
-                record.generation,
+                generation,
                 |next| self.store(&record.topic, record.partition, next),
             );
         }
@@ -423,23 +400,20 @@ impl Shared {
     }
 
     /// Decodes and processes; dead letters are published before the outcome counts as final.
-    async fn outcome_of(&self, record: &InboundRecord) -> Result<Outcome, ProcessError> {
-        let value = record.value.as_deref().unwrap_or_default();
+    async fn outcome_of(&self, record: &KafkaRecord) -> Result<Outcome, ProcessError> {
+        let value = record.value.as_slice();
         let letter = match Envelope::from_bytes(value) {
             // Poison: retrying cannot decode it. Dead-letter with the reason and move on.
-            Err(e) => DeadLetter::record(match e {
-                EnvelopeError::UnknownVersion(v) => Reason::UnknownVersion(v),
-                EnvelopeError::Malformed(detail) => Reason::Undecodable(detail),
-            }),
+            Err(e) => DeadLetter::poison(e),
             Ok(envelope) => match self.processor.process(envelope.v1()).await? {
                 Outcome::DeadLettered(letter) => letter,
                 other => return Ok(other),
             },
         };
         self.dead_letters
-            .write(&letter, record.source(), value)
+            .write(&letter, record.into(), value)
             .await
-            .map_err(|e| ProcessError::Sink(e.to_string()))?;
+            .map_err(ProcessError::DeadLetter)?;
         self.metrics
             .dead_letters
             .with_label_values(&[letter.reason.kind()])

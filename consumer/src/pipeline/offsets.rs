@@ -109,11 +109,6 @@ impl OffsetTracker {
             store(next);
         }
     }
-
-    /// Records received and not finished, across partitions.
-    pub fn in_flight(&self) -> usize {
-        self.lock().values().map(|s| s.in_flight.len()).sum()
-    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
-//! Compiling the parsed rules file ([`super::file`]) into a [`RuleSet`]: the semantic checks
-//! (regexes, placeholders, time windows, apps, media files, action combinations), each error at
-//! the offending value's line and column, or at the rule's `name`.
+//! Reading the rules file into its model ([`super::file`]) and compiling that into a
+//! [`RuleSet`]: the semantic checks (regexes, placeholders, time windows, apps, media files,
+//! action combinations), each error at the offending value's line and column, or at the rule's
+//! `name`. [`load_file`] and [`parse_rules`] are the entry points.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -12,15 +13,40 @@ use super::file::{ActionDef, FileDef, OneOrMany, RulesContext, RulesError, WhenD
 use super::template::{Template, MESSAGE_FIELDS};
 use super::{Action, ForwardTarget, MediaSource, Rule, RuleSet, DEFAULT_RULE};
 
-pub(super) struct Compiler<'a> {
-    pub(super) source: &'a str,
-    pub(super) path: &'a Path,
-    pub(super) base_dir: &'a Path,
-    pub(super) ctx: &'a RulesContext,
+/// Reads and compiles the rules file at `path`.
+pub fn load_file(path: &Path, ctx: &RulesContext) -> Result<RuleSet, RulesError> {
+    let source = std::fs::read_to_string(path).map_err(|e| RulesError {
+        path: path.display().to_string(),
+        position: None,
+        message: format!("cannot read the rules file: {e}"),
+    })?;
+    parse_rules(&source, path, ctx)
+}
+
+/// Compiles rules from `source`; `path` names the file in errors and anchors relative image paths.
+pub fn parse_rules(source: &str, path: &Path, ctx: &RulesContext) -> Result<RuleSet, RulesError> {
+    let compiler = Compiler {
+        source,
+        path,
+        base_dir: path.parent().unwrap_or(Path::new(".")),
+        ctx,
+    };
+    let def: FileDef = toml::from_str(source).map_err(|e| {
+        let at = e.span().map(|s| s.start);
+        compiler.error(at, e.message().to_owned())
+    })?;
+    compiler.compile(def)
+}
+
+struct Compiler<'a> {
+    source: &'a str,
+    path: &'a Path,
+    base_dir: &'a Path,
+    ctx: &'a RulesContext,
 }
 
 impl Compiler<'_> {
-    pub(super) fn error(&self, offset: Option<usize>, message: String) -> RulesError {
+    fn error(&self, offset: Option<usize>, message: String) -> RulesError {
         let position = offset.map(|offset| {
             let before = &self.source[..offset.min(self.source.len())];
             let line = before.matches('\n').count() + 1;
@@ -34,7 +60,7 @@ impl Compiler<'_> {
         }
     }
 
-    pub(super) fn compile(&self, def: FileDef) -> Result<RuleSet, RulesError> {
+    fn compile(&self, def: FileDef) -> Result<RuleSet, RulesError> {
         let utc_offset_secs = match &def.utc_offset {
             Some(offset) => parse_utc_offset(offset.get_ref())
                 .map_err(|m| self.error(Some(offset.span().start), m))?,

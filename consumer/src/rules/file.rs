@@ -2,18 +2,18 @@
 //! (`config/rules.toml:12:5: unknown field `kewyord`...`).
 //!
 //! Syntax and shape errors (unknown keys, wrong types, unknown action types) come from the TOML
-//! parser with the exact span; the semantic checks live in `compile`, which reports at the
-//! offending value when it carries a span and otherwise at the rule's `name`, naming the action
-//! by its position. The commented example at `config/rules.toml` documents every key.
+//! parser with the exact span; the semantic checks live in [`super::compile`], which reads the
+//! file into this model and reports at the offending value when it carries a span and otherwise
+//! at the rule's `name`, naming the action by its position. This module depends on nothing else
+//! in `rules`. The commented example at `config/rules.toml` documents every key.
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::RuleSet;
 use crate::wechat_api::TypingCommand;
 
 /// What the rules may refer to, from the service configuration.
@@ -142,29 +142,4 @@ pub(super) enum ActionDef {
         topic: Option<String>,
     },
     Drop,
-}
-
-/// Reads and compiles the rules file at `path`.
-pub fn load_file(path: &Path, ctx: &RulesContext) -> Result<RuleSet, RulesError> {
-    let source = std::fs::read_to_string(path).map_err(|e| RulesError {
-        path: path.display().to_string(),
-        position: None,
-        message: format!("cannot read the rules file: {e}"),
-    })?;
-    parse_rules(&source, path, ctx)
-}
-
-/// Compiles rules from `source`; `path` names the file in errors and anchors relative image paths.
-pub fn parse_rules(source: &str, path: &Path, ctx: &RulesContext) -> Result<RuleSet, RulesError> {
-    let compiler = super::compile::Compiler {
-        source,
-        path,
-        base_dir: path.parent().unwrap_or(Path::new(".")),
-        ctx,
-    };
-    let def: FileDef = toml::from_str(source).map_err(|e| {
-        let at = e.span().map(|s| s.start);
-        compiler.error(at, e.message().to_owned())
-    })?;
-    compiler.compile(def)
 }

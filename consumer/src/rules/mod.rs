@@ -21,8 +21,9 @@ use std::path::PathBuf;
 use common::envelope::EnvelopeV1;
 use common::message::MessageBody;
 
+pub use compile::{load_file, parse_rules};
 pub use condition::{Captures, Conditions, TimeWindow};
-pub use file::{load_file, parse_rules, RulesContext, RulesError};
+pub use file::{RulesContext, RulesError};
 pub use reload::{RulesHandle, RulesWatcher};
 pub use template::Template;
 

@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::file::{parse_rules, RulesContext, RulesError};
+use super::compile::parse_rules;
+use super::file::{RulesContext, RulesError};
 use super::RuleSet;
 use crate::metrics::Metrics;
 

@@ -1,5 +1,5 @@
-//! Request bodies of the customer-service API, exactly as WeChat expects them (reference §6.2,
-//! §6.4), and the answers it gives.
+//! Request bodies of the customer-service API, exactly as WeChat expects them
+//! (docs/wechat-protocol.md §6.2, §6.4), and the answers it gives.
 //!
 //! These types serialise to the bytes that go on the wire, so `consumer explain` prints the same
 //! JSON the live consumer sends.
@@ -86,7 +86,7 @@ pub enum TypingCommand {
 }
 
 /// Body of `cgi-bin/stable_token`. `force_refresh` is always false: a forced refresh invalidates
-/// every other holder's token at once (reference §7.3), so it is never done automatically.
+/// every other holder's token at once (docs/wechat-protocol.md §7), so it is never done automatically.
 #[derive(Serialize)]
 pub(crate) struct StableTokenRequest<'a> {
     pub grant_type: &'static str,

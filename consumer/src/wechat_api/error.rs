@@ -1,5 +1,5 @@
 //! What can go wrong with a WeChat API call, and what each failure means for the caller
-//! (reference §6.5).
+//! (docs/wechat-protocol.md §6.5).
 //!
 //! The classification is the whole retry policy in one place:
 //! - **Retryable**: WeChat said it did not do it (-1 system busy, 45011 minute quota), answered
@@ -7,7 +7,7 @@
 //! - **Token**: 40001 / 40014 / 42001. The token is stale: compare-and-expire, refresh, retry once.
 //! - **Ambiguous**: the request may have reached WeChat but no answer came back (timeout, a
 //!   connection dropped mid-request, an unreadable 200). For the send API, which is not
-//!   idempotent (§6.2), retrying could deliver the reply twice, so such a send is never retried:
+//!   idempotent (docs/wechat-protocol.md §6.2), retrying could deliver the reply twice, so such a send is never retried:
 //!   it is dead-lettered as ambiguous. Idempotent calls (typing, upload, token) treat it as
 //!   retryable.
 //! - **Final**: everything else (45015 window closed, 45047 quota used, 40003 bad openid, 45002
@@ -141,7 +141,7 @@ mod tests {
     }
 
     #[test]
-    fn classes_follow_the_reference_table() {
+    fn classes_follow_the_protocol_table() {
         for code in [40001, 40014, 42001] {
             assert_eq!(wechat(code).class(false), ErrorClass::Token, "{code}");
         }

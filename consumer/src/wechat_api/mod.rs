@@ -1,5 +1,5 @@
 //! The WeChat server API client: customer-service send, typing, temporary media upload and the
-//! two token endpoints (reference §6, §7).
+//! two token endpoints (docs/wechat-protocol.md §6, §7).
 //!
 //! A thin port: one method per call, each bounded by the configured timeout, each returning an
 //! [`ApiError`] whose [`ErrorClass`] tells the caller whether to retry, refresh the token, or

@@ -194,7 +194,7 @@ topic = "{1}"
     h.create_topics().await;
     let mut forward_settings = h.settings.kafka.clone();
     forward_settings.inbound_topic = forward_topic.clone();
-    consumer::setup::create_topics(&forward_settings)
+    consumer::operator::setup::create_topics(&forward_settings)
         .await
         .expect("forward topic");
     Mock::given(method("POST"))

@@ -1,7 +1,7 @@
 //! `consumer explain`: the matching rules and the exact requests, for a file and for a topic
 //! range — and nothing sent, nothing committed.
 
-use consumer::explain::{explain, Source};
+use consumer::operator::explain::{explain, Source};
 use consumer::rules::load_file;
 use consumer::startup::rules_context;
 use wiremock::matchers::any;

@@ -144,7 +144,7 @@ impl Harness {
     /// Creates the inbound, dead-letter and hand-off topics.
     pub async fn create_topics(&self) {
         require_kafka();
-        consumer::setup::create_topics(&self.settings.kafka)
+        consumer::operator::setup::create_topics(&self.settings.kafka)
             .await
             .expect("topics created");
     }

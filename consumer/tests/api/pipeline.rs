@@ -414,7 +414,7 @@ async fn two_processes_share_the_partitions_and_a_rebalance_sends_nothing_twice(
 async fn setup_creates_the_topics_once_and_reports_them_after() {
     let h = Harness::new(ECHO).await;
     require_kafka();
-    use consumer::setup::{create_topics, TopicStatus};
+    use consumer::operator::setup::{create_topics, TopicStatus};
     let first = create_topics(&h.settings.kafka).await.expect("created");
     assert_eq!(
         first[0],

@@ -9,8 +9,9 @@ use std::time::Duration;
 use clap::Parser;
 use consumer::cli::{Cli, Command};
 use consumer::dead_letter::DeadLetterRecord;
-use consumer::operator::args::{DlqCommand, DlqListArgs, DlqShowArgs};
+use consumer::operator::dlq::{DlqCommand, DlqListArgs, DlqShowArgs};
 use consumer::operator::summary::Summary;
+use consumer::operator::Command as Operator;
 use rdkafka::message::Message as _;
 use tokio_util::sync::CancellationToken;
 use wiremock::matchers::{body_partial_json, path};
@@ -50,7 +51,7 @@ async fn redrive(h: &Harness, args: &[&str]) -> (Summary, String) {
 fn dlq(args: &[&str]) -> DlqCommand {
     let argv = ["consumer", "dlq"].iter().chain(args);
     match Cli::try_parse_from(argv).expect("valid arguments").command {
-        Some(Command::Dlq(dlq)) => dlq.command,
+        Some(Command::Operator(Operator::Dlq(dlq))) => dlq.command,
         other => panic!("not dlq: {other:?}"),
     }
 }

@@ -7,8 +7,11 @@ use std::time::Duration;
 
 use clap::Parser;
 use consumer::cli::{Cli, Command};
-use consumer::operator::args::{DlqCommand, RedriveArgs, ReplayArgs};
+use consumer::operator::dlq::DlqCommand;
+use consumer::operator::redrive::RedriveArgs;
+use consumer::operator::replay::ReplayArgs;
 use consumer::operator::summary::Summary;
+use consumer::operator::Command as Operator;
 use tokio_util::sync::CancellationToken;
 use wiremock::matchers::any;
 use wiremock::{Mock, ResponseTemplate};
@@ -39,7 +42,7 @@ const ECHO: &str =
 pub fn replay_args(args: &[&str]) -> ReplayArgs {
     let argv = ["consumer", "replay", "--progress", "0"].iter().chain(args);
     match Cli::try_parse_from(argv).expect("valid arguments").command {
-        Some(Command::Replay(args)) => args,
+        Some(Command::Operator(Operator::Replay(args))) => args,
         other => panic!("not a replay: {other:?}"),
     }
 }
@@ -50,7 +53,7 @@ pub fn redrive_args(args: &[&str]) -> RedriveArgs {
         .iter()
         .chain(args);
     match Cli::try_parse_from(argv).expect("valid arguments").command {
-        Some(Command::Dlq(dlq)) => match dlq.command {
+        Some(Command::Operator(Operator::Dlq(dlq))) => match dlq.command {
             DlqCommand::Redrive(args) => args,
             other => panic!("not a redrive: {other:?}"),
         },

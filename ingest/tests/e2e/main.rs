@@ -9,9 +9,10 @@
 //!
 //! The scenarios stop and restart the shared Kafka and Redis (`scripts/services.sh`), so they
 //! run one at a time ([`serial`]), and every stopped service is started again by a guard even
-//! when a test fails ([`services::Outage`]). Needs the consumer binary of the same build:
-//! `cargo build --workspace --bins` first. The soak variant is `#[ignore]`d; see
-//! `ingest/src/bin/wechat-sim/README.md`.
+//! when a test fails ([`services::Outage`]). Built only with the simulator, `--features sim`;
+//! needs a consumer binary built from the current sources (`cargo build -p consumer` first —
+//! [`procs::consumer_bin`] refuses an older one). `scripts/test.sh` does both. The soak variant
+//! is `#[ignore]`d; see `ingest/src/bin/wechat-sim/README.md`.
 
 mod audit;
 mod outages;

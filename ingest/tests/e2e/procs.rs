@@ -17,16 +17,46 @@ pub fn sim_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_wechat-sim"))
 }
 
-/// The consumer binary of the same build (it is another package's, so cargo does not hand its
-/// path to this test): next to `ingest` in `target/<profile>/`.
+/// The consumer binary of the same build: next to `ingest` in `target/<profile>/`.
+///
+/// Cargo rebuilds this package's binaries (`ingest`, `wechat-sim`) before running the test, but
+/// not another package's, and it cannot be asked to from here: it holds the target directory's
+/// lock while tests run. So `scripts/test.sh` builds the consumer first, and this refuses — rather
+/// than silently testing old code — a consumer binary older than any source it is built from.
 pub fn consumer_bin() -> PathBuf {
     let path = ingest_bin().with_file_name(format!("consumer{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        path.is_file(),
-        "the consumer binary is missing at {}; build it with cargo build --workspace --bins",
-        path.display()
-    );
+    let build = "build it with `cargo build -p consumer` (scripts/test.sh does)";
+    let built = std::fs::metadata(&path)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| {
+            panic!(
+                "the consumer binary is missing at {}; {build}",
+                path.display()
+            )
+        });
+    let root = repo_root();
+    // Only sources whose change makes cargo relink the binary, so a fresh build always passes.
+    let sources = [root.join("consumer/src"), root.join("common/src")];
+    if let Some(newer) = sources.iter().find_map(|p| newer_than(p, built)) {
+        panic!(
+            "the consumer binary at {} is older than {}; {build}",
+            path.display(),
+            newer.display()
+        );
+    }
     path
+}
+
+/// A file under `path` (or `path` itself) modified after `time`.
+fn newer_than(path: &Path, time: std::time::SystemTime) -> Option<PathBuf> {
+    let meta = std::fs::metadata(path).ok()?;
+    if meta.is_file() {
+        return (meta.modified().ok()? > time).then(|| path.to_path_buf());
+    }
+    std::fs::read_dir(path)
+        .ok()?
+        .flatten()
+        .find_map(|entry| newer_than(&entry.path(), time))
 }
 
 pub fn repo_root() -> PathBuf {

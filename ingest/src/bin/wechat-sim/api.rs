@@ -1,4 +1,4 @@
-//! The API side: the WeChat server endpoints the consumer calls (reference §6, §7), with
+//! The API side: the WeChat server endpoints the consumer calls (docs/wechat-protocol.md §6, §7), with
 //! configurable latency and injected faults, recording every accepted send.
 //!
 //! Endpoints, with WeChat's JSON bodies and errcodes:

@@ -1,4 +1,4 @@
-//! Checking request bodies the way WeChat does (reference §6.2, §6.4, §6.6), with its errcodes.
+//! Checking request bodies the way WeChat does (docs/wechat-protocol.md §6.2, §6.4, §6.6), with its errcodes.
 
 use serde_json::Value;
 

@@ -1,4 +1,4 @@
-//! Access tokens as WeChat hands them out and checks them (reference §7).
+//! Access tokens as WeChat hands them out and checks them (docs/wechat-protocol.md §7).
 //!
 //! Two issuers per appid, kept apart as WeChat keeps them:
 //! - `cgi-bin/token` (classic): every fetch issues a new token; the previous one keeps working

@@ -11,9 +11,10 @@
 //! the user's window still allows it, and whether a local image is already uploaded.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use clap::Args;
 use common::envelope::{record_key, Envelope};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -25,6 +26,66 @@ use crate::actions::{plan, Step};
 use crate::config::Settings;
 use crate::rules::{ForwardTarget, RuleSet};
 use crate::wechat_api::{WechatApi, PATH_SEND, PATH_TYPING, PATH_UPLOAD};
+
+/// `consumer explain`.
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// A JSON-lines file of record values (envelopes), one per line.
+    #[arg(long, conflicts_with = "topic")]
+    pub file: Option<PathBuf>,
+    /// Read records from this topic (defaults to partition 0 from offset 0).
+    #[arg(long)]
+    pub topic: Option<String>,
+    #[arg(long, default_value_t = 0, requires = "topic")]
+    pub partition: i32,
+    /// First offset to read.
+    #[arg(long, default_value_t = 0, requires = "topic")]
+    pub from: i64,
+    /// Offset to stop before (default: the end of the partition).
+    #[arg(long, requires = "topic")]
+    pub to: Option<i64>,
+    /// A rules file other than the configured one (e.g. a candidate before deploying it).
+    #[arg(long)]
+    pub rules: Option<PathBuf>,
+}
+
+impl ExplainArgs {
+    pub fn source(&self) -> Option<Source> {
+        match (&self.file, &self.topic) {
+            (Some(file), None) => Some(Source::File(file.clone())),
+            (None, Some(topic)) => Some(Source::Topic {
+                topic: topic.clone(),
+                partition: self.partition,
+                from: self.from,
+                to: self.to,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// `consumer explain` from the command line: the explanation on stdout; exit code 2 without a
+/// source or with a rules file that does not compile.
+pub(crate) fn command(settings: &Settings, args: &ExplainArgs) -> anyhow::Result<i32> {
+    let Some(source) = args.source() else {
+        eprintln!("consumer explain: give --file PATH or --topic NAME");
+        return Ok(2);
+    };
+    let path = args
+        .rules
+        .clone()
+        .unwrap_or_else(|| settings.rules.path.clone());
+    let rules = match crate::rules::load_file(&path, &crate::startup::rules_context(settings)) {
+        Ok(rules) => rules,
+        Err(e) => {
+            eprintln!("consumer: {e}");
+            return Ok(2);
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    explain(settings, &rules, &source, &mut out)?;
+    Ok(0)
+}
 
 /// Where `explain` reads records.
 #[derive(Debug, Clone)]
