@@ -73,9 +73,10 @@ WORKDIR /app
 # Owned by root and read-only to the service user: configuration is never written at run time.
 COPY --from=builder /out/config/ /app/config/
 # "production" so that no config/*.local.toml (test values) is ever picked up by accident; an
-# environment file config/<kind>.production.toml is read if one is mounted.
-ENV APP_ENVIRONMENT=production \
-    RUST_LOG=info
+# environment file config/<kind>.production.toml is read if one is mounted. RUST_LOG is left
+# unset on purpose: each service then applies its own default filter, which is quieter than a
+# plain `info` (the consumer keeps librdkafka's messages at warn); set it at run time to debug.
+ENV APP_ENVIRONMENT=production
 # Numeric, so Kubernetes' runAsNonRoot can verify it.
 USER 10001:10001
 

@@ -9,7 +9,11 @@
 #      deploy/grafana; every object against the strict Kubernetes schemas of kubernetes-validate
 #      (several Kubernetes versions), CRD kinds (ScaledObject, ServiceMonitor, PrometheusRule)
 #      against the vendored CRDs' schemas; probes, resources, security contexts, secrets only by
-#      reference, grace periods, KEDA's ceiling = inbound partitions, TLS on the Ingress.
+#      reference, grace periods, KEDA's ceiling = inbound partitions, TLS on the Ingress; every
+#      wxkf pod under a default-deny NetworkPolicy, each service's egress open to its Kafka, Redis
+#      and DNS ports (the consumer's to HTTPS), ingress only to its own port; PDBs that evict
+#      unready pods; no RUST_LOG anywhere; `consumer setup` without apps or secrets (compose's
+#      `topics` too); the `release` label on the ServiceMonitor and the PrometheusRule.
 #   4. Prometheus: `promtool check config` and `promtool check rules`; `promtool test rules` with
 #      deploy/prometheus/alerts_test.yml; prometheusrule.yaml in sync with alerts.yml.
 #   5. The rules files in the manifests' ConfigMaps, through `consumer explain` when a built

@@ -75,6 +75,18 @@ class ServiceConfig:
         # The per-app keys are documented in a commented example table: "# [apps.shop]" followed
         # by "# key = value" lines.
         self.app_keys: set[str] = set()
+        # Optional settings without a default are documented commented out in their section
+        # ("# properties_file = ..." under [kafka]): known settings too.
+        self.commented: set[tuple[str, ...]] = set()
+        section: tuple[str, ...] = ()
+        for line in text.splitlines():
+            header = re.match(r"\[([a-z0-9_.]+)\]\s*$", line)
+            if header:
+                section = tuple(header.group(1).split("."))
+                continue
+            m = re.match(r"#\s*([a-z_]+)\s*=\s*\S", line)
+            if m and section and section[0] != "apps":
+                self.commented.add(section + (m.group(1),))
         in_example = False
         for line in text.splitlines():
             if re.match(r"#\s*\[apps\.[a-z0-9_-]+\]", line):
@@ -106,6 +118,8 @@ class ServiceConfig:
         for i, key in enumerate(path):
             if isinstance(node, dict) and key == "properties" and i == len(path) - 2:
                 return None  # librdkafka pass-through properties: free-form
+            if i == len(path) - 1 and tuple(path) in self.commented:
+                return None
             if not isinstance(node, dict) or key not in node:
                 where = ".".join(path[:i]) or "the top level"
                 return f"{name}: {self.path.name} has no key {key!r} in {where}"

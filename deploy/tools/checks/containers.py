@@ -78,6 +78,10 @@ def check_dockerfile(root: Path, hadolint: str, report: Report,
         flat = [i for stage in stage_chain(stages, "ingest") for i in stage]
         report.check(any(i.upper().startswith("RUN ") and spool_dir in i and "10001" in i for i in flat),
                      f"target ingest: creates spool.dir {spool_dir} owned by 10001")
+    # The services choose their own default log filter when RUST_LOG is unset; an image-wide
+    # RUST_LOG=info would override it for every container started from the image.
+    report.check(not any(i.upper().startswith("ENV ") and "RUST_LOG" in i for stage in stages.values() for i in stage),
+                 "no stage sets RUST_LOG (the services' own default log filters apply)")
     builder = stages.get("builder", [])
     report.check(any("cargo chef cook" in i for i in builder),
                  "builder compiles the dependencies in their own cached layer (cargo chef cook)")
@@ -160,6 +164,15 @@ def check_compose(root: Path, stages: set[str], configs: dict[str, ServiceConfig
                      f"{name}: read-only root filesystem, all capabilities dropped")
     report.check(services.get("topics", {}).get("command") == ["setup"],
                  "topics job runs `consumer setup`")
+    # `consumer setup` talks to Kafka only: no app settings, and so no AppSecret, in its environment.
+    topics_env = services.get("topics", {}).get("environment") or {}
+    app_keys = sorted(k for k in topics_env if k.startswith("CONSUMER__APPS__"))
+    report.check(not app_keys, "topics job (`consumer setup`) gets no apps and no AppSecrets"
+                 + (f" (has: {', '.join(app_keys)})" if app_keys else ""))
+    for name in ("topics", "ingest", "consumer"):
+        env = services.get(name, {}).get("environment") or {}
+        report.check(env.get("RUST_LOG") is None,
+                     f"{name}: RUST_LOG at most passed through from the shell, never given a value")
     demo = [n for n, s in services.items() if "demo" in s.get("profiles", [])]
     report.check({"wechat-sim"} <= set(demo), f"simulator only in the demo profile ({', '.join(demo)})")
 

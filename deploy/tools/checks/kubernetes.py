@@ -14,6 +14,7 @@ import kubernetes_validate
 import yaml
 
 from .common import Report, ServiceConfig, clap_subcommands, indent, parse_duration, run
+from .policies import check_policies
 
 
 
@@ -214,6 +215,14 @@ def check_rendered(root: Path, name: str, docs: list[dict], configs: dict[str, S
                 report.check(sub in subcommands,
                              f"{name}: consumer/{container['name']}: `consumer {sub}` is a subcommand")
 
+    env_by_service = {}
+    for service, (workload_name, _) in services.items():
+        workload = next((d for n, d in workloads.items() if n.endswith(workload_name)), None)
+        if workload is not None:
+            env_by_service[service] = env_of_container(workload["spec"]["template"]["spec"]["containers"][0],
+                                                       configmaps)
+    check_policies(name, docs, env_by_service, configs, report, overlay)
+
     selectors = {n: d["spec"]["selector"]["matchLabels"] for n, d in workloads.items()}
 
     def selects_a_workload(selector: dict) -> bool:
@@ -378,7 +387,9 @@ def check_rules_files(root: Path, rendered: dict[str, list[dict]], report: Repor
     checked = 0
     for directory, docs in rendered.items():
         configmaps = [d for d in docs if d["kind"] == "ConfigMap"]
-        env_cm = next((d for d in configmaps if "consumer-env" in d["metadata"]["name"]), None)
+        # The consumer's apps (its ConfigMaps' CONSUMER__APPS__…), each with a stand-in secret.
+        app_vars = {n: v for d in configmaps if "consumer" in d["metadata"]["name"]
+                    for n, v in (d.get("data") or {}).items() if n.startswith("CONSUMER__APPS__")}
         for cm in configmaps:
             for key, text in (cm.get("data") or {}).items():
                 if not key.endswith(".toml"):
@@ -395,11 +406,10 @@ def check_rules_files(root: Path, rendered: dict[str, list[dict]], report: Repor
                     continue
                 env = {"PATH": "/usr/bin:/bin", "APP_ENVIRONMENT": "deploy-check",
                        "CONSUMER_CONFIG_DIR": str(root / "config")}
-                for name, value in ((env_cm or {}).get("data") or {}).items():
-                    if name.startswith("CONSUMER__APPS__"):
-                        env[name] = value
-                        app = name.split("__")[2]
-                        env[f"CONSUMER__APPS__{app}__SECRET"] = "placeholder-for-the-check"
+                for name, value in app_vars.items():
+                    env[name] = value
+                    app = name.split("__")[2]
+                    env[f"CONSUMER__APPS__{app}__SECRET"] = "placeholder-for-the-check"
                 with tempfile.TemporaryDirectory() as tmp:
                     rules = Path(tmp) / key
                     rules.write_text(text)

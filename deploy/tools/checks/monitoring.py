@@ -11,6 +11,9 @@ import yaml
 
 from .common import Report, indent, run
 
+# The label a default kube-prometheus-stack selects ServiceMonitors and PrometheusRules by: its Helm
+# release name. Both objects carry it (the check below fails when one does not).
+PROMETHEUS_RELEASE = "kube-prometheus-stack"
 
 
 def prometheusrule_text(alerts_text: str) -> str:
@@ -21,6 +24,10 @@ def prometheusrule_text(alerts_text: str) -> str:
     return (
         "# Written from alerts.yml by `scripts/check-deploy.sh --write-prometheusrule`: edit\n"
         "# alerts.yml and regenerate (the check fails when the two differ).\n"
+        "#\n"
+        f"# `release: {PROMETHEUS_RELEASE}`: the label a kube-prometheus-stack Prometheus selects rules by\n"
+        "# (its Helm release name); without it the rules are ignored. Adjust it with the\n"
+        "# ServiceMonitor's (deploy/overlays/production/servicemonitor.yaml), e.g. with a patch.\n"
         "apiVersion: monitoring.coreos.com/v1\n"
         "kind: PrometheusRule\n"
         "metadata:\n"
@@ -28,6 +35,7 @@ def prometheusrule_text(alerts_text: str) -> str:
         "  labels:\n"
         "    app.kubernetes.io/name: wxkf\n"
         "    app.kubernetes.io/part-of: wxkf\n"
+        f"    release: {PROMETHEUS_RELEASE}\n"
         "spec:\n" + body + "\n"
     )
 
