@@ -144,8 +144,21 @@ def clap_subcommands(source: str) -> set[str]:
     if not m:
         return set()
     body = re.sub(r"//[^\n]*", "", m.group(1))
+    # A `#[command(flatten)]` variant is not a subcommand: its enum's variants are (see
+    # consumer_subcommands).
+    body = re.sub(r"#\[command\(flatten\)\]\s*[A-Z]\w*\s*\([^)]*\)\s*,?", "", body)
     variants = re.findall(r"^\s*([A-Z]\w*)\s*(?:[({,]|$)", body, re.M)
     return {re.sub(r"(?<!^)([A-Z])", r"-\1", v).lower() for v in variants}
+
+
+def consumer_subcommands(root: Path) -> set[str]:
+    """The consumer's subcommands: `run` in consumer/src/cli.rs and the operator tools of
+    consumer/src/operator/mod.rs, which cli.rs flattens in."""
+    subcommands = set()
+    for path in (root / "consumer/src/cli.rs", root / "consumer/src/operator/mod.rs"):
+        if path.exists():
+            subcommands |= clap_subcommands(path.read_text())
+    return subcommands
 
 
 def clap_long_flags(source: str) -> set[str]:

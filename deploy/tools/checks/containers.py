@@ -9,7 +9,8 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from .common import Report, ServiceConfig, clap_long_flags, clap_subcommands, indent, parse_duration, run
+from .common import (Report, ServiceConfig, clap_long_flags, clap_subcommands, consumer_subcommands,
+                     indent, parse_duration, run)
 
 
 
@@ -99,7 +100,9 @@ def check_dockerfile(root: Path, hadolint: str, report: Report,
 def check_commands(root: Path, services: dict[str, dict], report: Report) -> None:
     """The subcommands and flags compose passes to our binaries exist in their clap definitions."""
     clis = {
-        "consumer": (root / "consumer/src/cli.rs", lambda sub: [root / "consumer/src/cli.rs"]),
+        "consumer": (root / "consumer/src/cli.rs",
+                     lambda sub: [root / "consumer/src/cli.rs",
+                                  *sorted((root / "consumer/src/operator").glob("*.rs"))]),
         "wechat-sim": (root / "ingest/src/bin/wechat-sim/main.rs",
                        lambda sub: [root / f"ingest/src/bin/wechat-sim/{sub}.rs"]),
     }
@@ -113,7 +116,8 @@ def check_commands(root: Path, services: dict[str, dict], report: Report) -> Non
             print(f"    note: {main.relative_to(root)} does not exist yet; `{name}` command not checked")
             continue
         sub = command[0]
-        subcommands = clap_subcommands(main.read_text())
+        subcommands = (consumer_subcommands(root) if target == "consumer"
+                       else clap_subcommands(main.read_text()))
         if sub not in subcommands:
             if target == "wechat-sim":
                 print(f"    note: {name}: `wechat-sim {sub}` does not exist yet (has: {', '.join(sorted(subcommands))})")

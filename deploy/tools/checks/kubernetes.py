@@ -13,7 +13,7 @@ import jsonschema
 import kubernetes_validate
 import yaml
 
-from .common import Report, ServiceConfig, clap_subcommands, indent, parse_duration, run
+from .common import Report, ServiceConfig, consumer_subcommands, indent, parse_duration, run
 from .policies import check_policies
 
 
@@ -208,8 +208,7 @@ def check_rendered(root: Path, name: str, docs: list[dict], configs: dict[str, S
                          f"{name}: rules file {rules_path} is on a directory mount (hot reload sees updates)")
             report.check(any(c.get("args") == ["setup"] for c in pod.get("initContainers", [])),
                          f"{name}: consumer runs `consumer setup` before joining the group")
-            cli = root / "consumer/src/cli.rs"
-            subcommands = clap_subcommands(cli.read_text()) if cli.exists() else set()
+            subcommands = consumer_subcommands(root)
             for container in containers:
                 sub = (container.get("args") or ["run"])[0]
                 report.check(sub in subcommands,
