@@ -15,6 +15,7 @@
 //! is `#[ignore]`d; see `ingest/src/bin/wechat-sim/README.md`.
 
 mod audit;
+mod cluster;
 mod outages;
 mod pipeline;
 mod procs;

@@ -196,6 +196,17 @@ impl Pipeline {
             ),
             ("CONSUMER__APPS__DEMO__APPID", APPID.into()),
             ("CONSUMER__APPS__DEMO__SECRET", SECRET.into()),
+            // On the three-broker cluster (`cluster.rs`) the topics are replicated as in
+            // production; the brokers' default min.insync.replicas is 2.
+            (
+                "CONSUMER__KAFKA__TOPICS__REPLICATION_FACTOR",
+                if kafka_brokers().contains(',') {
+                    "3"
+                } else {
+                    "1"
+                }
+                .into(),
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
