@@ -329,30 +329,32 @@ impl Settings {
     }
 
     /// Cross-field rules that keep the service's promises; each message names the keys involved.
+    /// Every problem is reported, not only the first, so one start shows everything to fix.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        let mut problems = Vec::new();
+        let mut invalid = |msg: String| problems.push(msg);
         let d = &self.deadline;
         if d.ack_budget.is_zero() || d.ack_budget >= WECHAT_DEADLINE {
-            return invalid(format!(
+            invalid(format!(
                 "deadline.ack_budget is {:?}; it must be above zero and below WeChat's 5 s",
                 d.ack_budget
             ));
         }
         if self.kafka.delivery_timeout >= d.ack_budget {
-            return invalid(format!(
+            invalid(format!(
                 "kafka.delivery_timeout ({:?}) must be below deadline.ack_budget ({:?}) so a push \
                  can still be answered 503 when Kafka does not acknowledge",
                 self.kafka.delivery_timeout, d.ack_budget
             ));
         }
         if self.kafka.delivery_timeout < Duration::from_millis(100) {
-            return invalid("kafka.delivery_timeout must be at least 100ms".into());
+            invalid("kafka.delivery_timeout must be at least 100ms".into());
         }
         if self.redis.command_timeout >= d.ack_budget {
-            return invalid("redis.command_timeout must be below deadline.ack_budget".into());
+            invalid("redis.command_timeout must be below deadline.ack_budget".into());
         }
         if self.redis.claim_lease >= WECHAT_RETRY_SPACING {
-            return invalid(format!(
+            invalid(format!(
                 "redis.claim_lease ({:?}) must be below WeChat's retry spacing ({:?}): the claim \
                  of a delivery whose process died must be gone when WeChat's retry arrives, or \
                  every retry finds it pending and is answered 503 until WeChat gives up",
@@ -360,14 +362,14 @@ impl Settings {
             ));
         }
         if !d.timestamp_tolerance.is_zero() && self.redis.done_ttl <= d.timestamp_tolerance {
-            return invalid(format!(
+            invalid(format!(
                 "redis.done_ttl ({:?}) must exceed deadline.timestamp_tolerance ({:?}): a push \
                  replayed inside the accepted window must still find its `done` mark",
                 self.redis.done_ttl, d.timestamp_tolerance
             ));
         }
         if self.redis.pending_poll >= d.ack_budget {
-            return invalid(format!(
+            invalid(format!(
                 "redis.pending_poll ({:?}) must be below deadline.ack_budget ({:?})",
                 self.redis.pending_poll, d.ack_budget
             ));
@@ -382,7 +384,7 @@ impl Settings {
                 Duration::ZERO
             };
         if steps > d.ack_budget {
-            return invalid(format!(
+            invalid(format!(
                 "redis.command_timeout ×2 + kafka.delivery_timeout{} add up to {steps:?}, more \
                  than deadline.ack_budget ({:?}): a push that meets every bound would still be \
                  answered after the budget",
@@ -395,99 +397,108 @@ impl Settings {
             ));
         }
         if self.redis.claim_lease < d.ack_budget {
-            return invalid(format!(
+            invalid(format!(
                 "redis.claim_lease ({:?}) must be at least deadline.ack_budget ({:?}): a claim that \
                  expires mid-push lets a concurrent retry publish the same message",
                 self.redis.claim_lease, d.ack_budget
             ));
         }
         if self.redis.done_ttl <= WECHAT_RETRY_HORIZON {
-            return invalid(format!(
+            invalid(format!(
                 "redis.done_ttl ({:?}) must exceed WeChat's retry horizon ({:?})",
                 self.redis.done_ttl, WECHAT_RETRY_HORIZON
             ));
         }
         if self.redis.pending_poll.is_zero() {
-            return invalid("redis.pending_poll must be above zero".into());
+            invalid("redis.pending_poll must be above zero".into());
         }
-        self.spool.validate()?;
+        self.spool.validate(&mut invalid);
         if self.server.max_body_bytes < 1024 {
-            return invalid("server.max_body_bytes must be at least 1024".into());
+            invalid("server.max_body_bytes must be at least 1024".into());
         }
         if self.kafka.topic.is_empty() {
-            return invalid("kafka.topic must not be empty".into());
+            invalid("kafka.topic must not be empty".into());
         }
-        let properties = self.kafka.librdkafka_properties()?;
+        let properties = match self.kafka.librdkafka_properties() {
+            Ok(properties) => properties,
+            Err(e) => {
+                invalid(e.to_string());
+                BTreeMap::new()
+            }
+        };
         for reserved in RESERVED_KAFKA_PROPERTIES {
             if properties.contains_key(*reserved) {
-                return invalid(format!(
+                invalid(format!(
                     "kafka.properties.{reserved} cannot be set: the service sets it (or the \
                      property it is another name for) itself and relies on its value"
                 ));
             }
         }
         for (name, app) in &self.apps {
-            app.validate(name)?;
+            app.validate(name, &mut invalid);
         }
-        Ok(())
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems.join("; ")))
+        }
     }
 }
 
 impl SpoolSettings {
-    fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |msg: String| Err(ConfigError::Invalid(format!("spool.{msg}")));
+    fn validate(&self, problem: &mut impl FnMut(String)) {
+        let mut invalid = |msg: String| problem(format!("spool.{msg}"));
         if !self.enabled {
-            return Ok(());
+            return;
         }
         if self.dir.as_os_str().is_empty() {
-            return invalid("dir must not be empty".into());
+            invalid("dir must not be empty".into());
         }
         if self.write_timeout.is_zero() {
-            return invalid("write_timeout must be above zero".into());
+            invalid("write_timeout must be above zero".into());
         }
         if self.segment_bytes < 64 * 1024 {
-            return invalid("segment_bytes must be at least 65536".into());
+            invalid("segment_bytes must be at least 65536".into());
         }
         if self.max_bytes < self.segment_bytes {
-            return invalid(format!(
+            invalid(format!(
                 "max_bytes ({}) must be at least segment_bytes ({})",
                 self.max_bytes, self.segment_bytes
             ));
         }
         if self.max_age.is_some_and(|age| age <= WECHAT_RETRY_HORIZON) {
-            return invalid(format!(
+            invalid(format!(
                 "max_age must exceed WeChat's retry horizon ({WECHAT_RETRY_HORIZON:?}), or be left out"
             ));
         }
-        Ok(())
     }
 }
 
 impl AppSettings {
-    fn validate(&self, name: &str) -> Result<(), ConfigError> {
-        let invalid = |msg: String| Err(ConfigError::Invalid(format!("apps.{name}: {msg}")));
+    fn validate(&self, name: &str, problem: &mut impl FnMut(String)) {
+        let mut invalid = |msg: String| problem(format!("apps.{name}: {msg}"));
         if let Err(e) = AppName::parse(name) {
-            return invalid(e.to_string());
+            invalid(e.to_string());
         }
         if self.appid.is_empty() {
-            return invalid("appid is empty".into());
+            invalid("appid is empty".into());
         }
         if self.original_id.is_empty() {
-            return invalid(
+            invalid(
                 "original_id is empty; it is the ToUserName every push to this app carries".into(),
             );
         }
         if self.token.expose_secret().is_empty() {
-            return invalid("token is empty".into());
+            invalid("token is empty".into());
         }
         match &self.encoding_aes_key {
             Some(key) => {
                 if let Err(e) = AesKey::from_encoding_aes_key(key.expose_secret()) {
-                    return invalid(format!("encoding_aes_key is not usable: {e}"));
+                    invalid(format!("encoding_aes_key is not usable: {e}"));
                 }
             }
             None if self.allow_plaintext => {
-                return invalid(
+                invalid(
                     "allow_plaintext is set but there is no encoding_aes_key: without a key every \
                      push is plaintext anyway; remove allow_plaintext"
                         .into(),
@@ -495,7 +506,6 @@ impl AppSettings {
             }
             None => {}
         }
-        Ok(())
     }
 
     /// Whether a plaintext push is refused: always once the app has an AES key, unless the
@@ -653,6 +663,26 @@ mod tests {
             );
         }
         load(&[]).unwrap().validate().unwrap();
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let mut settings = load(&[
+            ("INGEST__APPS__SHOP__APPID", ""),
+            ("INGEST__APPS__SHOP__ORIGINAL_ID", "gh_1"),
+            ("INGEST__APPS__SHOP__TOKEN", "t"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(settings.contains("appid is empty"), "{settings}");
+        let mut broken = load(&[]).unwrap();
+        broken.redis.claim_lease = Duration::from_secs(20);
+        broken.kafka.topic.clear();
+        broken.spool.segment_bytes = 1;
+        settings = broken.validate().unwrap_err().to_string();
+        for part in ["claim_lease", "kafka.topic", "spool.segment_bytes"] {
+            assert!(settings.contains(part), "{part} missing from: {settings}");
+        }
     }
 
     #[test]

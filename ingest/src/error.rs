@@ -30,8 +30,8 @@ pub enum IngestError {
     Replayed,
     #[error("the push is addressed to another account (ToUserName is not this app's original id)")]
     WrongRecipient,
-    #[error("malformed push: {0}")]
-    Malformed(String),
+    #[error("malformed push")]
+    Malformed(#[source] Malformed),
     #[error("undecryptable push: {0}")]
     Undecryptable(common::push::PushError),
     #[error("push not stored")]
@@ -40,6 +40,19 @@ pub enum IngestError {
     DuplicateInFlight,
     #[error("no answer within the ack budget")]
     DeadlineExceeded,
+}
+
+/// What was malformed about a push; each keeps its cause, for the log line and the answer.
+#[derive(Debug, thiserror::Error)]
+pub enum Malformed {
+    #[error("the query string does not parse")]
+    Query(#[source] actix_web::error::QueryPayloadError),
+    #[error("the body is neither XML nor JSON")]
+    NotXmlOrJson,
+    #[error("the encrypted envelope does not parse")]
+    Envelope(#[source] common::push::PushError),
+    #[error("the message does not parse")]
+    Message(#[source] common::codec::CodecError),
 }
 
 impl IngestError {
@@ -140,7 +153,7 @@ mod tests {
             IngestError::EncryptionRequired,
             IngestError::Replayed,
             IngestError::WrongRecipient,
-            IngestError::Malformed(String::new()),
+            IngestError::Malformed(Malformed::NotXmlOrJson),
             IngestError::Undecryptable(common::push::PushError::NoKey),
             IngestError::NotStored(WriteError::Kafka(PublishError::QueueFull)),
             IngestError::NotStored(WriteError::Kafka(PublishError::Timeout)),

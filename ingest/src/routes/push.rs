@@ -24,7 +24,7 @@ use tracing::Instrument;
 use crate::config::AnswerMode;
 use crate::dedup::SignatureUse;
 use crate::durable::Durability;
-use crate::error::{Chain, IngestError};
+use crate::error::{Chain, IngestError, Malformed};
 use crate::intake::Accepted;
 use crate::state::{AppState, MiniProgram};
 use crate::telemetry::Untrusted;
@@ -53,7 +53,7 @@ pub async fn verify_url(
 fn check_url(state: &AppState, app_name: &str, req: &HttpRequest) -> Result<String, IngestError> {
     let app = state.apps.get(app_name).ok_or(IngestError::UnknownApp)?;
     let query = web::Query::<PushQuery>::from_query(req.query_string())
-        .map_err(|e| IngestError::Malformed(format!("query string: {e}")))?
+        .map_err(|e| IngestError::Malformed(Malformed::Query(e)))?
         .into_inner();
     let echostr = push::verify_url(&query, app.settings.token.expose_secret()).map_err(classify)?;
     let timestamp = query
@@ -144,13 +144,13 @@ async fn handle(
     let app = state.apps.get(app_name).ok_or(IngestError::UnknownApp)?;
     let body = read_body(req, payload, state.settings.server.max_body_bytes).await?;
     let query = web::Query::<PushQuery>::from_query(req.query_string())
-        .map_err(|e| IngestError::Malformed(format!("query string: {e}")))?
+        .map_err(|e| IngestError::Malformed(Malformed::Query(e)))?
         .into_inner();
     let format = app
         .settings
         .format
         .or_else(|| Format::sniff(&body))
-        .ok_or_else(|| IngestError::Malformed("the body is neither XML nor JSON".into()))?;
+        .ok_or(IngestError::Malformed(Malformed::NotXmlOrJson))?;
     let creds = credentials(app);
 
     // Authenticity first: nothing of the body is interpreted before its signature checks out.
@@ -170,7 +170,7 @@ async fn handle(
     let opened = verified.open(&creds).map_err(classify)?;
     let message = opened
         .parse()
-        .map_err(|e| IngestError::Malformed(e.to_string()))?;
+        .map_err(|e| IngestError::Malformed(Malformed::Message(e)))?;
     if let Some(id) = message.msg_id() {
         tracing::Span::current().record("msg", tracing::field::display(Untrusted(id.as_str())));
     }
@@ -297,7 +297,7 @@ fn classify(e: PushError) -> IngestError {
             IngestError::Unauthenticated(e)
         }
         PushError::Crypto(_) | PushError::NoKey => IngestError::Undecryptable(e),
-        PushError::Malformed(_) => IngestError::Malformed(e.to_string()),
+        PushError::Malformed(_) => IngestError::Malformed(Malformed::Envelope(e)),
     }
 }
 
