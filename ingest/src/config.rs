@@ -34,6 +34,7 @@ const RESERVED_KAFKA_PROPERTIES: &[&str] = &[
     "metadata.broker.list",
     "message.timeout.ms",
     "delivery.timeout.ms",
+    "request.timeout.ms",
     "linger.ms",
     "queue.buffering.max.ms",
     "compression.type",
@@ -379,7 +380,7 @@ impl Settings {
         let steps = self.redis.command_timeout * 2
             + self.kafka.delivery_timeout
             + if self.spool.enabled {
-                self.spool.write_timeout
+                crate::durable::REPORT_SLACK + self.spool.write_timeout
             } else {
                 Duration::ZERO
             };
@@ -389,7 +390,7 @@ impl Settings {
                  than deadline.ack_budget ({:?}): a push that meets every bound would still be \
                  answered after the budget",
                 if self.spool.enabled {
-                    " + spool.write_timeout"
+                    " + 200ms for the producer's report + spool.write_timeout"
                 } else {
                     ""
                 },

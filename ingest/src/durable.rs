@@ -20,8 +20,9 @@ use crate::spool::{Spool, SpoolError};
 pub const ANSWER_RESERVE: Duration = Duration::from_millis(100);
 /// Slack past `kafka.delivery_timeout` for the producer's own timeout report to arrive: waiting
 /// for it, rather than giving up just before it, means a record given up on is one the producer
-/// has given up on too, and will not also reach Kafka later.
-const REPORT_SLACK: Duration = Duration::from_millis(50);
+/// has given up on too, and will not also reach Kafka later (and be spooled as well: a duplicate).
+/// The configuration check counts it into the budget.
+pub const REPORT_SLACK: Duration = Duration::from_millis(200);
 
 /// Where a record was made durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -133,6 +133,13 @@ impl Publisher {
                 "message.timeout.ms",
                 settings.delivery_timeout.as_millis().to_string(),
             )
+            // A request in flight to a broker that died is given up on with the records, not 30 s
+            // later: so the producer's report of a record arrives within the delivery timeout,
+            // and a record the edge then spools does not also reach Kafka from here.
+            .set(
+                "request.timeout.ms",
+                settings.delivery_timeout.as_millis().to_string(),
+            )
             .set("linger.ms", settings.linger.as_millis().to_string())
             .set("compression.type", &settings.compression)
             .set(

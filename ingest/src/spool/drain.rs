@@ -3,14 +3,16 @@
 //! One task reads the oldest segment from the cursor in batches, publishes each batch (the
 //! idempotent producer keeps the order within each partition), and advances the cursor over the
 //! acknowledged prefix of the batch. On any failure it backs off and tries again from the
-//! cursor: a record is deleted only after Kafka acknowledged it. A record acknowledged after an
-//! earlier one of its batch failed is published again on the next attempt — a duplicate with the
-//! same dedup key, which the consumer's send ledger absorbs.
+//! cursor: a record is deleted only after Kafka acknowledged it. Records acknowledged behind one
+//! that failed are remembered and not sent again on the next attempt (a process restart forgets
+//! them: then they are published again, duplicates with the same dedup key, which the consumer's
+//! send ledger absorbs).
 //!
 //! A drained segment is deleted once the writer has moved on to a newer one. When the spool is
 //! empty and nothing is being appended, the last segment is retired too, and the writer starts a
 //! new one for the next outage.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -67,6 +69,7 @@ impl Drainer {
         let stop = CancellationToken::new();
         let task = tokio::spawn(
             Run {
+                ahead: Ahead::default(),
                 shared: self.shared,
                 publisher,
                 ack_timeout,
@@ -108,7 +111,16 @@ enum Next {
     Idle,
 }
 
+/// Records of one segment acknowledged by Kafka beyond the cursor (behind one that failed), by
+/// the offset where each ends.
+#[derive(Debug, Default)]
+struct Ahead {
+    seq: u64,
+    ends: BTreeSet<u64>,
+}
+
 struct Run {
+    ahead: Ahead,
     shared: Arc<Shared>,
     publisher: Arc<Publisher>,
     ack_timeout: Duration,
@@ -117,7 +129,7 @@ struct Run {
 }
 
 impl Run {
-    async fn run(self) {
+    async fn run(mut self) {
         let mut backoff = FIRST_BACKOFF;
         while !self.stop.is_cancelled() {
             match self.next() {
@@ -182,7 +194,7 @@ impl Run {
 
     /// Publishes the records of `seq` in `from..to` (one batch of them) and advances the cursor
     /// over those Kafka acknowledged.
-    async fn drain_batch(&self, seq: u64, from: u64, to: u64) -> Result<(), DrainError> {
+    async fn drain_batch(&mut self, seq: u64, from: u64, to: u64) -> Result<(), DrainError> {
         let dir = self.shared.dir.clone();
         let (records, end) = tokio::task::spawn_blocking(move || {
             files::read_range(&dir, seq, from, to, BATCH_BYTES)
@@ -198,11 +210,22 @@ impl Run {
             .oldest_at_ms
             .replace(records[0].0.spooled_at_ms);
 
+        if self.ahead.seq != seq {
+            self.ahead = Ahead {
+                seq,
+                ends: BTreeSet::new(),
+            };
+        }
+        // Records Kafka acknowledged in an earlier attempt, behind one that failed, are not sent
+        // again: a partition that was back sooner than another must not collect a copy per try.
         let mut pending = Vec::with_capacity(records.len());
         let mut refused = None;
-        for (record, _) in &records {
+        for (index, (record, end)) in records.iter().enumerate() {
+            if self.ahead.ends.contains(end) {
+                continue;
+            }
             match self.publisher.send(&record.key, &record.value) {
-                Ok(ack) => pending.push(ack),
+                Ok(ack) => pending.push((index, ack)),
                 Err(e) => {
                     refused = Some(e);
                     break;
@@ -210,9 +233,31 @@ impl Run {
             }
         }
         let deadline = Instant::now() + self.ack_timeout;
-        let results =
-            futures::future::join_all(pending.into_iter().map(|ack| ack.wait(deadline))).await;
-        let acked = results.iter().take_while(|r| r.is_ok()).count();
+        let results = futures::future::join_all(
+            pending
+                .into_iter()
+                .map(|(index, ack)| async move { (index, ack.wait(deadline).await) }),
+        )
+        .await;
+        let mut failure = None;
+        for (index, result) in results {
+            match result {
+                Ok(_) => {
+                    self.ahead.ends.insert(records[index].1);
+                }
+                Err(e) => {
+                    failure.get_or_insert(e);
+                }
+            }
+        }
+        let failure = failure.or(refused);
+        let acked = records
+            .iter()
+            .take_while(|(_, end)| self.ahead.ends.contains(end))
+            .count();
+        if let Some(&(_, cursor)) = records[..acked].last() {
+            self.ahead.ends = self.ahead.ends.split_off(&(cursor + 1));
+        }
         if acked > 0 {
             self.advance(
                 seq,
@@ -221,7 +266,6 @@ impl Run {
                 records.get(acked).map(|(r, _)| r),
             );
         }
-        let failure = results.into_iter().find_map(Result::err).or(refused);
         match failure {
             Some(e) => Err(DrainError::Publish(e)),
             None => Ok(()),
