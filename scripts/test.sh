@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine: installs build dependencies, starts the real
-# Redis and Kafka (scripts/services.sh), checks formatting and lints, runs every test, then checks
-# the deployment files offline (scripts/check-deploy.sh).
+# Redis and Kafka (scripts/services.sh), checks formatting and lints, runs every test, runs the
+# failure scenarios on a three-broker Kafka cluster, then checks the deployment files offline
+# (scripts/check-deploy.sh).
 # Tests that need Kafka or Redis fail — never skip — when those are unreachable.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -31,6 +32,14 @@ step "tests"
 export WXKF_TEST_KAFKA=${WXKF_TEST_KAFKA:-127.0.0.1:${WXKF_KAFKA_PORT:-9092}}
 export WXKF_TEST_REDIS=${WXKF_TEST_REDIS:-redis://127.0.0.1:${WXKF_REDIS_PORT:-6379}/}
 cargo test --workspace --features ingest/sim --locked --no-fail-fast
+
+step "the production topology: a three-broker Kafka cluster (RF 3, min ISR 2) under broker failures"
+# The scenarios of ingest/tests/e2e/cluster.rs, ignored in the run above, against the local cluster.
+scripts/services.sh kafka-cluster-up
+eval "$(scripts/services.sh cluster-env)"
+WXKF_TEST_KAFKA=$WXKF_CLUSTER_KAFKA_BOOTSTRAP \
+  cargo test -p ingest --features sim --locked --test e2e cluster_ -- --ignored --test-threads=1
+scripts/services.sh kafka-cluster-down
 
 step "deployment files: Dockerfile, compose, Kubernetes manifests, alert rules, dashboard"
 # The metric names of the dashboard and the alert rules are checked against what the running
