@@ -15,7 +15,7 @@ fn kafka_outage() -> Duration {
     let secs = std::env::var("WXKF_E2E_KAFKA_OUTAGE_SECS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(40);
+        .unwrap_or(60);
     Duration::from_secs(secs)
 }
 
