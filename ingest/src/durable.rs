@@ -37,6 +37,9 @@ pub enum WriteError {
     /// The spool is off and Kafka did not acknowledge.
     #[error("kafka did not store the record")]
     Kafka(#[source] PublishError),
+    /// An earlier push of the same user stayed undecided (waiting for Kafka) too long.
+    #[error("an earlier push of the same user is still being stored")]
+    Busy,
     /// The spool refused or failed (after Kafka, if it was tried, did not acknowledge).
     #[error(
         "the spool could not store the record{}",
@@ -49,11 +52,46 @@ pub enum WriteError {
     },
 }
 
+/// Locks striped over record keys: a key's lock is `stripes[hash(key) % len]`.
+const KEY_LOCK_STRIPES: usize = 1024;
+
+/// One user's durable writes, one at a time.
+///
+/// A push waiting for Kafka is undecided: it may be acknowledged, or time out and go to the
+/// spool. If the same user's next push went straight to Kafka meanwhile, and the first then ended
+/// in the spool, the newer message would reach Kafka before the older one. So a write holds its
+/// key's turn until it is decided; the next push of that user then sees the spool holding records
+/// and queues behind. Keys share stripes: two users rarely collide, and a collision costs one wait.
+#[derive(Debug)]
+struct KeyTurns(Vec<tokio::sync::Mutex<()>>);
+
+impl KeyTurns {
+    fn new() -> KeyTurns {
+        KeyTurns(
+            (0..KEY_LOCK_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+        )
+    }
+
+    async fn take(&self, key: &[u8]) -> tokio::sync::MutexGuard<'_, ()> {
+        self.0[self.stripe(key)].lock().await
+    }
+
+    fn stripe(&self, key: &[u8]) -> usize {
+        use std::hash::{BuildHasher, RandomState};
+        static HASHER: std::sync::OnceLock<RandomState> = std::sync::OnceLock::new();
+        let hash = HASHER.get_or_init(RandomState::new).hash_one(key);
+        (hash % self.0.len() as u64) as usize
+    }
+}
+
 /// Kafka first, the spool second. Shared by every worker.
 #[derive(Debug)]
 pub struct DurableLog {
     publisher: Arc<Publisher>,
     spool: Option<Spool>,
+    turns: KeyTurns,
     delivery_timeout: Duration,
     spool_write_timeout: Duration,
     metrics: Metrics,
@@ -70,6 +108,7 @@ impl DurableLog {
         DurableLog {
             publisher,
             spool,
+            turns: KeyTurns::new(),
             delivery_timeout,
             spool_write_timeout,
             metrics,
@@ -99,13 +138,19 @@ impl DurableLog {
                 .map(Durability::Kafka)
                 .map_err(WriteError::Kafka);
         };
+        let for_spool = reserved
+            .checked_sub(self.spool_write_timeout)
+            .unwrap_or(reserved);
+        // Waiting longer would leave no time to spool; answering 503 (WeChat retries) keeps the
+        // order, where spooling now could put this push ahead of the undecided one.
+        let Ok(_turn) = tokio::time::timeout_at(for_spool.into(), self.turns.take(key)).await
+        else {
+            return Err(WriteError::Busy);
+        };
         let kafka = if spool.holds_records() {
             // Records wait in the spool: this one goes behind them, never past them.
             None
         } else {
-            let for_spool = reserved
-                .checked_sub(self.spool_write_timeout)
-                .unwrap_or(reserved);
             let wait = (Instant::now() + self.delivery_timeout + REPORT_SLACK).min(for_spool);
             match self.publish(key, value, wait).await {
                 Ok(stored) => return Ok(Durability::Kafka(stored)),
@@ -138,5 +183,37 @@ impl DurableLog {
             "stored in Kafka"
         );
         Ok(stored)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn one_users_writes_take_turns_and_other_users_do_not_wait() {
+        let turns = KeyTurns::new();
+        let user = b"demo:user-a";
+        let first = turns.take(user).await;
+        let second = turns.take(user);
+        tokio::pin!(second);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), &mut second)
+                .await
+                .is_err(),
+            "the same user's next write waits for the first to be decided"
+        );
+        let other = (0..)
+            .map(|i| format!("demo:user-{i}"))
+            .find(|k| turns.stripe(k.as_bytes()) != turns.stripe(user))
+            .unwrap();
+        let _other = tokio::time::timeout(Duration::from_secs(1), turns.take(other.as_bytes()))
+            .await
+            .expect("another user goes ahead meanwhile");
+        drop(first);
+        let _second = tokio::time::timeout(Duration::from_secs(1), second)
+            .await
+            .expect("the turn passes once the first write is decided");
     }
 }

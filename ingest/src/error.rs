@@ -77,6 +77,7 @@ impl IngestError {
                 ..
             }) => "spool_full",
             IngestError::NotStored(WriteError::Spool { .. }) => "spool_failed",
+            IngestError::NotStored(WriteError::Busy) => "user_busy",
             IngestError::DuplicateInFlight => "duplicate_in_flight",
             IngestError::DeadlineExceeded => "deadline_exceeded",
         }
@@ -172,6 +173,7 @@ mod tests {
                 spool: SpoolError::Timeout(std::time::Duration::from_secs(1)),
                 kafka: None,
             }),
+            IngestError::NotStored(WriteError::Busy),
             IngestError::DuplicateInFlight,
             IngestError::DeadlineExceeded,
         ];

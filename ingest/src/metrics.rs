@@ -40,6 +40,7 @@ pub const PUSH_OUTCOMES: &[&str] = &[
     "publish_failed",
     "spool_full",
     "spool_failed",
+    "user_busy",
     "duplicate_in_flight",
     "deadline_exceeded",
 ];

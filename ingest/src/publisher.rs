@@ -46,15 +46,23 @@ impl std::fmt::Debug for PendingAck {
 impl PendingAck {
     /// Waits for the acknowledgement, at most until `deadline`.
     pub async fn wait(self, deadline: Instant) -> Result<Stored, PublishError> {
-        match tokio::time::timeout_at(deadline.into(), self.0).await {
-            Ok(Ok(Ok(d))) => Ok(Stored {
+        match tokio::time::timeout_at(deadline.into(), self.settled()).await {
+            Ok(settled) => settled,
+            Err(_elapsed) => Err(PublishError::Timeout),
+        }
+    }
+
+    /// Waits for the producer's report, however long it takes (a producer made with
+    /// [`Publisher::unbounded`] reports only success or a permanent failure).
+    pub async fn settled(self) -> Result<Stored, PublishError> {
+        match self.0.await {
+            Ok(Ok(d)) => Ok(Stored {
                 partition: d.partition,
                 offset: d.offset,
             }),
-            Ok(Ok(Err((e, _)))) => Err(PublishError::Kafka(e)),
+            Ok(Err((e, _))) => Err(PublishError::Kafka(e)),
             // The producer dropped the delivery report: it is shutting down.
-            Ok(Err(_canceled)) => Err(PublishError::Kafka(KafkaError::Canceled)),
-            Err(_elapsed) => Err(PublishError::Timeout),
+            Err(_canceled) => Err(PublishError::Kafka(KafkaError::Canceled)),
         }
     }
 }
@@ -117,7 +125,24 @@ impl std::fmt::Debug for Publisher {
 }
 
 impl Publisher {
+    /// The edge's producer: a record is given up on after `kafka.delivery_timeout`.
     pub fn new(settings: &KafkaSettings) -> Result<Publisher, KafkaError> {
+        Publisher::create(settings, Some(settings.delivery_timeout), "wxkf-ingest")
+    }
+
+    /// The spool drainer's producer: it never gives a record up, but retries it — the same
+    /// record, with the same idempotence sequence number — until Kafka acknowledges it. A drain
+    /// attempt that a shrinking ISR left written but unacknowledged is then committed once, not
+    /// once per attempt as a resend would be.
+    pub fn unbounded(settings: &KafkaSettings) -> Result<Publisher, KafkaError> {
+        Publisher::create(settings, None, "wxkf-ingest-drain")
+    }
+
+    fn create(
+        settings: &KafkaSettings,
+        delivery_timeout: Option<Duration>,
+        client_id: &str,
+    ) -> Result<Publisher, KafkaError> {
         let mut config = ClientConfig::new();
         let properties = settings
             .librdkafka_properties()
@@ -129,24 +154,27 @@ impl Publisher {
             .set("bootstrap.servers", &settings.brokers)
             .set("acks", "all")
             .set("enable.idempotence", "true")
-            .set(
-                "message.timeout.ms",
-                settings.delivery_timeout.as_millis().to_string(),
-            )
-            // A request in flight to a broker that died is given up on with the records, not 30 s
-            // later: so the producer's report of a record arrives within the delivery timeout,
-            // and a record the edge then spools does not also reach Kafka from here.
-            .set(
-                "request.timeout.ms",
-                settings.delivery_timeout.as_millis().to_string(),
-            )
             .set("linger.ms", settings.linger.as_millis().to_string())
             .set("compression.type", &settings.compression)
             .set(
                 "queue.buffering.max.messages",
                 settings.queue_max_messages.to_string(),
             )
-            .set("client.id", "wxkf-ingest");
+            .set("client.id", client_id);
+        match delivery_timeout {
+            Some(timeout) => {
+                let ms = timeout.as_millis().to_string();
+                // A request in flight to a broker that died is given up on with its records, not
+                // 30 s later: the producer's report of a record arrives within the delivery
+                // timeout, and a record the edge then spools does not also reach Kafka from here.
+                config
+                    .set("message.timeout.ms", &ms)
+                    .set("request.timeout.ms", &ms);
+            }
+            None => {
+                config.set("message.timeout.ms", "0");
+            }
+        }
         let health = Arc::new(ProducerHealth::default());
         Ok(Publisher {
             producer: config.create_with_context(HealthContext(health.clone()))?,

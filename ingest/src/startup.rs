@@ -24,8 +24,8 @@ pub struct Application {
     port: u16,
     server: Server,
     publisher: Arc<Publisher>,
-    /// Started with the server, in [`Application::run_until_stopped`].
-    drainer: Option<Drainer>,
+    /// Started with the server, in [`Application::run_until_stopped`], with its own producer.
+    drainer: Option<(Drainer, Arc<Publisher>)>,
     settings: Settings,
 }
 
@@ -56,7 +56,9 @@ impl Application {
                 .with_context(|| {
                     format!("opening the spool in {}", settings.spool.dir.display())
                 })?;
-            (Some(spool), Some(drainer))
+            let publisher = Publisher::unbounded(&settings.kafka)
+                .context("creating the spool drainer's Kafka producer")?;
+            (Some(spool), Some((drainer, Arc::new(publisher))))
         } else {
             (None, None)
         };
@@ -132,7 +134,7 @@ impl Application {
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let drainer = self
             .drainer
-            .map(|d| d.spawn(self.publisher.clone(), self.settings.kafka.delivery_timeout));
+            .map(|(drainer, publisher)| drainer.spawn(publisher));
         let handle = self.server.handle();
         let mut server = self.server;
         let health = self.publisher.clone();

@@ -15,7 +15,7 @@
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -63,8 +63,9 @@ impl Drainer {
         Drainer { shared, writer }
     }
 
-    /// Starts draining on the current runtime. `ack_timeout` bounds each wait for Kafka.
-    pub fn spawn(self, publisher: Arc<Publisher>, ack_timeout: Duration) -> DrainHandle {
+    /// Starts draining on the current runtime, publishing with `publisher` — one made with
+    /// [`Publisher::unbounded`], which retries each record until Kafka acknowledges it.
+    pub fn spawn(self, publisher: Arc<Publisher>) -> DrainHandle {
         let finish = CancellationToken::new();
         let stop = CancellationToken::new();
         let task = tokio::spawn(
@@ -72,7 +73,6 @@ impl Drainer {
                 ahead: Ahead::default(),
                 shared: self.shared,
                 publisher,
-                ack_timeout,
                 finish: finish.clone(),
                 stop: stop.clone(),
             }
@@ -123,7 +123,6 @@ struct Run {
     ahead: Ahead,
     shared: Arc<Shared>,
     publisher: Arc<Publisher>,
-    ack_timeout: Duration,
     finish: CancellationToken,
     stop: CancellationToken,
 }
@@ -232,13 +231,18 @@ impl Run {
                 }
             }
         }
-        let deadline = Instant::now() + self.ack_timeout;
-        let results = futures::future::join_all(
+        // The producer retries each record until Kafka acknowledges it (an outage only makes
+        // this wait longer) and reports only permanent failures; stopping abandons the wait, and
+        // the records stay in the spool for the next start.
+        let settled = futures::future::join_all(
             pending
                 .into_iter()
-                .map(|(index, ack)| async move { (index, ack.wait(deadline).await) }),
-        )
-        .await;
+                .map(|(index, ack)| async move { (index, ack.settled().await) }),
+        );
+        let results = tokio::select! {
+            results = settled => results,
+            () = self.stop.cancelled() => return Ok(()),
+        };
         let mut failure = None;
         for (index, result) in results {
             match result {
