@@ -144,26 +144,6 @@ async fn wait_records(audit: &Audit, from: i64, more: i64, what: &str) {
     }
 }
 
-/// An ingest counter, read from its `/metrics` (0 when it does not answer).
-async fn ingest_metric(p: &Pipeline, name: &str) -> f64 {
-    let Ok(response) = p
-        .http
-        .get(format!("http://127.0.0.1:{}/metrics", p.ingest_port))
-        .send()
-        .await
-    else {
-        return 0.0;
-    };
-    let text = response.text().await.unwrap_or_default();
-    text.lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(' '))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// The broker leading most inbound partitions is killed with SIGKILL under load. Its partitions
 /// move to the others (the services keep running, nothing restarts), it is started again later
 /// and catches up: every push is acknowledged and replied to once.
@@ -192,7 +172,9 @@ async fn cluster_the_busiest_leader_killed_under_load() {
     down.start(u8::try_from(victim).expect("node id")).await;
     let rejoined_in = wait_fully_replicated(&p.inbound_topic, Duration::from_secs(120)).await;
     let push = push.finish(Duration::from_secs(180)).await;
-    let spooled = ingest_metric(&p, "ingest_spool_appended_records_total").await;
+    let spooled = p
+        .ingest_metric("ingest_spool_appended_records_total", "")
+        .await;
     say(format!(
         "e2e cluster-leader-kill: broker {victim} (leader of {led} of 6 partitions) killed; 100 \
          more records stored {:.1}s after the kill; back in sync {:.1}s after its restart; {spooled} \
@@ -252,13 +234,18 @@ async fn cluster_two_brokers_down_nothing_acknowledged_on_one_replica() {
     let mut audit = Audit::new(&p);
     let push = p.push(700, 20.0, 30);
     wait_records(&audit, 0, 100, "100 records before the outage").await;
-    let spooled_before = ingest_metric(&p, "ingest_spool_appended_records_total").await;
+    let spooled_before = p
+        .ingest_metric("ingest_spool_appended_records_total", "")
+        .await;
     let mut down = Down::default();
     down.kill(2).await;
     down.kill(3).await;
     // The outage's length is the scenario, not a wait for a condition.
     tokio::time::sleep(Duration::from_secs(20)).await;
-    let spooled = ingest_metric(&p, "ingest_spool_appended_records_total").await - spooled_before;
+    let spooled = p
+        .ingest_metric("ingest_spool_appended_records_total", "")
+        .await
+        - spooled_before;
     down.start(2).await;
     down.start(3).await;
     let rejoined_in = wait_fully_replicated(&p.inbound_topic, Duration::from_secs(180)).await;

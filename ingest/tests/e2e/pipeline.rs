@@ -318,7 +318,15 @@ impl Pipeline {
     /// The sum over the series of metric `name` whose labels contain `labels` (e.g.
     /// `result="duplicate"`), read from consumer `index`'s `/metrics`; 0 when it does not answer.
     pub async fn consumer_metric(&self, index: usize, name: &str, labels: &str) -> f64 {
-        let port = self.consumers[index].1;
+        self.scrape(self.consumers[index].1, name, labels).await
+    }
+
+    /// As [`Pipeline::consumer_metric`], from ingest's `/metrics`.
+    pub async fn ingest_metric(&self, name: &str, labels: &str) -> f64 {
+        self.scrape(self.ingest_port, name, labels).await
+    }
+
+    async fn scrape(&self, port: u16, name: &str, labels: &str) -> f64 {
         let Ok(response) = self
             .http
             .get(format!("http://127.0.0.1:{port}/metrics"))
