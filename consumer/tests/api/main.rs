@@ -10,6 +10,8 @@ mod pipeline;
 mod redrive;
 mod reload;
 mod replay;
+mod redis_proxy;
 mod rules_file;
+mod send_path;
 mod tokens;
 mod windows;
