@@ -83,7 +83,7 @@ async fn explains_a_file_of_records() {
         "{out}"
     );
     assert!(
-        out.contains("idempotency key demo:msg:77:default:0"),
+        out.contains("idempotency key demo:msg:77:h:"),
         "{out}"
     );
     h.wechat.verify().await;

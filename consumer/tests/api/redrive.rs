@@ -243,7 +243,7 @@ async fn a_redrive_that_fails_again_goes_back_to_the_dead_letter_topic_with_the_
             h.settings.kafka.dead_letter_topic
         ),
         &format!("original     {}/", h.settings.kafka.inbound_topic),
-        "rule `echo` action #1 (idempotency key demo:msg:1:echo:0)",
+        "rule `echo` action #1 (key before stable action ids: demo:msg:1:echo:0)",
         "status       open",
         "\"from_user_name\": \"o-1\"",
         "payload (as WeChat sent it):\n{}",
