@@ -370,11 +370,11 @@ impl Settings {
         // While a send holds its mark it renews the lease every third of it: before every
         // attempt and during every wait (backoff, 45011's minute, an upload, a slow call or token
         // fetch), so no wait needs to be capped below the lease. What the lease must outlive is
-        // the gap between two renewals plus the renewal itself: two tries at least.
-        if l.sending_lease < self.redis.command_timeout * 3 {
+        // the gap between two renewals plus a renewal that takes its whole timeout.
+        if l.sending_lease <= self.redis.command_timeout * 2 {
             invalid(format!(
-                "ledger.sending_lease ({:?}) must be at least 3 × redis.command_timeout ({:?}): \
-                 a sender renews it every third of its length, and a renewal may take that long",
+                "ledger.sending_lease ({:?}) must exceed 2 × redis.command_timeout ({:?}): a \
+                 sender renews it every third of its length, and a renewal may take that long",
                 l.sending_lease, self.redis.command_timeout
             ));
         }

@@ -41,9 +41,9 @@ use crate::wechat_api::body::{CardBody, ImageBody, LinkBody, TextBody};
 use crate::wechat_api::{OutgoingMessage, SendRequest, TypingRequest, WechatApi};
 use crate::window::ReplyWindows;
 use calls::{Caller, RetryPolicy};
-use tokio_util::sync::CancellationToken;
 use media::MediaCache;
 use sinks::{SinkError, Sinks};
+use tokio_util::sync::CancellationToken;
 
 /// One concrete step of one matched rule.
 #[derive(Debug, Clone, PartialEq)]

@@ -117,7 +117,10 @@ impl Actions {
         let mut media_refreshed = false;
         if let Some(path) = media_file {
             let caller = self.caller();
-            match self.holding(lease, self.media.media_id(&caller, app, path)).await {
+            match self
+                .holding(lease, self.media.media_id(&caller, app, path))
+                .await
+            {
                 Ok(id) => set_media_id(&mut request, id),
                 Err(e) => return self.media_failed(e, lease, allowance).await,
             }

@@ -243,7 +243,10 @@ impl Compiler<'_> {
                     ));
                 }
                 if ids.iter().flatten().any(|other| other == id) {
-                    return Err(fail(i, format!("action id `{id}` is used twice in this rule")));
+                    return Err(fail(
+                        i,
+                        format!("action id `{id}` is used twice in this rule"),
+                    ));
                 }
             }
             ids.push(id);

@@ -156,11 +156,17 @@ async fn a_sender_whose_mark_was_taken_over_sends_nothing_more() {
         .await
         .expect("processed");
 
-    assert_eq!(calls.load(Ordering::SeqCst), 1, "no attempt after the mark was lost");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "no attempt after the mark was lost"
+    );
     assert_eq!(reason_kind(&outcome), "superseded", "{outcome:?}");
     let entries = ledger_entries(&h);
     assert!(
-        entries.iter().all(|(_, v)| v.starts_with("sending:someone-else:")),
+        entries
+            .iter()
+            .all(|(_, v)| v.starts_with("sending:someone-else:")),
         "the other owner's mark is untouched: {entries:?}"
     );
 }
@@ -191,8 +197,15 @@ async fn a_claim_whose_answer_timed_out_is_recognised_by_the_retry() {
     .await;
     let ambiguous = app.metric("consumer_dead_letters_total", &[("reason", "ambiguous")]);
     app.stop().await;
-    assert_eq!(proxy.delayed.load(Ordering::SeqCst), 1, "the claim's answer was held back");
-    assert!(replied, "the reply went out once (ambiguous dead letters: {ambiguous})");
+    assert_eq!(
+        proxy.delayed.load(Ordering::SeqCst),
+        1,
+        "the claim's answer was held back"
+    );
+    assert!(
+        replied,
+        "the reply went out once (ambiguous dead letters: {ambiguous})"
+    );
     assert_eq!(ambiguous, 0.0);
     h.wechat.verify().await;
 }
@@ -223,7 +236,11 @@ async fn a_window_take_whose_answer_timed_out_spends_one_reply() {
     .await;
     app.stop().await;
     assert!(replied, "the reply went out");
-    assert_eq!(proxy.delayed.load(Ordering::SeqCst), 1, "the take's answer was held back");
+    assert_eq!(
+        proxy.delayed.load(Ordering::SeqCst),
+        1,
+        "the take's answer was held back"
+    );
     let remaining: i64 = redis::cmd("HGET")
         .arg(format!("{}window:demo:o-w", h.settings.redis.key_prefix))
         .arg("remaining")
@@ -260,20 +277,27 @@ async fn a_renamed_rule_with_an_inserted_action_does_not_send_a_reply_again() {
     let h = Harness::new(REPLY).await;
     h.mount_token().await;
     Mock::given(path(SEND))
-        .and(body_partial_json(serde_json::json!({"text": {"content": "answer"}})))
+        .and(body_partial_json(
+            serde_json::json!({"text": {"content": "answer"}}),
+        ))
         .respond_with(ok())
         .expect(1)
         .mount(&h.wechat)
         .await;
     Mock::given(path(SEND))
-        .and(body_partial_json(serde_json::json!({"text": {"content": "hello first"}})))
+        .and(body_partial_json(
+            serde_json::json!({"text": {"content": "hello first"}}),
+        ))
         .respond_with(ok())
         .expect(1)
         .mount(&h.wechat)
         .await;
     let env = text("o-rn", "1", "q");
     let before = h.services().await;
-    assert_eq!(before.processor.process(&env).await.expect("processed"), replied(1));
+    assert_eq!(
+        before.processor.process(&env).await.expect("processed"),
+        replied(1)
+    );
 
     std::fs::write(
         &h.settings.rules.path,
@@ -345,7 +369,12 @@ async fn a_panicking_record_is_dead_lettered_and_the_partition_moves_on() {
     .await;
     app.stop().await;
     assert!(moved_on, "both offsets are committed");
-    let letters = read_topic(&h.settings.kafka.dead_letter_topic, 1, 1, Duration::from_secs(10));
+    let letters = read_topic(
+        &h.settings.kafka.dead_letter_topic,
+        1,
+        1,
+        Duration::from_secs(10),
+    );
     assert_eq!(letters.len(), 1, "one dead letter");
     let reason = letters[0]
         .headers()

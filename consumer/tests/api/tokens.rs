@@ -213,7 +213,11 @@ async fn a_failed_early_refresh_is_not_repeated_on_every_call() {
 
     for _ in 0..3 {
         let t = services.tokens.token(APP).await.expect("token");
-        assert_eq!(t.value.expose(), "ALMOST-DUE", "the valid token serves meanwhile");
+        assert_eq!(
+            t.value.expose(),
+            "ALMOST-DUE",
+            "the valid token serves meanwhile"
+        );
     }
     h.wechat.verify().await;
 }
