@@ -210,7 +210,7 @@ redis_up() {
   if port_open "$REDIS_PORT"; then log "something already listens on 127.0.0.1:$REDIS_PORT; using it as Redis"; return 0; fi
   redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --daemonize yes \
     --pidfile "$RUN_DIR/redis.pid" --logfile "$LOG_DIR/redis.log" --dir "$STATE_DIR/redis" \
-    --save "" --appendonly yes --appendfsync everysec >/dev/null
+    --save "" --appendonly yes --appendfsync always >/dev/null
   for _ in $(seq 1 100); do
     redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG && { log "redis ready on 127.0.0.1:$REDIS_PORT (log: $LOG_DIR/redis.log)"; return 0; }
     sleep 0.1
@@ -538,7 +538,7 @@ rnode_start() {
   # The single Redis's persistence settings, plus cluster mode.
   redis-server --bind 127.0.0.1 --port "$port" --daemonize yes \
     --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" --dir "$dir" \
-    --save "" --appendonly yes --appendfsync everysec \
+    --save "" --appendonly yes --appendfsync always \
     --cluster-enabled yes --cluster-config-file nodes.conf \
     --cluster-node-timeout "$REDIS_CLUSTER_NODE_TIMEOUT" >/dev/null
   for _ in $(seq 1 100); do

@@ -158,9 +158,10 @@ pub struct WechatSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LedgerSettings {
-    /// How long a `sending` mark stays authoritative. A record that finds a younger `sending`
-    /// mark waits; an older one means its sender died between the mark and the outcome, and the
-    /// reply is dead-lettered as ambiguous instead of risking a second send.
+    /// How long a `sending` mark stays authoritative without a renewal; its sender renews it every
+    /// third of this while it works or waits. A record that finds a live `sending` mark waits;
+    /// an expired one means its sender died between the mark and the outcome, and the reply is
+    /// dead-lettered as ambiguous instead of risking a second send.
     #[serde(with = "humantime_serde")]
     pub sending_lease: Duration,
     /// Lifetime of every ledger entry.
@@ -364,6 +365,17 @@ impl Settings {
                 "ledger.sending_lease ({:?}) must exceed wechat.timeout + wechat.token_wait ({:?}): \
                  a live send must never look abandoned",
                 l.sending_lease, attempt
+            ));
+        }
+        // While a send holds its mark it renews the lease every third of it: before every
+        // attempt and during every wait (backoff, 45011's minute, an upload, a slow call or token
+        // fetch), so no wait needs to be capped below the lease. What the lease must outlive is
+        // the gap between two renewals plus a renewal that takes its whole timeout.
+        if l.sending_lease <= self.redis.command_timeout * 2 {
+            invalid(format!(
+                "ledger.sending_lease ({:?}) must exceed 2 × redis.command_timeout ({:?}): a \
+                 sender renews it every third of its length, and a renewal may take that long",
+                l.sending_lease, self.redis.command_timeout
             ));
         }
         if l.entry_ttl < REPLY_WINDOW {

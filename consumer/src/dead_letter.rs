@@ -51,11 +51,17 @@ pub enum Reason {
     MediaUnavailable(String),
     /// A forward or hand-off webhook refused the record (4xx).
     WebhookRejected { status: u16, detail: String },
+    /// This run's ledger mark of a reply was taken over (its lease ran out, or an operator cleared
+    /// it) before it could send; it sent nothing more. The ledger's owner decides the reply, so a
+    /// redrive is safe: it finds `sent`, `ambiguous`, or nothing.
+    Superseded(String),
+    /// Processing the record panicked (a defect): not retried, since it would panic again.
+    Panic(String),
 }
 
 impl Reason {
     /// Every value [`Reason::kind`] can return.
-    pub const KINDS: [&'static str; 12] = [
+    pub const KINDS: [&'static str; 14] = [
         "undecodable",
         "unknown_version",
         "unknown_app",
@@ -68,6 +74,8 @@ impl Reason {
         "ambiguous",
         "media_unavailable",
         "webhook_rejected",
+        "superseded",
+        "panic",
     ];
 
     pub fn kind(&self) -> &'static str {
@@ -84,6 +92,8 @@ impl Reason {
             Reason::Ambiguous(_) => "ambiguous",
             Reason::MediaUnavailable(_) => "media_unavailable",
             Reason::WebhookRejected { .. } => "webhook_rejected",
+            Reason::Superseded(_) => "superseded",
+            Reason::Panic(_) => "panic",
         }
     }
 
@@ -103,7 +113,9 @@ impl Reason {
             Reason::Undecodable(d)
             | Reason::TokenUnavailable(d)
             | Reason::Ambiguous(d)
-            | Reason::MediaUnavailable(d) => d.clone(),
+            | Reason::MediaUnavailable(d)
+            | Reason::Superseded(d)
+            | Reason::Panic(d) => d.clone(),
             Reason::UnknownVersion(v) => format!("unknown envelope version {v}"),
             Reason::UnknownApp(app) => format!("app `{app}` is not configured"),
             Reason::WindowClosed => {
@@ -323,6 +335,8 @@ mod tests {
                 status: 400,
                 detail: String::new(),
             },
+            Reason::Superseded(String::new()),
+            Reason::Panic(String::new()),
         ];
         let kinds: Vec<&str> = reasons.iter().map(Reason::kind).collect();
         assert_eq!(kinds, Reason::KINDS);

@@ -25,6 +25,10 @@ pub enum ProcessError {
     /// A dead letter was not acknowledged by Kafka, so the record's outcome is not final yet.
     #[error("{0}")]
     DeadLetter(#[source] PublishError),
+    /// The process is stopping: a wait ended early and its claim was given back; the record is
+    /// redelivered after the restart.
+    #[error("stopping")]
+    Stopping,
 }
 
 impl ProcessError {
@@ -36,6 +40,7 @@ impl ProcessError {
             // Both are records this process writes out (webhook or Kafka): one label, as the
             // dashboards and alerts have always counted them.
             ProcessError::Sink(_) | ProcessError::DeadLetter(_) => "sink",
+            ProcessError::Stopping => "stopping",
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The send ledger: at-most-once replies across retries, redeliveries, rebalances and restarts.
 //!
-//! Every side effect of a rule has an idempotency key, `{dedup_key}:{rule}:{action index}`,
-//! stored at `{prefix}ledger:{idempotency key}` with the entry TTL (≥ the 48 h reply window; a
+//! Every side effect of a rule has an idempotency key, `{dedup_key}:{action id}` (the action id
+//! is stable across rule edits: see [`crate::actions`] and docs/architecture.md), stored at
+//! `{prefix}ledger:{idempotency key}` with the entry TTL (≥ the 48 h reply window; a
 //! reply after that would fail anyway). Entry values:
 //! - `sending:{owner}:{deadline_ms}` — a send is in progress; written *before* the API call;
 //! - `sent:{at_ms}` — WeChat accepted it; never sent again;
@@ -16,6 +17,17 @@
 //! it twice. Same for a crash between the mark and the call (the reply was then never sent, but
 //! the ledger cannot tell; an operator can redrive it). A definite failure (errcode) releases the
 //! mark, since nothing reached the user.
+//!
+//! **Owners.** A mark names its owner, a [`ClaimOwner`] the caller keeps for every retry of the
+//! same record run. So a retry whose claim answer timed out (the mark was written, the answer
+//! lost) recognises its own mark and carries on, instead of waiting out the lease and giving an
+//! unsent reply up as ambiguous. A different run of the same record (a redelivery, another
+//! process) has another owner and waits for, or defers to, the mark.
+//!
+//! **Keeping the mark.** The sender renews its lease before every attempt and while it waits
+//! (backoff, uploads, a slow call), so a live sender never looks dead however long WeChat makes it
+//! wait. When a renewal finds the mark is no longer its own, the sender stops and sends nothing
+//! more ([`Ledger::renew`]).
 
 use std::time::Duration;
 
@@ -25,12 +37,24 @@ use crate::clock::now_ms;
 use crate::config::LedgerSettings;
 use crate::store::{Store, StoreError};
 
-/// Writes a `sending` mark unless an entry exists; returns the existing entry otherwise.
+/// Writes a `sending` mark unless an entry exists; returns the existing entry otherwise. A
+/// `sending` mark of the same owner (ARGV[3] is its prefix) is ours from an earlier try whose
+/// answer was lost: it is taken again with the new deadline.
 const CLAIM_SCRIPT: &str = r"
 local current = redis.call('GET', KEYS[1])
-if current then return current end
+if current and string.sub(current, 1, string.len(ARGV[3])) ~= ARGV[3] then return current end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return false
+";
+
+/// Records a delivery. Returns 1 when the mark was ours (or gone), 0 when it had been taken over
+/// or resolved by someone else meanwhile; `sent` is written either way except over `sent`.
+const SENT_SCRIPT: &str = r"
+local current = redis.call('GET', KEYS[1])
+if current and string.sub(current, 1, 5) == 'sent:' then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+if not current or string.sub(current, 1, string.len(ARGV[1])) == ARGV[1] then return 1 end
+return 0
 ";
 
 /// Replaces our own `sending` mark (release: delete; or a new deadline); never touches others'.
@@ -76,6 +100,23 @@ pub struct Lease {
     owner: String,
 }
 
+/// Who holds a `sending` mark: one value for every retry of one run of a record (see the module
+/// docs). A fresh one is a fresh run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimOwner(String);
+
+impl ClaimOwner {
+    pub fn new() -> ClaimOwner {
+        ClaimOwner(uuid::Uuid::new_v4().simple().to_string())
+    }
+}
+
+impl Default for ClaimOwner {
+    fn default() -> ClaimOwner {
+        ClaimOwner::new()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Ledger {
     store: Store,
@@ -83,6 +124,7 @@ pub struct Ledger {
     entry_ttl: Duration,
     claim_script: Script,
     owned_script: Script,
+    sent_script: Script,
     clear_script: Script,
 }
 
@@ -94,6 +136,7 @@ impl Ledger {
             entry_ttl: settings.entry_ttl,
             claim_script: Script::new(CLAIM_SCRIPT),
             owned_script: Script::new(OWNED_SCRIPT),
+            sent_script: Script::new(SENT_SCRIPT),
             clear_script: Script::new(CLEAR_AMBIGUOUS_SCRIPT),
         }
     }
@@ -106,10 +149,28 @@ impl Ledger {
         self.entry_ttl.as_millis() as u64
     }
 
-    /// Takes a `sending` mark for an at-most-once send, or says why not.
-    pub async fn claim(&self, idempotency_key: &str) -> Result<Claim, StoreError> {
+    /// How long a `sending` mark stays authoritative without a renewal.
+    pub fn sending_lease(&self) -> Duration {
+        self.sending_lease
+    }
+
+    /// Takes a `sending` mark for an at-most-once send, or says why not. `legacy_key`, when
+    /// given, is the key the same reply had before action ids were stable (`{dedup
+    /// key}:{rule}:{index}`); an entry there counts as this reply's, so records processed before
+    /// the upgrade are not replied twice when they are redelivered after it.
+    pub async fn claim(
+        &self,
+        idempotency_key: &str,
+        legacy_key: Option<&str>,
+        owner: &ClaimOwner,
+    ) -> Result<Claim, StoreError> {
+        if let Some(legacy) = legacy_key {
+            if let Some(value) = self.get(&self.key(legacy)).await? {
+                return parse_entry(&value);
+            }
+        }
         let key = self.key(idempotency_key);
-        let owner = uuid::Uuid::new_v4().simple().to_string();
+        let owner = owner.0.clone();
         let deadline = now_ms() + self.sending_lease.as_millis() as i64;
         let mut conn = self.store.conn();
         let existing: Option<String> = self
@@ -119,6 +180,7 @@ impl Ledger {
                     .key(&key)
                     .arg(format!("sending:{owner}:{deadline}"))
                     .arg(self.ttl_ms())
+                    .arg(format!("sending:{owner}:"))
                     .invoke_async(&mut conn),
             )
             .await?;
@@ -128,16 +190,32 @@ impl Ledger {
         }
     }
 
-    /// Pushes the lease's deadline forward before another attempt of the same send.
+    /// Pushes the lease's deadline forward (before every attempt, and while waiting). False when
+    /// the mark is no longer ours — another run took it after our lease ran out, or an operator
+    /// cleared it: then the caller must not send.
     pub async fn renew(&self, lease: &Lease) -> Result<bool, StoreError> {
         let deadline = now_ms() + self.sending_lease.as_millis() as i64;
         self.owned(lease, &format!("sending:{}:{deadline}", lease.owner))
             .await
     }
 
-    /// WeChat accepted the send. Unconditional: delivery is the truth, whoever holds the mark.
-    pub async fn mark_sent(&self, lease: &Lease) -> Result<(), StoreError> {
-        self.set(&lease.key, &format!("sent:{}", now_ms())).await
+    /// WeChat accepted the send. Delivery is the truth, so `sent` replaces whatever is there
+    /// (another run's `sending` mark then stops that run at its next renewal), except an existing
+    /// `sent`. Returns false when the mark was no longer ours: a lease lost during the call.
+    pub async fn mark_sent(&self, lease: &Lease) -> Result<bool, StoreError> {
+        let mut conn = self.store.conn();
+        let ours: i64 = self
+            .store
+            .bounded(
+                self.sent_script
+                    .key(&lease.key)
+                    .arg(format!("sending:{}:", lease.owner))
+                    .arg(format!("sent:{}", now_ms()))
+                    .arg(self.ttl_ms())
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        Ok(ours == 1)
     }
 
     /// The send got no answer; it may have been delivered.
@@ -152,18 +230,29 @@ impl Ledger {
         self.owned(lease, "").await.map(|_| ())
     }
 
-    /// Whether an at-least-once action already completed.
-    pub async fn is_done(&self, idempotency_key: &str) -> Result<bool, StoreError> {
+    /// Whether an at-least-once action already completed (under its key or its legacy key).
+    pub async fn is_done(
+        &self,
+        idempotency_key: &str,
+        legacy_key: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        for key in std::iter::once(idempotency_key).chain(legacy_key) {
+            if self
+                .get(&self.key(key))
+                .await?
+                .is_some_and(|v| v.starts_with("done:"))
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<String>, StoreError> {
         let mut conn = self.store.conn();
-        let value: Option<String> = self
-            .store
-            .bounded(
-                redis::cmd("GET")
-                    .arg(self.key(idempotency_key))
-                    .query_async(&mut conn),
-            )
-            .await?;
-        Ok(value.is_some_and(|v| v.starts_with("done:")))
+        self.store
+            .bounded(redis::cmd("GET").arg(key).query_async(&mut conn))
+            .await
     }
 
     /// Records that an at-least-once action completed.

@@ -155,6 +155,7 @@ impl Metrics {
                 "token",
                 "ambiguous",
                 "final",
+                "superseded",
             ] {
                 self.sends.with_label_values(&[msgtype, result]);
             }

@@ -14,6 +14,7 @@ use common::envelope::EnvelopeV1;
 use crate::actions::{plan, Actions, Done};
 use crate::dead_letter::{DeadLetter, Reason};
 use crate::error::ProcessError;
+use crate::ledger::ClaimOwner;
 use crate::metrics::Metrics;
 use crate::rules::RulesHandle;
 
@@ -56,8 +57,20 @@ pub struct Processor {
 }
 
 impl Processor {
-    /// Routes `env` through the current rules and runs the matched actions in order.
+    /// Routes `env` through the current rules and runs the matched actions in order, as a run of
+    /// its own (a fresh [`ClaimOwner`]).
     pub async fn process(&self, env: &EnvelopeV1) -> Result<Outcome, ProcessError> {
+        self.process_as(env, &ClaimOwner::new()).await
+    }
+
+    /// Like [`Processor::process`], as `owner`: every retry of one run of a record passes the
+    /// same owner, so a retry recognises the ledger marks its earlier tries wrote even when their
+    /// answers were lost (see [`crate::ledger`]).
+    pub async fn process_as(
+        &self,
+        env: &EnvelopeV1,
+        owner: &ClaimOwner,
+    ) -> Result<Outcome, ProcessError> {
         // Records of an app this deployment does not serve cannot be answered (no secret).
         if !self.apps.contains(&env.app) {
             return Ok(Outcome::DeadLettered(DeadLetter::record(
@@ -81,7 +94,7 @@ impl Processor {
         }
         let (mut sent, mut already_sent) = (0, 0);
         for action in plan(env, &matches) {
-            match self.actions.run(env, &action).await? {
+            match self.actions.run(env, &action, owner).await? {
                 Done::Sent => sent += 1,
                 Done::AlreadySent => already_sent += 1,
                 Done::Handed | Done::Nothing => {}

@@ -90,6 +90,7 @@ impl Services {
             policy: RetryPolicy::from_settings(w),
             metrics: metrics.clone(),
             show_typing: true,
+            shutdown: CancellationToken::new(),
         };
         let processor = Processor {
             rules: watcher.handle.clone(),
@@ -143,7 +144,8 @@ impl Application {
     ) -> anyhow::Result<Application> {
         register_process_metrics(&registry);
         let metrics = Metrics::new(&registry)?;
-        let services = Services::build(&settings, &metrics).await?;
+        let mut services = Services::build(&settings, &metrics).await?;
+        services.processor.actions.shutdown = shutdown.clone();
         let pipeline = Pipeline::new(
             &settings,
             services.processor,

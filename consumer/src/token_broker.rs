@@ -11,7 +11,8 @@
 //!   fetch never overwrites a newer token. The hash has no TTL, so `gen` only grows.
 //! - **Refresh ahead.** A token within `token_refresh_ahead` of expiry is refreshed by whichever
 //!   caller gets the lock first; everyone else keeps using it meanwhile. Only an absent or expired
-//!   token makes callers wait (bounded by `token_wait`).
+//!   token makes callers wait (bounded by `token_wait`). A refresh ahead that fails keeps the lock
+//!   until its lease ends, so the endpoint is retried once per lease, not by every call.
 //! - **Compare-and-expire.** On 40001/40014/42001 the caller expires the token only if its `gen`
 //!   is still the current one, so a failure seen with an old token never wipes a fresh one; then
 //!   it asks again and gets the refreshed token. `stable_token` is never force-refreshed.
@@ -160,18 +161,26 @@ impl TokenBroker {
             let usable = cached.as_ref().filter(|(_, expires_ms)| now < *expires_ms);
             if let Some(owner) = self.try_lock(app).await? {
                 let result = self.refresh_locked(app, credentials, &owner).await;
-                self.unlock(app, &owner).await;
                 match (result, usable) {
-                    (Ok(token), _) => return Ok(token),
-                    // Refreshing ahead failed, but the token still works: use it, retry later.
+                    (Ok(token), _) => {
+                        self.unlock(app, &owner).await;
+                        return Ok(token);
+                    }
+                    // Refreshing ahead failed, but the token still works: use it. The lock is
+                    // kept until its lease runs out, as a cool-down: no process asks the token
+                    // endpoint again before then, so a failing endpoint is not hit by every call
+                    // (each fetch spends its daily quota). Callers keep the valid token meanwhile.
                     (Err(e), Some((token, _))) => {
-                        tracing::warn!(app, error = %e, "refreshing the access token ahead of expiry failed");
+                        tracing::warn!(app, error = %e, retry_in = ?self.lock_lease, "refreshing the access token ahead of expiry failed");
                         return Ok(Token {
                             value: token.clone(),
                             generation,
                         });
                     }
-                    (Err(e), None) => return Err(e),
+                    (Err(e), None) => {
+                        self.unlock(app, &owner).await;
+                        return Err(e);
+                    }
                 }
             }
             // Someone else is refreshing. A still-valid token need not wait for them.

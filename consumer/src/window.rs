@@ -10,6 +10,9 @@
 //!   an older action never replaces a newer one, so quota already spent stays spent;
 //! - a reply is taken from the allowance *before* the API call, atomically (Lua), and given back
 //!   only when WeChat definitely did not deliver it;
+//! - a take is idempotent per reply: the hash remembers `taken:{idempotency key}` = the anchor it
+//!   was taken from, so a take repeated after its answer was lost (a Redis timeout) spends the
+//!   reply once. A new window forgets them.
 //! - a send that WeChat would refuse (window closed: 45015; quota used: 45047) is not attempted:
 //!   the caller dead-letters it with that reason. No window on record counts as closed.
 
@@ -31,24 +34,35 @@ const OPEN_SCRIPT: &str = r"
 local anchor_time = tonumber(redis.call('HGET', KEYS[1], 'anchor_time') or '-1')
 if redis.call('HGET', KEYS[1], 'anchor_key') == ARGV[2] then return 0 end
 if tonumber(ARGV[1]) < anchor_time then return 0 end
+for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if string.sub(field, 1, 6) == 'taken:' then redis.call('HDEL', KEYS[1], field) end
+end
 redis.call('HSET', KEYS[1], 'remaining', ARGV[3], 'expires_ms', ARGV[4], 'anchor_time', ARGV[1], 'anchor_key', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 return 1
 ";
 
+/// ARGV[2] is the reply's `taken:` field: a reply already taken from this window is not taken
+/// twice.
 const TAKE_SCRIPT: &str = r"
+local anchor = redis.call('HGET', KEYS[1], 'anchor_key')
+if anchor and redis.call('HGET', KEYS[1], ARGV[2]) == anchor then return {'ok', anchor} end
 local expires = tonumber(redis.call('HGET', KEYS[1], 'expires_ms') or '0')
 if expires <= tonumber(ARGV[1]) then return {'window_closed', ''} end
 local remaining = tonumber(redis.call('HGET', KEYS[1], 'remaining') or '0')
 if remaining <= 0 then return {'quota_exhausted', ''} end
 redis.call('HINCRBY', KEYS[1], 'remaining', -1)
-return {'ok', redis.call('HGET', KEYS[1], 'anchor_key')}
+redis.call('HSET', KEYS[1], ARGV[2], anchor)
+return {'ok', anchor}
 ";
 
-/// Gives a reply back, or (ARGV[2] = '0') sets the allowance to zero, only within the same window.
+/// Gives a reply back (once: only while its `taken:` field ARGV[3] is there), or (ARGV[2] = '0')
+/// sets the allowance to zero, only within the same window.
 const ADJUST_SCRIPT: &str = r"
 if redis.call('HGET', KEYS[1], 'anchor_key') ~= ARGV[1] then return 0 end
-if ARGV[2] == '0' then redis.call('HSET', KEYS[1], 'remaining', 0) else redis.call('HINCRBY', KEYS[1], 'remaining', 1) end
+if ARGV[2] == '0' then redis.call('HSET', KEYS[1], 'remaining', 0) return 1 end
+if redis.call('HDEL', KEYS[1], ARGV[3]) == 0 then return 0 end
+redis.call('HINCRBY', KEYS[1], 'remaining', 1)
 return 1
 ";
 
@@ -66,6 +80,7 @@ pub enum Refusal {
 pub struct Allowance {
     key: String,
     anchor: String,
+    field: String,
 }
 
 #[derive(Debug, Clone)]
@@ -127,13 +142,20 @@ impl ReplyWindows {
         Ok(())
     }
 
-    /// Takes one reply from the user's allowance, or says why WeChat would refuse it.
-    pub async fn take(&self, env: &EnvelopeV1) -> Result<Result<Allowance, Refusal>, StoreError> {
+    /// Takes one reply (`idempotency_key`) from the user's allowance, or says why WeChat would
+    /// refuse it. Taking the same reply again within the same window takes nothing more.
+    pub async fn take(
+        &self,
+        env: &EnvelopeV1,
+        idempotency_key: &str,
+    ) -> Result<Result<Allowance, Refusal>, StoreError> {
         let key = self.key(env);
+        let field = format!("taken:{idempotency_key}");
         if !self.enabled {
             return Ok(Ok(Allowance {
                 key,
                 anchor: String::new(),
+                field,
             }));
         }
         let mut conn = self.store.conn();
@@ -143,11 +165,12 @@ impl ReplyWindows {
                 self.take_script
                     .key(&key)
                     .arg(now_ms())
+                    .arg(&field)
                     .invoke_async(&mut conn),
             )
             .await?;
         match verdict.as_str() {
-            "ok" => Ok(Ok(Allowance { key, anchor })),
+            "ok" => Ok(Ok(Allowance { key, anchor, field })),
             "window_closed" => Ok(Err(Refusal::WindowClosed)),
             "quota_exhausted" => Ok(Err(Refusal::QuotaExhausted)),
             other => Err(StoreError::Unexpected(format!("window verdict `{other}`"))),
@@ -176,6 +199,7 @@ impl ReplyWindows {
                     .key(&allowance.key)
                     .arg(&allowance.anchor)
                     .arg(how)
+                    .arg(&allowance.field)
                     .invoke_async(&mut conn),
             )
             .await?;

@@ -2,7 +2,17 @@
 //!
 //! Two halves. [`plan`] is pure: it turns the matched rules into concrete steps — the exact send
 //! bodies with templates filled in, typing commands, hand-offs, forwards — each with its
-//! idempotency key `{dedup_key}:{rule}:{index}`; `consumer explain` prints these. [`Actions::run`]
+//! idempotency key `{dedup_key}:{action id}`; `consumer explain` prints these.
+//!
+//! **Action identity.** The key must survive rule edits, or a redelivery, replay or redrive after a
+//! reload would send the same reply again. An action's id is its explicit `id` in the rules file
+//! (`id:{id}`), or else a hash of what it would do (`h:{hash}`): the rendered send body with its
+//! recipient, the hand-off note, the forward target. Renaming a rule, reordering rules or
+//! actions, and inserting or removing other actions keep every identity; changing what a reply
+//! says makes it a new reply unless it has an explicit `id`. Two identical actions in one record's
+//! plan are told apart by their order (`~2`, `~3`, ...). Entries written under the old key
+//! `{dedup_key}:{rule}:{index}` are still honoured (`legacy_key`), so records processed before
+//! the change are not replied twice after it (docs/architecture.md, "Reply identity"). [`Actions::run`]
 //! executes one step with the ledger, the reply window, the token and the retry policy
 //! ([`send`] for replies, [`sinks`] for hand-off and forward).
 //!
@@ -23,7 +33,7 @@ use common::envelope::EnvelopeV1;
 
 use crate::dead_letter::Reason;
 use crate::error::ProcessError;
-use crate::ledger::Ledger;
+use crate::ledger::{ClaimOwner, Ledger};
 use crate::metrics::Metrics;
 use crate::rules::{field, Action, ForwardTarget, MediaSource, RuleMatch, Template};
 use crate::token_broker::TokenBroker;
@@ -33,6 +43,7 @@ use crate::window::ReplyWindows;
 use calls::{Caller, RetryPolicy};
 use media::MediaCache;
 use sinks::{SinkError, Sinks};
+use tokio_util::sync::CancellationToken;
 
 /// One concrete step of one matched rule.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,7 +51,10 @@ pub struct PlannedAction {
     pub rule: String,
     /// 0-based position of the action within its rule.
     pub index: usize,
+    /// `{dedup_key}:{action id}`: the ledger key (see the module docs).
     pub idempotency_key: String,
+    /// `{dedup_key}:{rule}:{index}`, the key before action ids were stable; read, never written.
+    pub legacy_key: String,
     pub step: Step,
 }
 
@@ -84,6 +98,7 @@ pub fn media_placeholder(path: &std::path::Path) -> String {
 pub fn plan(env: &EnvelopeV1, matches: &[RuleMatch<'_>]) -> Vec<PlannedAction> {
     let touser = env.message.from_user_name.as_str().to_owned();
     let mut planned = Vec::new();
+    let mut identities: Vec<String> = Vec::new();
     for m in matches {
         let render = |t: &Template| t.render(&|name| field(env, &m.captures, name));
         for (index, action) in m.rule.actions.iter().enumerate() {
@@ -157,15 +172,57 @@ pub fn plan(env: &EnvelopeV1, matches: &[RuleMatch<'_>]) -> Vec<PlannedAction> {
                 Action::Forward { target } => Step::Forward(target.clone()),
                 Action::Drop => Step::Drop,
             };
+            let identity = match m.rule.action_ids.get(index).cloned().flatten() {
+                Some(id) => format!("id:{id}"),
+                None => format!("h:{:016x}", fnv1a(content_of(&step).as_bytes())),
+            };
+            let seen = identities.iter().filter(|i| **i == identity).count();
+            let action_id = if seen == 0 {
+                identity.clone()
+            } else {
+                format!("{identity}~{}", seen + 1)
+            };
+            identities.push(identity);
+            let dedup = env.dedup_key.as_str();
             planned.push(PlannedAction {
                 rule: m.rule.name.clone(),
                 index,
-                idempotency_key: format!("{}:{}:{index}", env.dedup_key.as_str(), m.rule.name),
+                idempotency_key: format!("{dedup}:{action_id}"),
+                legacy_key: format!("{dedup}:{}:{index}", m.rule.name),
                 step,
             });
         }
     }
     planned
+}
+
+/// What a step would do, as the text its identity hashes: stable across builds (no `Debug`
+/// output, no map iteration order).
+fn content_of(step: &Step) -> String {
+    match step {
+        Step::Send {
+            request,
+            media_file,
+        } => {
+            let body = serde_json::to_string(request).unwrap_or_default();
+            match media_file {
+                Some(path) => format!("send\n{body}\n{}", path.display()),
+                None => format!("send\n{body}"),
+            }
+        }
+        Step::Typing(request) => format!("typing\n{}", request.touser),
+        Step::Handoff { note } => format!("handoff\n{}", note.as_deref().unwrap_or("")),
+        Step::Forward(ForwardTarget::Webhook(url)) => format!("forward-url\n{url}"),
+        Step::Forward(ForwardTarget::Topic(topic)) => format!("forward-topic\n{topic}"),
+        Step::Drop => "drop".into(),
+    }
+}
+
+/// FNV-1a, 64 bits: a fixed, dependency-free hash, so an identity never changes between builds.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| {
+        (hash ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// Replaces the media id of an image or card body.
@@ -192,6 +249,9 @@ pub struct Actions {
     /// belongs to a live conversation, and a re-driven record's user may have been answered long
     /// ago — a "typing…" with no reply after it would only confuse them.
     pub show_typing: bool,
+    /// Fires when the process stops: waits inside a send end, and a claim with no call in flight
+    /// is given back (see [`send`]).
+    pub shutdown: CancellationToken,
 }
 
 impl Actions {
@@ -207,12 +267,16 @@ impl Actions {
         &self,
         env: &EnvelopeV1,
         action: &PlannedAction,
+        owner: &ClaimOwner,
     ) -> Result<Done, ProcessError> {
         match &action.step {
             Step::Send {
                 request,
                 media_file,
-            } => self.send(env, action, request, media_file.as_deref()).await,
+            } => {
+                self.send(env, action, request, media_file.as_deref(), owner)
+                    .await
+            }
             Step::Typing(request) => {
                 if self.show_typing {
                     self.typing(env, request).await;
@@ -239,7 +303,11 @@ impl Actions {
         action: &PlannedAction,
         sink: impl std::future::Future<Output = Result<(), SinkError>>,
     ) -> Result<Done, ProcessError> {
-        if self.ledger.is_done(&action.idempotency_key).await? {
+        if self
+            .ledger
+            .is_done(&action.idempotency_key, Some(&action.legacy_key))
+            .await?
+        {
             return Ok(Done::Handed);
         }
         match sink.await {

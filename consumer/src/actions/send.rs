@@ -6,11 +6,20 @@
 //! 2. **Window** — take one reply from the user's allowance; a refusal means WeChat would answer
 //!    45015/45047, so the reply is not attempted and the record is dead-lettered.
 //! 3. **Media** — a local image is resolved to a (cached or freshly uploaded) media id.
-//! 4. **Call** — with the token protocol; retryable failures back off and retry with the lease
-//!    renewed; an unanswered call is never retried (not idempotent) and is marked ambiguous.
+//! 4. **Call** — with the token protocol; retryable failures back off and retry; an unanswered call
+//!    is never retried (not idempotent) and is marked ambiguous.
 //! 5. **Outcome** — `sent` in the ledger; on a definite failure the mark is released and the reply
 //!    given back to the allowance, since nothing reached the user.
+//!
+//! The lease is renewed before every attempt and every `lease / 3` while anything is awaited with
+//! the mark held (the upload, the call, a backoff), so no wait, however long, lets it expire under
+//! a live sender. A renewal that finds the mark taken over stops the send: nothing more is sent,
+//! and the record is dead-lettered as `superseded` (visible, and safe to redrive: the ledger
+//! decides). Shutdown ends every wait: a claim with no call in flight is given back (mark
+//! released, reply refunded) so the redelivery after the restart sends it, instead of finding a
+//! stale mark and giving it up as ambiguous.
 
+use std::future::Future;
 use std::path::Path;
 use std::time::Duration;
 
@@ -22,7 +31,7 @@ use super::{set_media_id, Actions, Done, PlannedAction};
 use crate::clock::now_ms;
 use crate::dead_letter::Reason;
 use crate::error::ProcessError;
-use crate::ledger::{Claim, Lease};
+use crate::ledger::{Claim, ClaimOwner, Lease};
 use crate::token_broker::TokenError;
 use crate::wechat_api::error::{
     ERRCODE_INVALID_MEDIA, ERRCODE_QUOTA_EXHAUSTED, ERRCODE_WINDOW_CLOSED,
@@ -40,10 +49,15 @@ impl Actions {
         action: &PlannedAction,
         request: &SendRequest,
         media_file: Option<&Path>,
+        owner: &ClaimOwner,
     ) -> Result<Done, ProcessError> {
         let msgtype = request.message.msgtype();
         let lease = loop {
-            match self.ledger.claim(&action.idempotency_key).await? {
+            let claim = self
+                .ledger
+                .claim(&action.idempotency_key, Some(&action.legacy_key), owner)
+                .await?;
+            match claim {
                 Claim::Acquired(lease) => break lease,
                 Claim::AlreadySent | Claim::AlreadyDone => {
                     self.count(msgtype, "duplicate");
@@ -61,11 +75,15 @@ impl Actions {
                 // rebalance) is sending this very reply: wait for its outcome.
                 Claim::InProgress { deadline_ms } => {
                     let left = Duration::from_millis((deadline_ms - now_ms()).max(1) as u64);
-                    tokio::time::sleep(left.min(IN_PROGRESS_POLL)).await;
+                    // Nothing of ours is held here, so shutdown may simply end the wait.
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return Err(ProcessError::Stopping),
+                        _ = tokio::time::sleep(left.min(IN_PROGRESS_POLL)) => {}
+                    }
                 }
             }
         };
-        let allowance = match self.windows.take(env).await {
+        let allowance = match self.windows.take(env, &action.idempotency_key).await {
             Ok(Ok(allowance)) => allowance,
             Ok(Err(refusal)) => {
                 self.ledger.release(&lease).await?;
@@ -98,30 +116,40 @@ impl Actions {
         let mut request = request.clone();
         let mut media_refreshed = false;
         if let Some(path) = media_file {
-            match self.media.media_id(&self.caller(), app, path).await {
+            let caller = self.caller();
+            match self
+                .holding(lease, self.media.media_id(&caller, app, path))
+                .await
+            {
                 Ok(id) => set_media_id(&mut request, id),
                 Err(e) => return self.media_failed(e, lease, allowance).await,
             }
         }
         let mut attempt = 1;
         loop {
-            if attempt > 1 {
-                if let Err(e) = self.ledger.renew(lease).await {
-                    return self.abandon(lease, allowance, e.into()).await;
-                }
+            // Before every attempt (the first too: an upload or a slow token may have taken a
+            // while): the mark must still be ours, or someone else now owns this reply.
+            match self.ledger.renew(lease).await {
+                Ok(true) => {}
+                Ok(false) => return Ok(self.superseded(msgtype)),
+                Err(e) => return self.abandon(lease, allowance, e.into()).await,
             }
             let api = &self.api;
             let body = &request;
-            let result = self
-                .caller()
-                .attempt(app, |token| async move { api.send(&token, body).await })
-                .await;
+            let caller = self.caller();
+            let call = caller.attempt(app, |token| async move { api.send(&token, body).await });
+            let result = self.holding(lease, call).await;
             let error = match result {
                 Ok(()) => {
                     self.count(msgtype, "ok");
                     // If this write fails the reply was delivered but not recorded; the record's
                     // retry then finds the `sending` mark and dead-letters as ambiguous.
-                    self.ledger.mark_sent(lease).await?;
+                    if !self.ledger.mark_sent(lease).await? {
+                        tracing::warn!(
+                            "a reply was delivered after its ledger mark had been taken over; \
+                             recorded as sent"
+                        );
+                    }
                     return Ok(Done::Sent);
                 }
                 Err(AttemptError::Token(e)) => {
@@ -134,7 +162,13 @@ impl Actions {
             self.count(msgtype, class.label());
             match class {
                 ErrorClass::Retryable if attempt < self.policy.max_attempts => {
-                    tokio::time::sleep(self.policy.backoff(attempt, &error)).await;
+                    let wait = self.policy.backoff(attempt, &error);
+                    if self.wait_holding(lease, wait).await.is_err() {
+                        // Shutdown with no call in flight: give the claim back, so the redelivery
+                        // after the restart sends the reply.
+                        self.undo(lease, allowance).await?;
+                        return Err(ProcessError::Stopping);
+                    }
                     attempt += 1;
                 }
                 ErrorClass::Retryable => {
@@ -185,6 +219,49 @@ impl Actions {
                 }
             }
         }
+    }
+
+    /// Runs `work` with the mark held: the lease is renewed every third of its length meanwhile.
+    /// `work` is never cut short (it may be a call in flight); a lost mark shows at the renewal
+    /// before the next attempt.
+    async fn holding<T>(&self, lease: &Lease, work: impl Future<Output = T>) -> T {
+        tokio::pin!(work);
+        let every = self.ledger.sending_lease() / 3;
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tokio::select! {
+                out = &mut work => return out,
+                _ = ticker.tick() => {
+                    if let Err(e) = self.ledger.renew(lease).await {
+                        tracing::warn!(error = %e, "renewing a send lease failed; trying again");
+                    }
+                }
+            }
+        }
+    }
+
+    /// A backoff with the mark held; ends early (Err) on shutdown.
+    async fn wait_holding(&self, lease: &Lease, wait: Duration) -> Result<(), ()> {
+        let shutdown = self.shutdown.clone();
+        self.holding(lease, async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => Err(()),
+                _ = tokio::time::sleep(wait) => Ok(()),
+            }
+        })
+        .await
+    }
+
+    /// Our mark was taken over (our lease ran out and another run claimed the reply, or an
+    /// operator cleared it): send nothing more and leave the reply to the ledger's owner. The
+    /// allowance is not refunded: the other run's take of this reply is the same take.
+    fn superseded(&self, msgtype: &str) -> Done {
+        self.count(msgtype, "superseded");
+        Done::DeadLetter(Reason::Superseded(
+            "the ledger mark of this reply was taken over by another attempt; this one sent \
+             nothing more"
+                .into(),
+        ))
     }
 
     /// A transient failure before anything was sent: undo (best effort) and let the record be

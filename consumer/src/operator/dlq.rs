@@ -301,7 +301,7 @@ pub async fn show(
             out,
             "failed step",
             &format!(
-                "rule `{rule}` action #{} (idempotency key {dedup}:{rule}:{index})",
+                "rule `{rule}` action #{} (key before stable action ids: {dedup}:{rule}:{index})",
                 index + 1
             ),
         )?;

@@ -191,10 +191,22 @@ async fn redrive(
         if let (Some(env), Some(rule), Some(index)) =
             (&entry.envelope, &record.rule, record.action_index)
         {
-            let key = format!("{}:{rule}:{index}", env.dedup_key.as_str());
-            if let Err(e) = driver.processor.actions.ledger.clear_ambiguous(&key).await {
-                let _ = marks.release(p, o).await;
-                return unfinished(e.to_string());
+            // The reply's key under the current rules (its stable action id), and the key it had
+            // before action ids were stable; whichever holds the ambiguous entry is cleared.
+            let rules = driver.processor.rules.current();
+            let planned = crate::actions::plan(env, &rules.evaluate(env));
+            let mut keys = vec![format!("{}:{rule}:{index}", env.dedup_key.as_str())];
+            keys.extend(
+                planned
+                    .into_iter()
+                    .filter(|a| &a.rule == rule && a.index == index)
+                    .map(|a| a.idempotency_key),
+            );
+            for key in keys {
+                if let Err(e) = driver.processor.actions.ledger.clear_ambiguous(&key).await {
+                    let _ = marks.release(p, o).await;
+                    return unfinished(e.to_string());
+                }
             }
         }
     }

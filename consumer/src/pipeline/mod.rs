@@ -27,6 +27,7 @@ pub mod dispatch;
 pub mod offsets;
 
 use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,8 +42,9 @@ use tracing::Instrument;
 
 use crate::backoff::exponential_jitter;
 use crate::config::Settings;
-use crate::dead_letter::{DeadLetter, DeadLetterWriter};
+use crate::dead_letter::{DeadLetter, DeadLetterWriter, Reason};
 use crate::error::ProcessError;
+use crate::ledger::ClaimOwner;
 use crate::metrics::Metrics;
 use crate::processor::{Outcome, Processor};
 use crate::record::KafkaRecord;
@@ -355,6 +357,9 @@ impl Shared {
         );
         async {
             let mut attempt = 0;
+            // One owner for every retry of this run: a retry recognises the ledger marks its
+            // earlier tries wrote, even those whose answers were lost.
+            let owner = ClaimOwner::new();
             let outcome = loop {
                 // Revoked meanwhile: the new owner will redeliver it; do nothing twice.
                 if !self
@@ -363,8 +368,10 @@ impl Shared {
                 {
                     return;
                 }
-                match self.outcome_of(&record).await {
+                match self.outcome_of(&record, &owner).await {
                     Ok(outcome) => break outcome,
+                    // Stopping: the claim was given back; the record is redelivered later.
+                    Err(_) if self.shutdown.is_cancelled() => return,
                     // Transient: back off and retry the same record. Its offset stays unstored,
                     // so even a crash now redelivers it.
                     Err(e) => {
@@ -400,15 +407,36 @@ impl Shared {
     }
 
     /// Decodes and processes; dead letters are published before the outcome counts as final.
-    async fn outcome_of(&self, record: &KafkaRecord) -> Result<Outcome, ProcessError> {
+    async fn outcome_of(
+        &self,
+        record: &KafkaRecord,
+        owner: &ClaimOwner,
+    ) -> Result<Outcome, ProcessError> {
         let value = record.value.as_slice();
         let letter = match Envelope::from_bytes(value) {
             // Poison: retrying cannot decode it. Dead-letter with the reason and move on.
             Err(e) => DeadLetter::poison(e),
-            Ok(envelope) => match self.processor.process(envelope.v1()).await? {
-                Outcome::DeadLettered(letter) => letter,
-                other => return Ok(other),
-            },
+            Ok(envelope) => {
+                let processing = self.processor.process_as(envelope.v1(), owner);
+                match AssertUnwindSafe(processing).catch_unwind().await {
+                    Ok(result) => match result? {
+                        Outcome::DeadLettered(letter) => letter,
+                        other => return Ok(other),
+                    },
+                    // A panic is a defect that would repeat on every retry: dead-letter the
+                    // record with the reason so its partition moves on and an operator sees it.
+                    // A reply mark it left stays, so a redrive after the fix never sends twice.
+                    Err(panic) => {
+                        let what = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| (*s).to_owned())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "a panic without a message".into());
+                        tracing::error!(panic = %what, "processing a record panicked");
+                        DeadLetter::record(Reason::Panic(what))
+                    }
+                }
+            }
         };
         self.dead_letters
             .write(&letter, record.into(), value)

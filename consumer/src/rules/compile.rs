@@ -88,23 +88,26 @@ impl Compiler<'_> {
                 ));
             }
             let (conditions, captures) = self.conditions(rule.when, &name)?;
-            let actions = self.actions(rule.actions, &name, at, &captures)?;
+            let (actions, action_ids) = self.actions(rule.actions, &name, at, &captures)?;
             rules.push(Rule {
                 name,
                 continue_matching: rule.continue_matching,
                 conditions,
                 actions,
+                action_ids,
             });
         }
         let default = match def.default {
             Some(default) => {
                 let at = Some(default.span().start);
-                let actions = self.actions(default.into_inner().actions, DEFAULT_RULE, at, &[])?;
+                let (actions, action_ids) =
+                    self.actions(default.into_inner().actions, DEFAULT_RULE, at, &[])?;
                 Some(Rule {
                     name: DEFAULT_RULE.to_owned(),
                     continue_matching: false,
                     conditions: Conditions::default(),
                     actions,
+                    action_ids,
                 })
             }
             None => None,
@@ -200,7 +203,7 @@ impl Compiler<'_> {
         rule: &str,
         at: Option<usize>,
         captures: &[String],
-    ) -> Result<Vec<Action>, RulesError> {
+    ) -> Result<(Vec<Action>, Vec<Option<String>>), RulesError> {
         let fail = |index: usize, message: String| {
             self.error(
                 at,
@@ -225,9 +228,30 @@ impl Compiler<'_> {
             Template::parse(source, &known).map_err(|m| fail(index, m))
         };
         let mut actions = Vec::with_capacity(defs.len());
+        let mut ids: Vec<Option<String>> = Vec::with_capacity(defs.len());
         for (i, def) in defs.into_iter().enumerate() {
+            let id = def.id().map(str::to_owned);
+            if let Some(id) = &id {
+                let valid = !id.is_empty()
+                    && id
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+                if !valid {
+                    return Err(fail(
+                        i,
+                        format!("action id `{id}` may hold only letters, digits, '_', '-' and '.'"),
+                    ));
+                }
+                if ids.iter().flatten().any(|other| other == id) {
+                    return Err(fail(
+                        i,
+                        format!("action id `{id}` is used twice in this rule"),
+                    ));
+                }
+            }
+            ids.push(id);
             let action = match def {
-                ActionDef::Text { content } => {
+                ActionDef::Text { content, .. } => {
                     if content.trim().is_empty() {
                         return Err(fail(i, "text content is empty".into()));
                     }
@@ -235,7 +259,7 @@ impl Compiler<'_> {
                         content: template(i, &content)?,
                     }
                 }
-                ActionDef::Image { media_id, file } => Action::Image {
+                ActionDef::Image { media_id, file, .. } => Action::Image {
                     media: self
                         .media(media_id, file, "media_id", "file")
                         .map_err(|m| fail(i, m))?,
@@ -245,6 +269,7 @@ impl Compiler<'_> {
                     description,
                     url,
                     thumb_url,
+                    ..
                 } => Action::Link {
                     title: template(i, &title)?,
                     description: template(i, &description)?,
@@ -256,6 +281,7 @@ impl Compiler<'_> {
                     pagepath,
                     thumb_media_id,
                     thumb_file,
+                    ..
                 } => Action::MiniProgramPage {
                     title: template(i, &title)?,
                     pagepath: template(i, &pagepath)?,
@@ -264,13 +290,13 @@ impl Compiler<'_> {
                         .map_err(|m| fail(i, m))?,
                 },
                 ActionDef::Typing { command } => Action::Typing { command },
-                ActionDef::Handoff { note } => {
+                ActionDef::Handoff { note, .. } => {
                     if !self.ctx.handoff_available {
                         return Err(fail(i, "handoff has nowhere to go: enable [handoff] publish or set a webhook in consumer.toml".into()));
                     }
                     Action::Handoff { note }
                 }
-                ActionDef::Forward { url, topic } => Action::Forward {
+                ActionDef::Forward { url, topic, .. } => Action::Forward {
                     target: match (url, topic) {
                         (Some(url), None)
                             if url.starts_with("http://") || url.starts_with("https://") =>
@@ -293,7 +319,7 @@ impl Compiler<'_> {
             };
             actions.push(action);
         }
-        Ok(actions)
+        Ok((actions, ids))
     }
 
     fn media(

@@ -109,13 +109,22 @@ pub(super) struct WhenDef {
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub(super) enum ActionDef {
     Text {
+        /// Stable identity of the reply in the send ledger (see docs/architecture.md).
+        #[serde(default)]
+        id: Option<String>,
         content: String,
     },
     Image {
+        /// Stable identity of the reply in the send ledger (see docs/architecture.md).
+        #[serde(default)]
+        id: Option<String>,
         media_id: Option<String>,
         file: Option<PathBuf>,
     },
     Link {
+        /// Stable identity of the reply in the send ledger (see docs/architecture.md).
+        #[serde(default)]
+        id: Option<String>,
         title: String,
         #[serde(default)]
         description: String,
@@ -125,6 +134,9 @@ pub(super) enum ActionDef {
     },
     #[serde(rename = "miniprogrampage")]
     MiniProgramPage {
+        /// Stable identity of the reply in the send ledger (see docs/architecture.md).
+        #[serde(default)]
+        id: Option<String>,
         title: String,
         pagepath: String,
         thumb_media_id: Option<String>,
@@ -135,11 +147,32 @@ pub(super) enum ActionDef {
         command: TypingCommand,
     },
     Handoff {
+        /// Stable identity of the reply in the send ledger (see docs/architecture.md).
+        #[serde(default)]
+        id: Option<String>,
         note: Option<String>,
     },
     Forward {
+        /// Stable identity of the reply in the send ledger (see docs/architecture.md).
+        #[serde(default)]
+        id: Option<String>,
         url: Option<String>,
         topic: Option<String>,
     },
     Drop,
+}
+
+impl ActionDef {
+    /// The explicit `id` of the action, when the file gives one.
+    pub(super) fn id(&self) -> Option<&str> {
+        match self {
+            ActionDef::Text { id, .. }
+            | ActionDef::Image { id, .. }
+            | ActionDef::Link { id, .. }
+            | ActionDef::MiniProgramPage { id, .. }
+            | ActionDef::Handoff { id, .. }
+            | ActionDef::Forward { id, .. } => id.as_deref(),
+            ActionDef::Typing { .. } | ActionDef::Drop => None,
+        }
+    }
 }

@@ -6,8 +6,9 @@
 //!
 //! Semantics: rules are tried in file order; every condition of a rule must hold; the first
 //! matching rule stops the search unless it says `continue = true`; when no rule matched, the
-//! `[default]` rule (if any) applies. Rule names are part of each reply's idempotency key, so
-//! renaming a rule makes its replies new ones to the ledger.
+//! `[default]` rule (if any) applies. A reply's idempotency key is its action's explicit `id` or
+//! what it sends, never the rule's name or position (see [`crate::actions`]), so renaming or
+//! reordering rules never makes a reply new to the ledger.
 
 mod compile;
 pub mod condition;
@@ -87,6 +88,9 @@ pub struct Rule {
     pub continue_matching: bool,
     pub conditions: Conditions,
     pub actions: Vec<Action>,
+    /// The explicit `id` of each action (same positions as `actions`); see
+    /// [`crate::actions::plan`] for the identity of an action without one.
+    pub action_ids: Vec<Option<String>>,
 }
 
 /// A rule that matched one record, with its regex captures.

@@ -2,11 +2,13 @@
 //! (docs/wechat-protocol.md §6.5).
 //!
 //! The classification is the whole retry policy in one place:
-//! - **Retryable**: WeChat said it did not do it (-1 system busy, 45011 minute quota), answered
-//!   HTTP 5xx, or the connection was never established. Bounded backoff with jitter.
+//! - **Retryable**: WeChat said it did not do it (-1 system busy, 45011 minute quota: an answer
+//!   of WeChat's own, with an errcode, refusing the call), a 429 rate limit, or the connection was
+//!   never established. Bounded backoff with jitter.
 //! - **Token**: 40001 / 40014 / 42001. The token is stale: compare-and-expire, refresh, retry once.
 //! - **Ambiguous**: the request may have reached WeChat but no answer came back (timeout, a
-//!   connection dropped mid-request, an unreadable 200). For the send API, which is not
+//!   connection dropped mid-request, an unreadable 200, or an HTTP 5xx: a gateway's 502/504 often
+//!   means the call went upstream and its answer was lost). For the send API, which is not
 //!   idempotent (docs/wechat-protocol.md §6.2), retrying could deliver the reply twice, so such a send is never retried:
 //!   it is dead-lettered as ambiguous. Idempotent calls (typing, upload, token) treat it as
 //!   retryable.
@@ -90,7 +92,16 @@ impl ApiError {
                 ErrorClass::Retryable
             }
             ApiError::WeChat { .. } => ErrorClass::Final,
-            ApiError::Status(status) if *status >= 500 => ErrorClass::Retryable,
+            // A 5xx comes from whatever is in front of WeChat's handler (a proxy, a gateway): a 502
+            // or 504 usually means the request went upstream and the answer was lost, and nothing
+            // tells the other 5xx apart. Safe to repeat only for idempotent calls.
+            ApiError::Status(status) if *status >= 500 => {
+                if idempotent {
+                    ErrorClass::Retryable
+                } else {
+                    ErrorClass::Ambiguous
+                }
+            }
             // 429 is a rate limit in front of the API: nothing was done.
             ApiError::Status(429) => ErrorClass::Retryable,
             ApiError::Status(_) => ErrorClass::Final,
@@ -151,7 +162,7 @@ mod tests {
         for code in [45015, 45047, 40003, 45002, 48001, 40007, 12345] {
             assert_eq!(wechat(code).class(false), ErrorClass::Final, "{code}");
         }
-        assert_eq!(ApiError::Status(502).class(false), ErrorClass::Retryable);
+        assert_eq!(ApiError::Status(502).class(true), ErrorClass::Retryable);
         assert_eq!(ApiError::Status(404).class(false), ErrorClass::Final);
         assert_eq!(
             ApiError::Connect("refused".into()).class(false),
@@ -167,5 +178,8 @@ mod tests {
             ErrorClass::Ambiguous
         );
         assert_eq!(ApiError::Timeout.class(true), ErrorClass::Retryable);
+        for status in [500, 502, 503, 504] {
+            assert_eq!(ApiError::Status(status).class(false), ErrorClass::Ambiguous);
+        }
     }
 }

@@ -177,6 +177,7 @@ async fn handoff_and_forward_reach_kafka_and_webhooks_once() {
 name = "human"
 [[rule.actions]]
 type = "handoff"
+id = "to-a-person"
 note = "wants a person"
 [[rule.actions]]
 type = "forward"
@@ -199,7 +200,7 @@ topic = "{1}"
         .expect("forward topic");
     Mock::given(method("POST"))
         .and(path("/handoff"))
-        .and(header("idempotency-key", "demo:msg:7:human:0"))
+        .and(header("idempotency-key", "demo:msg:7:id:to-a-person"))
         .respond_with(ResponseTemplate::new(204))
         .expect(1)
         .mount(&h.wechat)

@@ -27,7 +27,7 @@ async fn retryable_errors_back_off_and_then_succeed() {
     h.mount_token().await;
     for answer in [
         errcode(-1, "system error"),
-        ResponseTemplate::new(502),
+        ResponseTemplate::new(429),
         errcode(45011, "api minute-quota reach limit"),
     ] {
         Mock::given(path(SEND))

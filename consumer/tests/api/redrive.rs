@@ -15,7 +15,7 @@ use consumer::operator::Command as Operator;
 use rdkafka::message::Message as _;
 use tokio_util::sync::CancellationToken;
 use wiremock::matchers::{body_partial_json, path};
-use wiremock::{Mock, ResponseTemplate};
+use wiremock::Mock;
 
 use crate::helpers::*;
 use crate::replay::{consume, nothing_may_be_called, redrive_args};
@@ -112,7 +112,7 @@ async fn after_the_api_is_healed_a_redrive_sends_exactly_the_missing_replies() {
             .await;
     }
     Mock::given(path(SEND))
-        .respond_with(ResponseTemplate::new(503))
+        .respond_with(errcode(-1, "system error"))
         .mount(&h.wechat)
         .await;
     let envs = [
@@ -176,7 +176,7 @@ async fn a_redrive_that_fails_again_goes_back_to_the_dead_letter_topic_with_the_
     h.create_topics().await;
     h.mount_token().await;
     Mock::given(path(SEND))
-        .respond_with(ResponseTemplate::new(503))
+        .respond_with(errcode(-1, "system error"))
         .mount(&h.wechat)
         .await;
     let env = text("o-1", "1", "hello");
@@ -243,7 +243,7 @@ async fn a_redrive_that_fails_again_goes_back_to_the_dead_letter_topic_with_the_
             h.settings.kafka.dead_letter_topic
         ),
         &format!("original     {}/", h.settings.kafka.inbound_topic),
-        "rule `echo` action #1 (idempotency key demo:msg:1:echo:0)",
+        "rule `echo` action #1 (key before stable action ids: demo:msg:1:echo:0)",
         "status       open",
         "\"from_user_name\": \"o-1\"",
         "payload (as WeChat sent it):\n{}",

@@ -252,7 +252,12 @@ type = "drop"
         serde_json::to_value(request).expect("json"),
         serde_json::json!({"touser": "o9", "msgtype": "text", "text": {"content": "order 42 / 42 for o9"}})
     );
-    assert_eq!(planned[0].idempotency_key, "demo:msg:8:order:0");
+    assert!(
+        planned[0].idempotency_key.starts_with("demo:msg:8:h:"),
+        "keyed by what it sends: {}",
+        planned[0].idempotency_key
+    );
+    assert_eq!(planned[0].legacy_key, "demo:msg:8:order:0");
 }
 
 #[test]

@@ -200,3 +200,24 @@ async fn the_classic_token_endpoint_is_selectable() {
     );
     h.wechat.verify().await;
 }
+
+/// Issue 14, item 8: a refresh ahead of expiry that fails is not tried again on every call; the
+/// still-valid token keeps serving, and the token endpoint is asked once per lock lease.
+#[tokio::test]
+async fn a_failed_early_refresh_is_not_repeated_on_every_call() {
+    let h = Harness::new(REPLY).await;
+    h.expect_calls(STABLE_TOKEN, errcode(-1, "system error"), 1)
+        .await;
+    let services = h.services().await;
+    seed_token(&h, "ALMOST-DUE", now_ms() + 60_000, 1).await;
+
+    for _ in 0..3 {
+        let t = services.tokens.token(APP).await.expect("token");
+        assert_eq!(
+            t.value.expose(),
+            "ALMOST-DUE",
+            "the valid token serves meanwhile"
+        );
+    }
+    h.wechat.verify().await;
+}
