@@ -1,4 +1,4 @@
-//! The send path under the conditions of issue 14: leases that must outlive long waits, marks
+//! The send path under the conditions a review of it found: leases that must outlive long waits, marks
 //! taken over by someone else, Redis answers that time out, gateway errors, rule reloads,
 //! panics, and shutdown in the middle of a wait. Each test failed before its fix.
 

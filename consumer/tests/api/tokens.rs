@@ -201,7 +201,7 @@ async fn the_classic_token_endpoint_is_selectable() {
     h.wechat.verify().await;
 }
 
-/// Issue 14, item 8: a refresh ahead of expiry that fails is not tried again on every call; the
+/// A refresh ahead of expiry that fails is not tried again on every call; the
 /// still-valid token keeps serving, and the token endpoint is asked once per lock lease.
 #[tokio::test]
 async fn a_failed_early_refresh_is_not_repeated_on_every_call() {
