@@ -21,7 +21,8 @@ cargo fmt --all --check
 
 step "lints"
 # With the simulator (`ingest` feature `sim`), so its code and the end-to-end tests are linted.
-cargo clippy --workspace --all-targets --features ingest/sim --locked -- -D warnings
+# And with the secured-Kafka tests (`secure-kafka-tests`), which only their own stage runs.
+cargo clippy --workspace --all-targets --features ingest/sim,ingest/secure-kafka-tests --locked -- -D warnings
 
 step "binaries (the end-to-end tests run them as processes)"
 # Cargo rebuilds ingest and wechat-sim for ingest's own tests, but not the consumer binary.
@@ -31,6 +32,19 @@ step "tests"
 export WXKF_TEST_KAFKA=${WXKF_TEST_KAFKA:-127.0.0.1:${WXKF_KAFKA_PORT:-9092}}
 export WXKF_TEST_REDIS=${WXKF_TEST_REDIS:-redis://127.0.0.1:${WXKF_REDIS_PORT:-6379}/}
 cargo test --workspace --features ingest/sim --locked --no-fail-fast
+
+step "secured Kafka: SASL/SCRAM, TLS and ACLs (a broker of its own, stopped afterwards)"
+# A separate single broker from the same jars (scripts/services.sh secure-kafka-up): ingest
+# publishes with its principal, in clear and over TLS, and is refused with a wrong password or
+# without Write on the topic. The tests fail when the broker's variables are unset.
+secure_start=$SECONDS
+scripts/services.sh secure-kafka-up
+trap 'scripts/services.sh secure-kafka-down' EXIT
+eval "$(scripts/services.sh secure-kafka-env | sed 's/^/export /')"
+cargo test -p ingest --features secure-kafka-tests --test secure_kafka --locked
+scripts/services.sh secure-kafka-down
+trap - EXIT
+printf 'secured Kafka stage: %ss\n' "$((SECONDS - secure_start))"
 
 step "deployment files: Dockerfile, compose, Kubernetes manifests, alert rules, dashboard"
 # The metric names of the dashboard and the alert rules are checked against what the running
