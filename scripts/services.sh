@@ -79,6 +79,7 @@ SECURE_KAFKA_TLS_PORT=${WXKF_SECURE_KAFKA_TLS_PORT:-39194}
 # Test-only credentials of a broker that listens on 127.0.0.1 alone.
 SECURE_KAFKA_ADMIN_PASSWORD=${WXKF_SECURE_KAFKA_ADMIN_PASSWORD:-admin-test-secret}
 SECURE_KAFKA_INGEST_PASSWORD=${WXKF_SECURE_KAFKA_INGEST_PASSWORD:-ingest-test-secret}
+SECURE_KAFKA_CONSUMER_PASSWORD=${WXKF_SECURE_KAFKA_CONSUMER_PASSWORD:-consumer-test-secret}
 SECURE_KAFKA_OUTSIDER_PASSWORD=${WXKF_SECURE_KAFKA_OUTSIDER_PASSWORD:-outsider-test-secret}
 KAFKA_NODES=3
 REDIS_NODES=6
@@ -669,9 +670,12 @@ cluster_clean() {
 # ACLs a production cluster would have for ingest. Its data is thrown away at every start: the
 # SCRAM users are created when the storage is formatted, and the TLS certificate is made anew.
 #
-#   principal       password                          grants
+#   principal       password                          grants (on names with these prefixes)
 #   admin           $SECURE_KAFKA_ADMIN_PASSWORD      super user (the broker itself, the tests' admin)
-#   wxkf-ingest     $SECURE_KAFKA_INGEST_PASSWORD     Write, Describe on topics prefixed `secure-inbound`
+#   wxkf-ingest     $SECURE_KAFKA_INGEST_PASSWORD     Write, Describe on topics `secure-inbound`
+#   wxkf-consumer   $SECURE_KAFKA_CONSUMER_PASSWORD   Create, Read, Describe on topics `secure-inbound`;
+#                                                     Read on groups `secure-group`; Create, Write,
+#                                                     Describe on topics `secure-consumer-`
 #   wxkf-outsider   $SECURE_KAFKA_OUTSIDER_PASSWORD   nothing (authenticates, may not write)
 #
 # The controller listener is PLAINTEXT on 127.0.0.1 (its peer is the node itself, as ANONYMOUS,
@@ -750,6 +754,7 @@ secure_kafka_up() {
     -t "$(kafka_tool kafka.tools.StorageTool random-uuid)" \
     --add-scram "SCRAM-SHA-512=[name=admin,password=$SECURE_KAFKA_ADMIN_PASSWORD]" \
     --add-scram "SCRAM-SHA-512=[name=wxkf-ingest,password=$SECURE_KAFKA_INGEST_PASSWORD]" \
+    --add-scram "SCRAM-SHA-512=[name=wxkf-consumer,password=$SECURE_KAFKA_CONSUMER_PASSWORD]" \
     --add-scram "SCRAM-SHA-512=[name=wxkf-outsider,password=$SECURE_KAFKA_OUTSIDER_PASSWORD]" >/dev/null
   nohup java -Xms128m -Xmx512m -XX:+UseSerialGC -Djava.awt.headless=true \
     -Dlog4j2.configurationFile="$SECURE_DIR/log4j2.yaml" -cp "$KAFKA_LIBS/*" \
@@ -761,6 +766,16 @@ secure_kafka_up() {
     # The first ACL is the readiness probe too: it needs the broker up and the admin's SCRAM login.
     if port_open "$SECURE_KAFKA_PORT" && secure_kafka_acl --allow-principal User:wxkf-ingest \
         --operation Write --operation Describe --resource-pattern-type prefixed --topic secure-inbound; then
+      # The consumer's grants, one tool run each (an ACL's operations must suit all its resources),
+      # side by side.
+      local pids=() pid
+      secure_kafka_acl --allow-principal User:wxkf-consumer --consumer --resource-pattern-type prefixed \
+        --topic secure-inbound --group secure-group & pids+=($!)
+      secure_kafka_acl --allow-principal User:wxkf-consumer --operation Create \
+        --resource-pattern-type prefixed --topic secure-inbound & pids+=($!)
+      secure_kafka_acl --allow-principal User:wxkf-consumer --producer \
+        --resource-pattern-type prefixed --topic secure-consumer- & pids+=($!)
+      for pid in "${pids[@]}"; do wait "$pid" || die "adding the consumer's ACLs to the secured kafka failed"; done
       log "secured kafka ready: SASL_PLAINTEXT 127.0.0.1:$SECURE_KAFKA_PORT, SASL_SSL localhost:$SECURE_KAFKA_TLS_PORT (log: $LOG_DIR/secure-kafka.log)"
       return 0
     fi
@@ -785,6 +800,7 @@ secure_kafka_env() {
   echo "WXKF_TEST_SECURE_KAFKA_CA=$SECURE_DIR/ca.crt"
   echo "WXKF_TEST_SECURE_KAFKA_ADMIN=admin:$SECURE_KAFKA_ADMIN_PASSWORD"
   echo "WXKF_TEST_SECURE_KAFKA_INGEST=wxkf-ingest:$SECURE_KAFKA_INGEST_PASSWORD"
+  echo "WXKF_TEST_SECURE_KAFKA_CONSUMER=wxkf-consumer:$SECURE_KAFKA_CONSUMER_PASSWORD"
   echo "WXKF_TEST_SECURE_KAFKA_OUTSIDER=wxkf-outsider:$SECURE_KAFKA_OUTSIDER_PASSWORD"
 }
 

@@ -22,7 +22,7 @@ cargo fmt --all --check
 step "lints"
 # With the simulator (`ingest` feature `sim`), so its code and the end-to-end tests are linted.
 # And with the secured-Kafka tests (`secure-kafka-tests`), which only their own stage runs.
-cargo clippy --workspace --all-targets --features ingest/sim,ingest/secure-kafka-tests --locked -- -D warnings
+cargo clippy --workspace --all-targets --features ingest/sim,ingest/secure-kafka-tests,consumer/secure-kafka-tests --locked -- -D warnings
 
 step "binaries (the end-to-end tests run them as processes)"
 # Cargo rebuilds ingest and wechat-sim for ingest's own tests, but not the consumer binary.
@@ -36,12 +36,14 @@ cargo test --workspace --features ingest/sim --locked --no-fail-fast
 step "secured Kafka: SASL/SCRAM, TLS and ACLs (a broker of its own, stopped afterwards)"
 # A separate single broker from the same jars (scripts/services.sh secure-kafka-up): ingest
 # publishes with its principal, in clear and over TLS, and is refused with a wrong password or
-# without Write on the topic. The tests fail when the broker's variables are unset.
+# without Write on the topic; the consumer sets up, consumes, commits and dead-letters with its
+# own. The tests fail when the broker's variables are unset.
 secure_start=$SECONDS
 scripts/services.sh secure-kafka-up
 trap 'scripts/services.sh secure-kafka-down' EXIT
 eval "$(scripts/services.sh secure-kafka-env | sed 's/^/export /')"
-cargo test -p ingest --features secure-kafka-tests --test secure_kafka --locked
+cargo test -p ingest -p consumer --features ingest/secure-kafka-tests,consumer/secure-kafka-tests \
+  --test secure_kafka --locked
 scripts/services.sh secure-kafka-down
 trap - EXIT
 printf 'secured Kafka stage: %ss\n' "$((SECONDS - secure_start))"
