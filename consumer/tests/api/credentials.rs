@@ -1,6 +1,7 @@
 //! Credentials: Kafka properties from a mounted file and from the environment (`_` for `.`),
 //! reserved properties refused under every name, secrets never printed; Redis with a password and
 //! over TLS, against `redis-server`s started by the tests.
+#![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
 
@@ -159,10 +160,9 @@ async fn the_store_works_with_the_password_in_the_url_and_refuses_a_wrong_one() 
 
     let wrong = harness_with_redis(redis.url(WRONG), None).await;
     assert!(wrong.settings.redis.url.expose_secret().contains(WRONG));
-    let refused = Services::build(&wrong.settings, &wrong.metrics)
-        .await
-        .err()
-        .expect("a wrong password is refused at start");
+    let Err(refused) = Services::build(&wrong.settings, &wrong.metrics).await else {
+        panic!("a wrong password must be refused at start");
+    };
     for printed in [
         format!("{refused:#}"),
         format!("{refused:?}"),
