@@ -20,8 +20,8 @@ ARG RUNTIME_IMAGE=debian:bookworm-slim
 
 # ------------------------------------------------------------------------------------------------
 FROM ${RUST_IMAGE} AS chef
-# rdkafka builds its vendored librdkafka with cmake. The -dev packages cover the optional
-# librdkafka features (zlib is linked; curl and OpenSSL only if those features get enabled later).
+# rdkafka builds its vendored librdkafka with cmake. The -dev packages cover its features: zlib
+# and OpenSSL (TLS and SASL/SCRAM) are linked; curl only if that feature gets enabled later.
 # Versions are not pinned: the Debian release of the base image pins them.
 # hadolint ignore=DL3008
 RUN apt-get update \
@@ -59,12 +59,13 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
 
 # ------------------------------------------------------------------------------------------------
 FROM ${RUNTIME_IMAGE} AS runtime
-# The binaries link only glibc, libgcc and zlib (all in the base image; reqwest uses rustls with
-# its own roots). ca-certificates serves TLS to Kafka or Redis when configured; curl is the
+# The binaries link glibc, libgcc, zlib and OpenSSL's libssl3 (librdkafka's TLS and SCRAM; the
+# Redis client and reqwest use rustls). ca-certificates holds the platform roots that Kafka's
+# TLS (without ssl.ca.location) and Redis' (without redis.ca_file) trust; curl is the
 # HEALTHCHECK probe.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ca-certificates curl \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ca-certificates curl libssl3 \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 wxkf \
  && useradd --system --uid 10001 --gid wxkf --home-dir /app --no-create-home \

@@ -18,6 +18,9 @@
 #   scripts/services.sh cluster-topic NAME PARTITIONS creates a topic on the cluster (RF 3, min ISR 2)
 #   scripts/services.sh cluster-clean                 deletes the cluster's state (only when stopped)
 #   scripts/services.sh topic NAME PARTITIONS         creates a topic on the single broker (RF 1)
+#   scripts/services.sh secure-kafka-up | secure-kafka-down | secure-kafka-env
+#                                                     a separate broker with SASL/SCRAM, TLS and
+#                                                     ACLs, for the tests of Kafka credentials
 # For failure tests (without N: the single service; with N: that node of the cluster):
 #   scripts/services.sh kafka-start [N] | kafka-stop [N] | kafka-kill [N]     N = 1..3
 #   scripts/services.sh redis-start [N] | redis-stop [N] | redis-kill [N]     N = 1..6
@@ -33,6 +36,8 @@
 #                       controller 29191+N (29192..29194)    WXKF_CLUSTER_CONTROLLER_PORT (node 1's)
 #   Redis Cluster       node N: 6999+N (7000..7005),         WXKF_REDIS_CLUSTER_PORT (node 1's)
 #                       cluster bus port + 10000 (17000..17005)
+#   secured Kafka       SASL_PLAINTEXT 39192, controller 39193, WXKF_SECURE_KAFKA_PORT, WXKF_SECURE_KAFKA_CONTROLLER_PORT,
+#                       SASL_SSL 39194                       WXKF_SECURE_KAFKA_TLS_PORT
 # Other settings:
 #   WXKF_STATE_DIR                state of the single services (default .local/ in the repository)
 #   WXKF_CLUSTER_STATE_DIR        state of the clusters, one folder per node with its data, config,
@@ -40,6 +45,8 @@
 #   WXKF_CLUSTER_KAFKA_HEAP       maximum heap of each cluster node (default 512m)
 #   WXKF_REDIS_CLUSTER_NODE_TIMEOUT_MS  Redis cluster-node-timeout: how long a silent primary takes to
 #                                 be failed over (default 5000)
+#   WXKF_SECURE_STATE_DIR         state of the secured Kafka (default $WXKF_STATE_DIR/secure-kafka),
+#                                 deleted and made anew at each secure-kafka-up
 #   WXKF_STOP_WAIT                seconds a stop or a start waits for a process to be gone (default 30)
 #   WXKF_CACHE_DIR                where the Kafka jars are cached (default ~/.cache/wxkf)
 #   WXKF_KAFKA_VERSION            the Kafka version
@@ -65,6 +72,15 @@ CLUSTER_CONTROLLER_PORT=${WXKF_CLUSTER_CONTROLLER_PORT:-29192}
 CLUSTER_KAFKA_HEAP=${WXKF_CLUSTER_KAFKA_HEAP:-512m}
 REDIS_CLUSTER_PORT=${WXKF_REDIS_CLUSTER_PORT:-7000}
 REDIS_CLUSTER_NODE_TIMEOUT=${WXKF_REDIS_CLUSTER_NODE_TIMEOUT_MS:-5000}
+SECURE_DIR=${WXKF_SECURE_STATE_DIR:-$STATE_DIR/secure-kafka}
+SECURE_KAFKA_PORT=${WXKF_SECURE_KAFKA_PORT:-39192}
+SECURE_KAFKA_CONTROLLER_PORT=${WXKF_SECURE_KAFKA_CONTROLLER_PORT:-39193}
+SECURE_KAFKA_TLS_PORT=${WXKF_SECURE_KAFKA_TLS_PORT:-39194}
+# Test-only credentials of a broker that listens on 127.0.0.1 alone.
+SECURE_KAFKA_ADMIN_PASSWORD=${WXKF_SECURE_KAFKA_ADMIN_PASSWORD:-admin-test-secret}
+SECURE_KAFKA_INGEST_PASSWORD=${WXKF_SECURE_KAFKA_INGEST_PASSWORD:-ingest-test-secret}
+SECURE_KAFKA_CONSUMER_PASSWORD=${WXKF_SECURE_KAFKA_CONSUMER_PASSWORD:-consumer-test-secret}
+SECURE_KAFKA_OUTSIDER_PASSWORD=${WXKF_SECURE_KAFKA_OUTSIDER_PASSWORD:-outsider-test-secret}
 KAFKA_NODES=3
 REDIS_NODES=6
 # The tools' logging configuration (errors only, to stderr); the cluster commands use their own copy.
@@ -647,6 +663,147 @@ cluster_clean() {
   log "deleted $CLUSTER_DIR"
 }
 
+# ---------------------------------------------------------------- secured Kafka
+# A single KRaft node of its own, from the same jars, for the tests of Kafka authentication and
+# authorisation (WXKF_TEST_SECURE_KAFKA): clients connect with SASL/SCRAM-SHA-512, in clear on one
+# listener and over TLS on another; every request is authorised by the StandardAuthorizer, with the
+# ACLs a production cluster would have for ingest. Its data is thrown away at every start: the
+# SCRAM users are created when the storage is formatted, and the TLS certificate is made anew.
+#
+#   principal       password                          grants (on names with these prefixes)
+#   admin           $SECURE_KAFKA_ADMIN_PASSWORD      super user (the broker itself, the tests' admin)
+#   wxkf-ingest     $SECURE_KAFKA_INGEST_PASSWORD     Write, Describe on topics `secure-inbound`
+#   wxkf-consumer   $SECURE_KAFKA_CONSUMER_PASSWORD   Create, Read, Describe on topics `secure-inbound`;
+#                                                     Read on groups `secure-group`; Create, Write,
+#                                                     Describe on topics `secure-consumer-`
+#   wxkf-outsider   $SECURE_KAFKA_OUTSIDER_PASSWORD   nothing (authenticates, may not write)
+#
+# The controller listener is PLAINTEXT on 127.0.0.1 (its peer is the node itself, as ANONYMOUS,
+# which is why ANONYMOUS is a super user): clients never use it.
+secure_kafka_config() {
+  mkdir -p "$SECURE_DIR" "$LOG_DIR" "$RUN_DIR"
+  local jaas="org.apache.kafka.common.security.scram.ScramLoginModule required username=\"admin\" password=\"$SECURE_KAFKA_ADMIN_PASSWORD\";"
+  cat >"$SECURE_DIR/kafka.properties" <<PROPS
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$SECURE_KAFKA_CONTROLLER_PORT
+listeners=SASL_PLAINTEXT://127.0.0.1:$SECURE_KAFKA_PORT,SASL_SSL://127.0.0.1:$SECURE_KAFKA_TLS_PORT,CONTROLLER://127.0.0.1:$SECURE_KAFKA_CONTROLLER_PORT
+advertised.listeners=SASL_PLAINTEXT://127.0.0.1:$SECURE_KAFKA_PORT,SASL_SSL://localhost:$SECURE_KAFKA_TLS_PORT
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,SASL_SSL:SASL_SSL
+inter.broker.listener.name=SASL_PLAINTEXT
+sasl.enabled.mechanisms=SCRAM-SHA-512
+sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
+listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=$jaas
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=$jaas
+ssl.keystore.type=PEM
+ssl.keystore.location=$SECURE_DIR/broker.pem
+ssl.key.password=$SECURE_KAFKA_ADMIN_PASSWORD
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+super.users=User:admin;User:ANONYMOUS
+allow.everyone.if.no.acl.found=false
+log.dirs=$SECURE_DIR/data
+num.partitions=1
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=false
+PROPS
+  cat >"$SECURE_DIR/admin.properties" <<PROPS
+security.protocol=SASL_PLAINTEXT
+sasl.mechanism=SCRAM-SHA-512
+sasl.jaas.config=$jaas
+PROPS
+  write_broker_log4j "$SECURE_DIR/log4j2.yaml" "$LOG_DIR/secure-kafka.log"
+  write_tools_log4j "$TOOLS_LOG4J"
+}
+
+# The TLS listener's certificate: a CA of its own (ca.crt, which clients trust) and a leaf for
+# `localhost`, its key encrypted with the admin password (a PEM keystore wants one).
+secure_kafka_certificates() {
+  command -v openssl >/dev/null || apt_install openssl
+  local d=$SECURE_DIR
+  openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=wxkf test CA" \
+    -keyout "$d/ca.key" -out "$d/ca.crt" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout "$d/leaf.key" -out "$d/leaf.csr" 2>/dev/null
+  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$d/leaf.ext"
+  openssl x509 -req -in "$d/leaf.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial -days 2 \
+    -extfile "$d/leaf.ext" -out "$d/leaf.crt" 2>/dev/null
+  openssl pkcs8 -topk8 -v1 PBE-SHA1-3DES -in "$d/leaf.key" -passout "pass:$SECURE_KAFKA_ADMIN_PASSWORD" \
+    -out "$d/leaf.p8" 2>/dev/null
+  cat "$d/leaf.p8" "$d/leaf.crt" >"$d/broker.pem"
+  rm -f "$d/ca.key" "$d/leaf.key" "$d/leaf.csr" "$d/leaf.ext" "$d/ca.srl"
+}
+
+secure_kafka_up() {
+  kafka_fetch
+  prepare_start "secured kafka" "$SECURE_DIR/kafka.pid" "$SECURE_DIR/kafka.properties" \
+    "$SECURE_KAFKA_PORT" "$SECURE_KAFKA_TLS_PORT" "$SECURE_KAFKA_CONTROLLER_PORT" || return 0
+  local port
+  for port in "$SECURE_KAFKA_PORT" "$SECURE_KAFKA_TLS_PORT" "$SECURE_KAFKA_CONTROLLER_PORT"; do
+    port_open "$port" && die "127.0.0.1:$port is taken by another program; move the secured Kafka with WXKF_SECURE_KAFKA_PORT"
+  done
+  rm -rf "$SECURE_DIR"
+  secure_kafka_config
+  secure_kafka_certificates
+  kafka_tool kafka.tools.StorageTool format -c "$SECURE_DIR/kafka.properties" \
+    -t "$(kafka_tool kafka.tools.StorageTool random-uuid)" \
+    --add-scram "SCRAM-SHA-512=[name=admin,password=$SECURE_KAFKA_ADMIN_PASSWORD]" \
+    --add-scram "SCRAM-SHA-512=[name=wxkf-ingest,password=$SECURE_KAFKA_INGEST_PASSWORD]" \
+    --add-scram "SCRAM-SHA-512=[name=wxkf-consumer,password=$SECURE_KAFKA_CONSUMER_PASSWORD]" \
+    --add-scram "SCRAM-SHA-512=[name=wxkf-outsider,password=$SECURE_KAFKA_OUTSIDER_PASSWORD]" >/dev/null
+  nohup java -Xms128m -Xmx512m -XX:+UseSerialGC -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$SECURE_DIR/log4j2.yaml" -cp "$KAFKA_LIBS/*" \
+    kafka.Kafka "$SECURE_DIR/kafka.properties" >"$LOG_DIR/secure-kafka.out" 2>&1 &
+  echo $! >"$SECURE_DIR/kafka.pid"
+  local deadline=$((SECONDS + 90))
+  while [ $SECONDS -lt $deadline ]; do
+    pid_alive "$SECURE_DIR/kafka.pid" || die "the secured kafka exited during start; see $LOG_DIR/secure-kafka.log and $LOG_DIR/secure-kafka.out"
+    # The first ACL is the readiness probe too: it needs the broker up and the admin's SCRAM login.
+    if port_open "$SECURE_KAFKA_PORT" && secure_kafka_acl --allow-principal User:wxkf-ingest \
+        --operation Write --operation Describe --resource-pattern-type prefixed --topic secure-inbound; then
+      # The consumer's grants, one tool run each (an ACL's operations must suit all its resources),
+      # side by side.
+      local pids=() pid
+      secure_kafka_acl --allow-principal User:wxkf-consumer --consumer --resource-pattern-type prefixed \
+        --topic secure-inbound --group secure-group & pids+=($!)
+      secure_kafka_acl --allow-principal User:wxkf-consumer --operation Create \
+        --resource-pattern-type prefixed --topic secure-inbound & pids+=($!)
+      secure_kafka_acl --allow-principal User:wxkf-consumer --producer \
+        --resource-pattern-type prefixed --topic secure-consumer- & pids+=($!)
+      for pid in "${pids[@]}"; do wait "$pid" || die "adding the consumer's ACLs to the secured kafka failed"; done
+      log "secured kafka ready: SASL_PLAINTEXT 127.0.0.1:$SECURE_KAFKA_PORT, SASL_SSL localhost:$SECURE_KAFKA_TLS_PORT (log: $LOG_DIR/secure-kafka.log)"
+      return 0
+    fi
+    sleep 0.5
+  done
+  die "the secured kafka did not answer within 90 s; see $LOG_DIR/secure-kafka.log"
+}
+
+# secure_kafka_acl ARGS...: adds an ACL as the admin, bounded.
+secure_kafka_acl() {
+  timeout 60 java -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -Dlog4j2.configurationFile="$TOOLS_LOG4J" \
+    -cp "$KAFKA_LIBS/*" org.apache.kafka.tools.AclCommand --bootstrap-server "127.0.0.1:$SECURE_KAFKA_PORT" \
+    --command-config "$SECURE_DIR/admin.properties" --add "$@" >/dev/null 2>&1
+}
+
+secure_kafka_down() { stop_pid "secured kafka" "$SECURE_DIR/kafka.pid" "$SECURE_DIR/kafka.properties"; }
+
+# The tests' variables (eval it): the two listeners, the CA of the TLS one, the credentials.
+secure_kafka_env() {
+  echo "WXKF_TEST_SECURE_KAFKA=127.0.0.1:$SECURE_KAFKA_PORT"
+  echo "WXKF_TEST_SECURE_KAFKA_TLS=localhost:$SECURE_KAFKA_TLS_PORT"
+  echo "WXKF_TEST_SECURE_KAFKA_CA=$SECURE_DIR/ca.crt"
+  echo "WXKF_TEST_SECURE_KAFKA_ADMIN=admin:$SECURE_KAFKA_ADMIN_PASSWORD"
+  echo "WXKF_TEST_SECURE_KAFKA_INGEST=wxkf-ingest:$SECURE_KAFKA_INGEST_PASSWORD"
+  echo "WXKF_TEST_SECURE_KAFKA_CONSUMER=wxkf-consumer:$SECURE_KAFKA_CONSUMER_PASSWORD"
+  echo "WXKF_TEST_SECURE_KAFKA_OUTSIDER=wxkf-outsider:$SECURE_KAFKA_OUTSIDER_PASSWORD"
+}
+
 status() {
   pid_alive "$RUN_DIR/redis.pid" && echo "redis: running, pid $(cat "$RUN_DIR/redis.pid"), 127.0.0.1:$REDIS_PORT" || echo "redis: not started by this script"
   pid_alive "$RUN_DIR/kafka.pid" && echo "kafka: running, pid $(cat "$RUN_DIR/kafka.pid"), 127.0.0.1:$KAFKA_PORT" || echo "kafka: not started by this script"
@@ -660,6 +817,7 @@ usage: $0 COMMAND
   cluster:  cluster-up | cluster-down | cluster-status | cluster-env | cluster-clean
             kafka-cluster-up | kafka-cluster-down | redis-cluster-up | redis-cluster-down
             cluster-topic NAME PARTITIONS | cluster-wait-isr [SECONDS]
+  secured:  secure-kafka-up | secure-kafka-down | secure-kafka-env
   failures: kafka-start|kafka-stop|kafka-kill [N]   (no N: the single broker; N = 1..$KAFKA_NODES: a cluster node)
             redis-start|redis-stop|redis-kill [N]   (no N: the single Redis; N = 1..$REDIS_NODES: a cluster node)
 USAGE
@@ -689,5 +847,8 @@ case "$cmd" in
   redis-cluster-down) redis_cluster_down ;;
   cluster-topic) kafka_fetch; cluster_topic "$@" ;;
   cluster-wait-isr) kafka_fetch; cluster_wait_isr "$@" ;;
+  secure-kafka-up) secure_kafka_up ;;
+  secure-kafka-down) secure_kafka_down ;;
+  secure-kafka-env) secure_kafka_env ;;
   *) usage ;;
 esac

@@ -22,7 +22,8 @@ cargo fmt --all --check
 
 step "lints"
 # With the simulator (`ingest` feature `sim`), so its code and the end-to-end tests are linted.
-cargo clippy --workspace --all-targets --features ingest/sim --locked -- -D warnings
+# And with the secured-Kafka tests (`secure-kafka-tests`), which only their own stage runs.
+cargo clippy --workspace --all-targets --features ingest/sim,ingest/secure-kafka-tests,consumer/secure-kafka-tests --locked -- -D warnings
 
 step "binaries (the end-to-end tests run them as processes)"
 # Cargo rebuilds ingest and wechat-sim for ingest's own tests, but not the consumer binary.
@@ -40,6 +41,21 @@ eval "$(scripts/services.sh cluster-env)"
 WXKF_TEST_KAFKA=$WXKF_CLUSTER_KAFKA_BOOTSTRAP \
   cargo test -p ingest --features sim --locked --test e2e cluster_ -- --ignored --test-threads=1
 scripts/services.sh kafka-cluster-down
+
+step "secured Kafka: SASL/SCRAM, TLS and ACLs (a broker of its own, stopped afterwards)"
+# A separate single broker from the same jars (scripts/services.sh secure-kafka-up): ingest
+# publishes with its principal, in clear and over TLS, and is refused with a wrong password or
+# without Write on the topic; the consumer sets up, consumes, commits and dead-letters with its
+# own. The tests fail when the broker's variables are unset.
+secure_start=$SECONDS
+scripts/services.sh secure-kafka-up
+trap 'scripts/services.sh secure-kafka-down' EXIT
+eval "$(scripts/services.sh secure-kafka-env | sed 's/^/export /')"
+cargo test -p ingest -p consumer --features ingest/secure-kafka-tests,consumer/secure-kafka-tests \
+  --test secure_kafka --locked
+scripts/services.sh secure-kafka-down
+trap - EXIT
+printf 'secured Kafka stage: %ss\n' "$((SECONDS - secure_start))"
 
 step "deployment files: Dockerfile, compose, Kubernetes manifests, alert rules, dashboard"
 # The metric names of the dashboard and the alert rules are checked against what the running

@@ -14,7 +14,10 @@
 //! - [`reply`] — the `transfer_customer_service` answer and the encrypted reply envelope;
 //! - [`seal`] — the inverse of [`push`]: sealing a push as WeChat does, for the simulator and tests;
 //! - [`dedup`] — the deduplication key of a push;
-//! - [`envelope`] — the Kafka record.
+//! - [`envelope`] — the Kafka record;
+//! - [`kafka_properties`] — the extra librdkafka properties both services take from a
+//!   deployment (a mounted file, `_` for `.` in environment variables), with their secrets
+//!   redacted when printed.
 //!
 //! # The Kafka contract
 //!
@@ -33,6 +36,7 @@ pub mod crypto;
 pub mod dedup;
 pub mod envelope;
 pub mod ids;
+pub mod kafka_properties;
 pub mod message;
 pub mod push;
 pub mod reply;

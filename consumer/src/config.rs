@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use common::kafka_properties;
 use common::AppName;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -55,7 +56,7 @@ pub struct ServerSettings {
     pub shutdown_timeout: Duration,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSettings {
     pub brokers: String,
@@ -75,8 +76,80 @@ pub struct KafkaSettings {
     #[serde(with = "humantime_serde")]
     pub produce_timeout: Duration,
     pub topics: TopicSettings,
+    /// Extra librdkafka properties, for every Kafka client of the binary. Names may use `_` for
+    /// `.` (`security_protocol`), which is how they arrive from environment variables. Once
+    /// loaded ([`Settings::load_from`]) this holds the file's properties too, under the
+    /// configuration's, every name dotted.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+    /// A file of librdkafka properties, `name=value` per line (`#` starts a comment): how a
+    /// mounted Secret passes credentials. `properties` override it.
+    #[serde(default)]
+    pub properties_file: Option<PathBuf>,
+}
+
+/// The librdkafka properties the consumer's clients set themselves, with every other name
+/// librdkafka accepts for the same property. The offset discipline rests on the group settings
+/// (no auto commit, offsets stored only after an outcome), and the dead letters' durability on
+/// the producers' (acks=all, idempotence); an alias in `kafka.properties` could silently replace
+/// one of them, since which of two names wins is not defined.
+const RESERVED_KAFKA_PROPERTIES: &[&str] = &[
+    "bootstrap.servers",
+    "metadata.broker.list",
+    "group.id",
+    "enable.auto.commit",
+    "auto.commit.enable",
+    "enable.auto.offset.store",
+    "auto.commit.interval.ms",
+    "enable.partition.eof",
+    "session.timeout.ms",
+    "statistics.interval.ms",
+    "acks",
+    "request.required.acks",
+    "enable.idempotence",
+    "message.timeout.ms",
+    "delivery.timeout.ms",
+];
+
+impl KafkaSettings {
+    /// Reads `properties_file` and merges it under `properties`, every name in librdkafka's
+    /// dotted form; afterwards `properties` is what every client of the binary is given. A
+    /// malformed file line is an error naming the file and the line.
+    pub fn resolve_properties(&mut self) -> Result<(), ConfigError> {
+        let file = match &self.properties_file {
+            Some(path) => {
+                let invalid = |e: &dyn std::fmt::Display| {
+                    ConfigError::Invalid(format!("kafka.properties_file {}: {e}", path.display()))
+                };
+                let text = std::fs::read_to_string(path).map_err(|e| invalid(&e))?;
+                Some(kafka_properties::parse(&text).map_err(|e| invalid(&e))?)
+            }
+            None => None,
+        };
+        self.properties = kafka_properties::merge(file, &self.properties);
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for KafkaSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Properties may carry credentials (sasl.password, ssl.key.password, ...): their names
+        // print, the values of those that look secret do not.
+        f.debug_struct("KafkaSettings")
+            .field("brokers", &self.brokers)
+            .field("group_id", &self.group_id)
+            .field("inbound_topic", &self.inbound_topic)
+            .field("dead_letter_topic", &self.dead_letter_topic)
+            .field("handoff_topic", &self.handoff_topic)
+            .field("session_timeout", &self.session_timeout)
+            .field("commit_interval", &self.commit_interval)
+            .field("statistics_interval", &self.statistics_interval)
+            .field("produce_timeout", &self.produce_timeout)
+            .field("topics", &self.topics)
+            .field("properties", &kafka_properties::redacted(&self.properties))
+            .field("properties_file", &self.properties_file)
+            .finish()
+    }
 }
 
 /// Partition counts used by `consumer setup`.
@@ -107,7 +180,14 @@ pub struct ProcessingSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSettings {
+    /// `redis://[user:password@]host:port/db`, or `rediss://…` for TLS. A secret: it may carry the
+    /// password.
     pub url: SecretString,
+    /// PEM file of the CA(s) that signed a `rediss://` server's certificate, trusted instead of
+    /// the platform's roots (for a Redis with a private CA). Without it the platform's roots are
+    /// trusted (`SSL_CERT_FILE` replaces them).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     pub key_prefix: String,
     /// Bound on every Redis command.
     #[serde(with = "humantime_serde")]
@@ -236,20 +316,34 @@ pub enum ConfigError {
 impl Settings {
     /// Loads the layers from `dir` (see the module docs) and validates the result.
     pub fn load_from(dir: &Path, environment: &str) -> Result<Settings, ConfigError> {
-        let settings: Settings = config::Config::builder()
+        Settings::load_layers(dir, environment, None)
+    }
+
+    /// As [`Settings::load_from`], with `env` standing in for the process environment.
+    pub fn load_layers(
+        dir: &Path,
+        environment: &str,
+        env: Option<config::Map<String, String>>,
+    ) -> Result<Settings, ConfigError> {
+        let mut settings: Settings = config::Config::builder()
             .add_source(config::File::from(dir.join("consumer.toml")).required(true))
             .add_source(
                 config::File::from(dir.join(format!("consumer.{environment}.toml")))
                     .required(false),
             )
+            // Variables stay strings until a setting's own type parses them: a password `0123` or
+            // `True` (a Kafka property, an AppSecret) must reach the service byte for byte, never
+            // guessed into a number or a boolean first.
             .add_source(
                 config::Environment::with_prefix("CONSUMER")
                     .prefix_separator("__")
                     .separator("__")
-                    .try_parsing(true),
+                    .try_parsing(false)
+                    .source(env),
             )
             .build()?
             .try_deserialize()?;
+        settings.kafka.resolve_properties()?;
         settings.validate()?;
         Ok(settings)
     }
@@ -295,17 +389,14 @@ impl Settings {
         {
             invalid("kafka.topics: partition counts and replication_factor must be ≥ 1".into());
         }
-        for reserved in [
-            "bootstrap.servers",
-            "group.id",
-            "enable.auto.offset.store",
-            "enable.auto.commit",
-        ] {
-            if k.properties.contains_key(reserved) {
-                invalid(format!(
-                    "kafka.properties.{reserved} cannot be overridden; offset discipline relies on it"
-                ));
-            }
+        if let Some(reserved) =
+            kafka_properties::first_reserved(&k.properties, RESERVED_KAFKA_PROPERTIES)
+        {
+            invalid(format!(
+                "kafka.properties.{reserved} cannot be set: the service sets it (or the property \
+                 it is another name for) itself, and its offset discipline or its producers' \
+                 durability relies on the value"
+            ));
         }
         if k.commit_interval.is_zero()
             || k.statistics_interval.is_zero()
@@ -396,6 +487,14 @@ impl Settings {
         }
         if self.redis.key_prefix.is_empty() {
             invalid("redis.key_prefix must not be empty".into());
+        }
+        if self.redis.ca_file.is_some() && !self.redis.url.expose_secret().starts_with("rediss://")
+        {
+            invalid(
+                "redis.ca_file is set but redis.url is not a rediss:// (TLS) URL: the CA would \
+                 never be used and the traffic would go in clear"
+                    .into(),
+            );
         }
         for (name, app) in &self.apps {
             if let Err(e) = AppName::parse(name) {

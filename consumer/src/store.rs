@@ -10,7 +10,9 @@ use std::future::Future;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
+
+use crate::config::RedisSettings;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -40,12 +42,9 @@ impl std::fmt::Debug for Store {
 
 impl Store {
     /// Connects (bounded by `timeout`); fails when Redis is unreachable at start.
-    pub async fn connect(
-        url: &SecretString,
-        prefix: &str,
-        timeout: Duration,
-    ) -> Result<Store, StoreError> {
-        let client = redis::Client::open(url.expose_secret())?;
+    pub async fn connect(settings: &RedisSettings) -> Result<Store, StoreError> {
+        let (prefix, timeout) = (&settings.key_prefix, settings.command_timeout);
+        let client = client(settings)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(timeout)
             .set_response_timeout(timeout)
@@ -92,4 +91,27 @@ impl Store {
             .await
             .is_ok()
     }
+}
+
+/// The Redis client of `settings.url`; over TLS (`rediss://`) with `settings.ca_file`'s CAs as
+/// the only trusted roots when it is set, the platform's roots otherwise.
+fn client(settings: &RedisSettings) -> redis::RedisResult<redis::Client> {
+    let url = settings.url.expose_secret();
+    let Some(path) = &settings.ca_file else {
+        return redis::Client::open(url);
+    };
+    let root_cert = std::fs::read(path).map_err(|e| {
+        redis::RedisError::from((
+            redis::ErrorKind::InvalidClientConfig,
+            "reading redis.ca_file",
+            format!("{}: {e}", path.display()),
+        ))
+    })?;
+    redis::Client::build_with_tls(
+        url,
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(root_cert),
+        },
+    )
 }

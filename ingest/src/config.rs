@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use common::codec::Format;
 use common::crypto::AesKey;
+use common::kafka_properties;
 use common::AppName;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -118,54 +119,24 @@ impl KafkaSettings {
     /// The extra librdkafka properties: the file's, then `properties` over them, every name in
     /// librdkafka's dotted form. A malformed file line is an error naming the file and the line.
     pub fn librdkafka_properties(&self) -> Result<BTreeMap<String, String>, ConfigError> {
-        let mut merged = BTreeMap::new();
-        if let Some(path) = &self.properties_file {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                ConfigError::Invalid(format!("kafka.properties_file {}: {e}", path.display()))
-            })?;
-            for (number, line) in text.lines().enumerate() {
-                let line = line.trim();
-                if line.is_empty() || line.starts_with('#') {
-                    continue;
-                }
-                let Some((name, value)) = line.split_once('=') else {
-                    return Err(ConfigError::Invalid(format!(
-                        "kafka.properties_file {} line {}: expected name=value",
-                        path.display(),
-                        number + 1
-                    )));
+        let file = match &self.properties_file {
+            Some(path) => {
+                let invalid = |e: &dyn std::fmt::Display| {
+                    ConfigError::Invalid(format!("kafka.properties_file {}: {e}", path.display()))
                 };
-                merged.insert(dotted(name.trim()), value.trim().to_owned());
+                let text = std::fs::read_to_string(path).map_err(|e| invalid(&e))?;
+                Some(kafka_properties::parse(&text).map_err(|e| invalid(&e))?)
             }
-        }
-        for (name, value) in &self.properties {
-            merged.insert(dotted(name), value.clone());
-        }
-        Ok(merged)
+            None => None,
+        };
+        Ok(kafka_properties::merge(file, &self.properties))
     }
-}
-
-/// librdkafka names its properties with dots and never with underscores, and an environment
-/// variable cannot carry a dot where `__` already separates the levels: `security_protocol` is
-/// `security.protocol`.
-fn dotted(name: &str) -> String {
-    name.replace('_', ".")
 }
 
 impl std::fmt::Debug for KafkaSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Properties may carry credentials (sasl.password, ssl.key.password, ...): their names
         // print, the values of those that look secret do not.
-        let properties: BTreeMap<&str, &str> = self
-            .properties
-            .iter()
-            .map(|(k, v)| {
-                let secret = ["password", "secret", "key", "token", "jaas", "oauthbearer"]
-                    .iter()
-                    .any(|word| k.contains(word));
-                (k.as_str(), if secret { "<redacted>" } else { v.as_str() })
-            })
-            .collect();
         f.debug_struct("KafkaSettings")
             .field("brokers", &self.brokers)
             .field("topic", &self.topic)
@@ -173,7 +144,7 @@ impl std::fmt::Debug for KafkaSettings {
             .field("linger", &self.linger)
             .field("compression", &self.compression)
             .field("queue_max_messages", &self.queue_max_messages)
-            .field("properties", &properties)
+            .field("properties", &kafka_properties::redacted(&self.properties))
             .field("properties_file", &self.properties_file)
             .finish()
     }
@@ -182,7 +153,14 @@ impl std::fmt::Debug for KafkaSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSettings {
+    /// `redis://[user:password@]host:port/db`, or `rediss://…` for TLS. A secret: it may carry the
+    /// password.
     pub url: SecretString,
+    /// PEM file of the CA(s) that signed a `rediss://` server's certificate, trusted instead of
+    /// the platform's roots (for a Redis with a private CA). Without it the platform's roots are
+    /// trusted (`SSL_CERT_FILE` replaces them).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     pub key_prefix: String,
     /// Bound on every Redis command; slower counts as unavailable (and fails open).
     #[serde(with = "humantime_serde")]
@@ -413,6 +391,14 @@ impl Settings {
         if self.redis.pending_poll.is_zero() {
             invalid("redis.pending_poll must be above zero".into());
         }
+        if self.redis.ca_file.is_some() && !self.redis.url.expose_secret().starts_with("rediss://")
+        {
+            invalid(
+                "redis.ca_file is set but redis.url is not a rediss:// (TLS) URL: the CA would \
+                 never be used and the traffic would go in clear"
+                    .into(),
+            );
+        }
         self.spool.validate(&mut invalid);
         if self.server.max_body_bytes < 1024 {
             invalid("server.max_body_bytes must be at least 1024".into());
@@ -427,13 +413,13 @@ impl Settings {
                 BTreeMap::new()
             }
         };
-        for reserved in RESERVED_KAFKA_PROPERTIES {
-            if properties.contains_key(*reserved) {
-                invalid(format!(
-                    "kafka.properties.{reserved} cannot be set: the service sets it (or the \
-                     property it is another name for) itself and relies on its value"
-                ));
-            }
+        if let Some(reserved) =
+            kafka_properties::first_reserved(&properties, RESERVED_KAFKA_PROPERTIES)
+        {
+            invalid(format!(
+                "kafka.properties.{reserved} cannot be set: the service sets it (or the \
+                 property it is another name for) itself and relies on its value"
+            ));
         }
         for (name, app) in &self.apps {
             app.validate(name, &mut invalid);

@@ -89,7 +89,7 @@ impl std::fmt::Debug for DedupStore {
 impl DedupStore {
     /// Creates the store; connecting happens on first use so the service starts without Redis.
     pub fn new(settings: RedisSettings) -> Result<DedupStore, DedupError> {
-        let client = redis::Client::open(settings.url.expose_secret())?;
+        let client = client(&settings)?;
         Ok(DedupStore {
             client,
             connection: OnceCell::new(),
@@ -272,4 +272,27 @@ impl DedupStore {
             .unwrap_or_else(|p| p.into_inner())
             .is_some_and(|at| at.elapsed() < RECONNECT_BACKOFF)
     }
+}
+
+/// The Redis client of `settings.url`; over TLS (`rediss://`) with `settings.ca_file`'s CAs as
+/// the only trusted roots when it is set, the platform's roots otherwise.
+fn client(settings: &RedisSettings) -> redis::RedisResult<redis::Client> {
+    let url = settings.url.expose_secret();
+    let Some(path) = &settings.ca_file else {
+        return redis::Client::open(url);
+    };
+    let root_cert = std::fs::read(path).map_err(|e| {
+        redis::RedisError::from((
+            redis::ErrorKind::InvalidClientConfig,
+            "reading redis.ca_file",
+            format!("{}: {e}", path.display()),
+        ))
+    })?;
+    redis::Client::build_with_tls(
+        url,
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(root_cert),
+        },
+    )
 }

@@ -3,11 +3,15 @@
 //! unreachable.
 
 mod actions;
+mod credentials;
 mod errors;
 mod explain;
 mod helpers;
 mod pipeline;
 mod redis_proxy;
+// The same test Redis servers as ingest's tests (a password, TLS with a CA of the test's own).
+#[path = "../../../ingest/tests/api/redis_server.rs"]
+mod redis_server;
 mod redrive;
 mod reload;
 mod replay;
