@@ -84,15 +84,12 @@ if [ "$TOPOLOGY" = cluster ]; then
   # `consumer setup` creates the topics on three brokers; min.insync.replicas 2 and unclean leader
   # election off are the cluster's defaults.
   export CONSUMER__KAFKA__TOPICS__REPLICATION_FACTOR=3
-  # Redis Cluster: the services take one Redis URL today, so they get the first node's. Until they
-  # speak the cluster protocol, a key whose slot lives on another primary is answered with MOVED
-  # (ingest fails open and counts it; the consumer retries). When they learn it, they read the whole
-  # node list from redis.cluster_nodes: pass it here as
-  #   INGEST__REDIS__CLUSTER_NODES=$WXKF_REDIS_CLUSTER_NODES CONSUMER__REDIS__CLUSTER_NODES=$WXKF_REDIS_CLUSTER_NODES
-  # (not set yet: both services refuse a setting they do not know).
-  export INGEST__REDIS__URL=${WXKF_REDIS_CLUSTER_NODES%%,*} CONSUMER__REDIS__URL=${WXKF_REDIS_CLUSTER_NODES%%,*}
+  # Redis Cluster: both services read the node list from redis.cluster_nodes; the defaults file's
+  # single-server redis.url is cleared, since exactly one of the two may be set.
+  export INGEST__REDIS__URL= CONSUMER__REDIS__URL=
+  export INGEST__REDIS__CLUSTER_NODES=$WXKF_REDIS_CLUSTER_NODES CONSUMER__REDIS__CLUSTER_NODES=$WXKF_REDIS_CLUSTER_NODES
   KAFKA_SHOWN="$WXKF_CLUSTER_KAFKA_BOOTSTRAP (replication factor 3, min.insync.replicas 2)"
-  REDIS_SHOWN="Redis Cluster $WXKF_REDIS_CLUSTER_NODES (the services use the first node until they speak the cluster protocol)"
+  REDIS_SHOWN="Redis Cluster $WXKF_REDIS_CLUSTER_NODES"
 else
   scripts/services.sh up
   KAFKA_SHOWN="127.0.0.1:${WXKF_KAFKA_PORT:-9092}"

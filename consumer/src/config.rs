@@ -107,11 +107,95 @@ pub struct ProcessingSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSettings {
+    /// One Redis server (or an endpoint that always leads to the current primary). Empty when
+    /// `cluster_nodes` is used.
+    #[serde(default = "no_secret")]
     pub url: SecretString,
+    /// A Redis Cluster instead: comma-separated node URLs, some or all of the cluster's nodes
+    /// (the rest are discovered). A secret, since the URLs may carry a password. It arrives as
+    /// one string (an environment variable is never split into a list by the loader) and is
+    /// split here.
+    #[serde(default)]
+    pub cluster_nodes: Option<SecretString>,
+    /// Prefix of every key; no `{` or `}`, which would become the keys' hash tag in a cluster
+    /// (docs/redis-keys.md).
     pub key_prefix: String,
     /// Bound on every Redis command.
     #[serde(with = "humantime_serde")]
     pub command_timeout: Duration,
+}
+
+fn no_secret() -> SecretString {
+    SecretString::from("")
+}
+
+/// The Redis deployment `redis.url` or `redis.cluster_nodes` names.
+#[derive(Debug, Clone)]
+pub enum RedisTarget {
+    /// One server.
+    Single(SecretString),
+    /// The seed nodes of a Redis Cluster.
+    Cluster(Vec<SecretString>),
+}
+
+impl RedisSettings {
+    /// Which of `url` and `cluster_nodes` is used; exactly one must be set (an empty string is
+    /// unset, so an environment variable can clear the defaults file's `url`). Messages name
+    /// nodes by position, never by URL: a URL may carry a password.
+    pub fn target(&self) -> Result<RedisTarget, ConfigError> {
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        let url = self.url.expose_secret().trim();
+        let nodes: Vec<&str> = self
+            .cluster_nodes
+            .as_ref()
+            .map(|n| {
+                n.expose_secret()
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|n| !n.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        match (url.is_empty(), nodes.is_empty()) {
+            (false, false) => invalid(
+                "redis.url and redis.cluster_nodes are both set; use one. For a Redis Cluster set \
+                 redis.cluster_nodes and set redis.url to an empty string (CONSUMER__REDIS__URL=)"
+                    .into(),
+            ),
+            (true, true) => invalid(
+                "set redis.url (one Redis server) or redis.cluster_nodes (a Redis Cluster)".into(),
+            ),
+            (false, true) => Ok(RedisTarget::Single(SecretString::from(url))),
+            (true, false) => {
+                for (i, node) in nodes.iter().enumerate() {
+                    let position = i + 1;
+                    if !node.starts_with("redis://") {
+                        return invalid(format!(
+                            "redis.cluster_nodes: node {position} is not a redis:// URL"
+                        ));
+                    }
+                    match redis::IntoConnectionInfo::into_connection_info(*node) {
+                        Ok(info) if info.redis.db != 0 => {
+                            return invalid(format!(
+                                "redis.cluster_nodes: node {position} selects database {}; a \
+                                 Redis Cluster has database 0 only",
+                                info.redis.db
+                            ))
+                        }
+                        Ok(_) => {}
+                        Err(_) => {
+                            return invalid(format!(
+                                "redis.cluster_nodes: node {position} is not a valid Redis URL"
+                            ))
+                        }
+                    }
+                }
+                Ok(RedisTarget::Cluster(
+                    nodes.into_iter().map(SecretString::from).collect(),
+                ))
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -384,6 +468,17 @@ impl Settings {
         }
         if self.redis.key_prefix.is_empty() {
             invalid("redis.key_prefix must not be empty".into());
+        }
+        if self.redis.key_prefix.contains(['{', '}']) {
+            invalid(format!(
+                "redis.key_prefix ({}) must not contain braces: in a Redis Cluster the first \
+                 {{...}} of a key is its hash tag, and the keys a script uses together are \
+                 tagged after the prefix (docs/redis-keys.md)",
+                self.redis.key_prefix
+            ));
+        }
+        if let Err(ConfigError::Invalid(e)) = self.redis.target() {
+            invalid(e);
         }
         for (name, app) in &self.apps {
             if let Err(e) = AppName::parse(name) {

@@ -63,7 +63,7 @@ impl Services {
             metrics.clone(),
         )?;
         let r = &settings.redis;
-        let store = Store::connect(&r.url, &r.key_prefix, r.command_timeout).await?;
+        let store = Store::from_settings(r).await?;
         let w = &settings.wechat;
         let api = WechatApi::new(&w.base_url, w.timeout, metrics.clone())?;
         let tokens = Arc::new(TokenBroker::new(

@@ -166,10 +166,12 @@ pub fn check_nodes(target: &RedisTarget, bound: Duration) -> Result<Vec<String>,
             format!("redis.url ({address})")
         };
         match kind {
-            NodeKind::Cluster if !want_cluster => return Err(format!(
+            NodeKind::Cluster if !want_cluster => {
+                return Err(format!(
                 "{name} is a Redis Cluster node (cluster_enabled:1): list the cluster's nodes in \
                      redis.cluster_nodes and leave redis.url empty"
-            )),
+            ))
+            }
             NodeKind::Standalone if want_cluster => {
                 return Err(format!(
                     "{name} is not in cluster mode (cluster_enabled:0): redis.cluster_nodes must \

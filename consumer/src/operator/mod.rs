@@ -110,7 +110,7 @@ pub(crate) async fn optional_store(
     out: &mut dyn Write,
 ) -> Option<Store> {
     let r = &settings.redis;
-    match Store::connect(&r.url, &r.key_prefix, r.command_timeout).await {
+    match Store::from_settings(r).await {
         Ok(store) => Some(store),
         Err(e) => {
             let _ = writeln!(out, "note: Redis unreachable ({e}); {missing}");
