@@ -81,8 +81,8 @@ if [ "$TOPOLOGY" = cluster ]; then
   eval "$(scripts/services.sh cluster-env)"
   export WXKF_CLUSTER_KAFKA_BOOTSTRAP WXKF_REDIS_CLUSTER_NODES
   export INGEST__KAFKA__BROKERS=$WXKF_CLUSTER_KAFKA_BOOTSTRAP CONSUMER__KAFKA__BROKERS=$WXKF_CLUSTER_KAFKA_BOOTSTRAP
-  # `consumer setup` creates the topics on three brokers; min.insync.replicas 2 and unclean leader
-  # election off are the cluster's defaults.
+  # `consumer setup` creates the topics on three brokers: replication factor 3 (also what it derives
+  # from three brokers), min.insync.replicas 2, unclean leader election off, explicit retention.
   export CONSUMER__KAFKA__TOPICS__REPLICATION_FACTOR=3
   # Redis Cluster: both services read the node list from redis.cluster_nodes; the defaults file's
   # single-server redis.url is cleared, since exactly one of the two may be set.
@@ -103,7 +103,8 @@ cargo build --release --locked -p ingest --features sim --bin wechat-sim
 export APP_ENVIRONMENT=${APP_ENVIRONMENT:-local}
 export INGEST_CONFIG_DIR=$ROOT/config CONSUMER_CONFIG_DIR=$ROOT/config
 # The inbound, dead-letter and hand-off topics, with the partition counts of config/consumer.toml.
-target/release/consumer setup
+# --warn-only: topics left by an earlier run with other settings are reported, not fatal.
+target/release/consumer setup --warn-only
 
 # WeChat's API, simulated: tokens for the demo app, 30 ms per call, every send recorded.
 start wechat-api target/release/wechat-sim api --listen 127.0.0.1:8081 --latency 30ms \

@@ -79,14 +79,67 @@ pub struct KafkaSettings {
     pub properties: BTreeMap<String, String>,
 }
 
-/// Partition counts used by `consumer setup`.
+/// How `consumer setup` creates the topics (and what it compares existing ones with).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TopicSettings {
     pub inbound_partitions: i32,
     pub dead_letter_partitions: i32,
     pub handoff_partitions: i32,
+    /// Replicas of every partition; 0: derived from the cluster, 3 when it has three or more
+    /// brokers, else 1. Larger than the broker count is refused.
     pub replication_factor: i32,
+    /// `min.insync.replicas` of every topic: how many replicas must have a record before
+    /// `acks=all` acknowledges it; 0: derived, 2 with a replication factor of 3 or more, else 1.
+    /// Must be below the replication factor (or 1 with one replica), so one broker can be lost
+    /// without stopping writes.
+    pub min_insync_replicas: i32,
+    /// How long inbound records are kept (what `consumer replay` can reach back to).
+    #[serde(with = "humantime_serde")]
+    pub inbound_retention: Duration,
+    /// How long dead letters are kept; at least [`MIN_DEAD_LETTER_RETENTION`].
+    #[serde(with = "humantime_serde")]
+    pub dead_letter_retention: Duration,
+    /// How long hand-off records are kept.
+    #[serde(with = "humantime_serde")]
+    pub handoff_retention: Duration,
+}
+
+/// Dead letters wait for a person: they must outlive a long weekend plus a week of catching up.
+pub const MIN_DEAD_LETTER_RETENTION: Duration = Duration::from_secs(14 * 24 * 3600);
+
+/// The `min.insync.replicas` used when none is configured: 2 with three or more replicas (one
+/// broker may be lost and every acknowledged record is still on two), else 1.
+pub fn derived_min_insync_replicas(replication_factor: i32) -> i32 {
+    if replication_factor >= 3 {
+        2
+    } else {
+        1
+    }
+}
+
+/// A replication factor and `min.insync.replicas` that keep writes going when one broker is
+/// lost: min ISR at least 1 and below the replication factor, except with one replica.
+pub fn check_replication(replication_factor: i32, min_insync_replicas: i32) -> Result<(), String> {
+    if replication_factor < 1 || min_insync_replicas < 1 {
+        return Err(format!(
+            "kafka.topics: replication_factor ({replication_factor}) and min_insync_replicas \
+             ({min_insync_replicas}) must be ≥ 1"
+        ));
+    }
+    if replication_factor > 1 && min_insync_replicas >= replication_factor {
+        return Err(format!(
+            "kafka.topics.min_insync_replicas ({min_insync_replicas}) must be below \
+             replication_factor ({replication_factor}): otherwise losing one broker stops every \
+             write (ingest would spool or answer 503 until it is back)"
+        ));
+    }
+    if replication_factor == 1 && min_insync_replicas != 1 {
+        return Err(format!(
+            "kafka.topics.min_insync_replicas ({min_insync_replicas}) must be 1 with one replica"
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -371,12 +424,40 @@ impl Settings {
             );
         }
         let t = &k.topics;
-        if t.inbound_partitions < 1
-            || t.dead_letter_partitions < 1
-            || t.handoff_partitions < 1
-            || t.replication_factor < 1
-        {
-            invalid("kafka.topics: partition counts and replication_factor must be ≥ 1".into());
+        if t.inbound_partitions < 1 || t.dead_letter_partitions < 1 || t.handoff_partitions < 1 {
+            invalid("kafka.topics: partition counts must be ≥ 1".into());
+        }
+        // What is given is checked here; what is left at 0 is derived from the broker count by
+        // `consumer setup`, which checks the result (and the broker count) again.
+        if t.replication_factor < 0 || t.min_insync_replicas < 0 {
+            invalid(
+                "kafka.topics: replication_factor and min_insync_replicas must be ≥ 0 (0: derived \
+                 from the broker count)"
+                    .into(),
+            );
+        } else if t.replication_factor > 0 {
+            let min_isr = match t.min_insync_replicas {
+                0 => derived_min_insync_replicas(t.replication_factor),
+                given => given,
+            };
+            if let Err(e) = check_replication(t.replication_factor, min_isr) {
+                invalid(e);
+            }
+        }
+        if t.dead_letter_retention < MIN_DEAD_LETTER_RETENTION {
+            invalid(format!(
+                "kafka.topics.dead_letter_retention ({}) must be at least 14 days: dead letters \
+                 wait for a person, across a long weekend",
+                humantime::format_duration(t.dead_letter_retention)
+            ));
+        }
+        if t.inbound_retention < REPLY_WINDOW || t.handoff_retention.is_zero() {
+            invalid(
+                "kafka.topics: inbound_retention must be at least the 48 h reply window (a replay \
+                 must reach every record that can still be answered) and handoff_retention above \
+                 zero"
+                    .into(),
+            );
         }
         for reserved in [
             "bootstrap.servers",

@@ -15,5 +15,6 @@ mod redrive;
 mod reload;
 mod replay;
 mod rules_file;
+mod setup;
 mod tokens;
 mod windows;

@@ -110,6 +110,10 @@ def check_commands(root: Path, services: dict[str, dict], report: Report) -> Non
             continue
         sub = command[0]
         subcommands = clap_subcommands(main.read_text())
+        operator = root / "consumer/src/operator/mod.rs"
+        if target == "consumer" and operator.exists():
+            # The operator's subcommands, which cli.rs flattens into `consumer`'s own.
+            subcommands |= clap_subcommands(operator.read_text())
         if sub not in subcommands:
             if target == "wechat-sim":
                 print(f"    note: {name}: `wechat-sim {sub}` does not exist yet (has: {', '.join(sorted(subcommands))})")

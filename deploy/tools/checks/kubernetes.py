@@ -205,10 +205,13 @@ def check_rendered(root: Path, name: str, docs: list[dict], configs: dict[str, S
             rules_mount = next((m for m in mounts.values() if rules_path.startswith(m["mountPath"] + "/")), None)
             report.check(rules_mount is not None and "subPath" not in rules_mount,
                          f"{name}: rules file {rules_path} is on a directory mount (hot reload sees updates)")
-            report.check(any(c.get("args") == ["setup"] for c in pod.get("initContainers", [])),
+            report.check(any((c.get("args") or [None])[0] == "setup" for c in pod.get("initContainers", [])),
                          f"{name}: consumer runs `consumer setup` before joining the group")
-            cli = root / "consumer/src/cli.rs"
-            subcommands = clap_subcommands(cli.read_text()) if cli.exists() else set()
+            # `consumer`'s own subcommands and the operator's, which cli.rs flattens into them.
+            subcommands = set()
+            for cli in (root / "consumer/src/cli.rs", root / "consumer/src/operator/mod.rs"):
+                if cli.exists():
+                    subcommands |= clap_subcommands(cli.read_text())
             for container in containers:
                 sub = (container.get("args") or ["run"])[0]
                 report.check(sub in subcommands,
