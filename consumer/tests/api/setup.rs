@@ -202,3 +202,20 @@ async fn replication_settings_that_cannot_survive_a_broker_loss_are_refused_at_s
     fine.kafka.topics.replication_factor = 3;
     fine.validate().expect("RF 3 derives min ISR 2");
 }
+
+#[tokio::test]
+async fn setup_takes_a_bootstrap_list_with_a_dead_broker_in_it() {
+    let mut h = Harness::new("").await;
+    require_kafka();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    h.settings.kafka.brokers = format!("127.0.0.1:{dead},{}", kafka_brokers());
+    let report = create_topics(&h.settings.kafka).await.expect("setup runs");
+    assert_eq!(report.brokers, 1, "the live broker's metadata");
+    assert!(report
+        .topics
+        .iter()
+        .all(|(_, s)| *s == TopicStatus::Created));
+}
