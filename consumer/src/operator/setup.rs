@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 
@@ -130,9 +129,11 @@ pub async fn create_topics(kafka: &KafkaSettings) -> anyhow::Result<SetupReport>
     }
     config.set("bootstrap.servers", &kafka.brokers);
     let admin: AdminClient<DefaultClientContext> = config.create()?;
-    let metadata_reader: BaseConsumer = config.create()?;
     // Blocking, bounded: an operator command, nothing else runs meanwhile.
-    let metadata = metadata_reader
+    // The admin client's own metadata: a consumer built from `kafka.properties` could refuse
+    // consumer-only settings that do not fit a reader.
+    let metadata = admin
+        .inner()
         .fetch_metadata(None, ADMIN_TIMEOUT)
         .map_err(|e| anyhow::anyhow!("reading the cluster metadata from {}: {e}", kafka.brokers))?;
     let brokers = metadata.brokers().len();
@@ -166,7 +167,7 @@ pub async fn create_topics(kafka: &KafkaSettings) -> anyhow::Result<SetupReport>
         let status = match result {
             Ok(_) => TopicStatus::Created,
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {
-                let differences = compare(&admin, &metadata_reader, &plan, &kafka.brokers).await?;
+                let differences = compare(&admin, &plan, &kafka.brokers).await?;
                 if differences.is_empty() {
                     TopicStatus::Matches
                 } else {
@@ -234,11 +235,12 @@ pub fn plan(kafka: &KafkaSettings, brokers: usize) -> anyhow::Result<Vec<TopicPl
 /// The differences between an existing topic and its plan, each with its fix.
 async fn compare(
     admin: &AdminClient<DefaultClientContext>,
-    metadata_reader: &BaseConsumer,
     plan: &TopicPlan,
     bootstrap: &str,
 ) -> anyhow::Result<Vec<Difference>> {
-    let metadata = metadata_reader.fetch_metadata(Some(&plan.name), ADMIN_TIMEOUT)?;
+    let metadata = admin
+        .inner()
+        .fetch_metadata(Some(&plan.name), ADMIN_TIMEOUT)?;
     let topic = metadata
         .topics()
         .first()
