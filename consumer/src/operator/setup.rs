@@ -8,7 +8,7 @@
 //! factor larger than the broker count is refused, since Kafka could not place the replicas.
 //!
 //! Idempotent: an existing topic that matches is left alone. One that differs is *not* altered —
-//! growing the inbound topic's partitions moves users between partitions (docs/architecture.md),
+//! growing the inbound topic's partitions moves some users to another partition (per-user order),
 //! a replica reassignment moves data, and shortening a retention deletes records — so setup
 //! prints each difference with the command that fixes it and exits 1 (`--warn-only`: exit 0,
 //! for scripts that only want the topics to exist).
@@ -257,8 +257,10 @@ async fn compare(
         let fix = if partitions < plan.partitions {
             format!(
                 "kafka-topics.sh --bootstrap-server {bootstrap} --alter --topic {name} \
-                 --partitions {} (for the inbound topic read docs/architecture.md first: more \
-                 partitions move users to other partitions), or set the partition count to {partitions}",
+                 --partitions {} (on the inbound topic, first let the consumer group catch up to lag \
+                 0: more partitions move some users to another partition, and their records \
+                 still waiting in the old one could be processed after newer ones), or set the partition count \
+                 to {partitions}",
                 plan.partitions
             )
         } else {
