@@ -81,18 +81,15 @@ if [ "$TOPOLOGY" = cluster ]; then
   eval "$(scripts/services.sh cluster-env)"
   export WXKF_CLUSTER_KAFKA_BOOTSTRAP WXKF_REDIS_CLUSTER_NODES
   export INGEST__KAFKA__BROKERS=$WXKF_CLUSTER_KAFKA_BOOTSTRAP CONSUMER__KAFKA__BROKERS=$WXKF_CLUSTER_KAFKA_BOOTSTRAP
-  # `consumer setup` creates the topics on three brokers; min.insync.replicas 2 and unclean leader
-  # election off are the cluster's defaults.
+  # `consumer setup` creates the topics on three brokers: replication factor 3 (also what it derives
+  # from three brokers), min.insync.replicas 2, unclean leader election off, explicit retention.
   export CONSUMER__KAFKA__TOPICS__REPLICATION_FACTOR=3
-  # Redis Cluster: the services take one Redis URL today, so they get the first node's. Until they
-  # speak the cluster protocol, a key whose slot lives on another primary is answered with MOVED
-  # (ingest fails open and counts it; the consumer retries). When they learn it, they read the whole
-  # node list from redis.cluster_nodes: pass it here as
-  #   INGEST__REDIS__CLUSTER_NODES=$WXKF_REDIS_CLUSTER_NODES CONSUMER__REDIS__CLUSTER_NODES=$WXKF_REDIS_CLUSTER_NODES
-  # (not set yet: both services refuse a setting they do not know).
-  export INGEST__REDIS__URL=${WXKF_REDIS_CLUSTER_NODES%%,*} CONSUMER__REDIS__URL=${WXKF_REDIS_CLUSTER_NODES%%,*}
+  # Redis Cluster: both services read the node list from redis.cluster_nodes; the defaults file's
+  # single-server redis.url is cleared, since exactly one of the two may be set.
+  export INGEST__REDIS__URL= CONSUMER__REDIS__URL=
+  export INGEST__REDIS__CLUSTER_NODES=$WXKF_REDIS_CLUSTER_NODES CONSUMER__REDIS__CLUSTER_NODES=$WXKF_REDIS_CLUSTER_NODES
   KAFKA_SHOWN="$WXKF_CLUSTER_KAFKA_BOOTSTRAP (replication factor 3, min.insync.replicas 2)"
-  REDIS_SHOWN="Redis Cluster $WXKF_REDIS_CLUSTER_NODES (the services use the first node until they speak the cluster protocol)"
+  REDIS_SHOWN="Redis Cluster $WXKF_REDIS_CLUSTER_NODES"
 else
   scripts/services.sh up
   KAFKA_SHOWN="127.0.0.1:${WXKF_KAFKA_PORT:-9092}"
@@ -106,7 +103,8 @@ cargo build --release --locked -p ingest --features sim --bin wechat-sim
 export APP_ENVIRONMENT=${APP_ENVIRONMENT:-local}
 export INGEST_CONFIG_DIR=$ROOT/config CONSUMER_CONFIG_DIR=$ROOT/config
 # The inbound, dead-letter and hand-off topics, with the partition counts of config/consumer.toml.
-target/release/consumer setup
+# --warn-only: topics left by an earlier run with other settings are reported, not fatal.
+target/release/consumer setup --warn-only
 
 # WeChat's API, simulated: tokens for the demo app, 30 ms per call, every send recorded.
 start wechat-api target/release/wechat-sim api --listen 127.0.0.1:8081 --latency 30ms \

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine: installs build dependencies, starts the real
 # Redis and Kafka (scripts/services.sh), checks formatting and lints, runs every test, runs the
-# failure scenarios on a three-broker Kafka cluster, then checks the deployment files offline
-# (scripts/check-deploy.sh).
+# failure scenarios on a three-broker Kafka cluster, the tests that need a Redis Cluster and those
+# that need a secured Kafka (each on services started for them and stopped after), then checks the
+# deployment files offline (scripts/check-deploy.sh).
 # Tests that need Kafka or Redis fail — never skip — when those are unreachable.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -22,8 +23,11 @@ cargo fmt --all --check
 
 step "lints"
 # With the simulator (`ingest` feature `sim`), so its code and the end-to-end tests are linted.
-# And with the secured-Kafka tests (`secure-kafka-tests`), which only their own stage runs.
-cargo clippy --workspace --all-targets --features ingest/sim,ingest/secure-kafka-tests,consumer/secure-kafka-tests --locked -- -D warnings
+# And the secured-Kafka and Redis Cluster tests (features `secure-kafka-tests`,
+# `redis-cluster-tests`), which run in stages of their own.
+cargo clippy --workspace --all-targets --locked --features \
+  ingest/sim,ingest/secure-kafka-tests,consumer/secure-kafka-tests,ingest/redis-cluster-tests,consumer/redis-cluster-tests \
+  -- -D warnings
 
 step "binaries (the end-to-end tests run them as processes)"
 # Cargo rebuilds ingest and wechat-sim for ingest's own tests, but not the consumer binary.
@@ -56,6 +60,20 @@ cargo test -p ingest -p consumer --features ingest/secure-kafka-tests,consumer/s
 scripts/services.sh secure-kafka-down
 trap - EXIT
 printf 'secured Kafka stage: %ss\n' "$((SECONDS - secure_start))"
+
+step "Redis Cluster: the tests that need one (three primaries with a replica each)"
+# A local Redis Cluster (nodes from $WXKF_REDIS_CLUSTER_PORT, default 7000..7005), stopped again
+# afterwards. The failover test kills a primary with scripts/services.sh and restarts it, so it
+# reads the same variables; a short node timeout keeps the failover quick.
+export WXKF_REDIS_CLUSTER_NODE_TIMEOUT_MS=${WXKF_REDIS_CLUSTER_NODE_TIMEOUT_MS:-2000}
+scripts/services.sh redis-cluster-up
+trap 'scripts/services.sh redis-cluster-down' EXIT
+WXKF_TEST_REDIS_CLUSTER=$(eval "$(scripts/services.sh cluster-env)"; echo "$WXKF_REDIS_CLUSTER_NODES")
+export WXKF_TEST_REDIS_CLUSTER
+cargo test -p ingest -p consumer --features ingest/redis-cluster-tests,consumer/redis-cluster-tests \
+  --locked --no-fail-fast --test redis_cluster
+scripts/services.sh redis-cluster-down
+trap - EXIT
 
 step "deployment files: Dockerfile, compose, Kubernetes manifests, alert rules, dashboard"
 # The metric names of the dashboard and the alert rules are checked against what the running

@@ -152,14 +152,67 @@ impl std::fmt::Debug for KafkaSettings {
     }
 }
 
-/// Partition counts used by `consumer setup`.
+/// How `consumer setup` creates the topics (and what it compares existing ones with).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TopicSettings {
     pub inbound_partitions: i32,
     pub dead_letter_partitions: i32,
     pub handoff_partitions: i32,
+    /// Replicas of every partition; 0: derived from the cluster, 3 when it has three or more
+    /// brokers, else 1. Larger than the broker count is refused.
     pub replication_factor: i32,
+    /// `min.insync.replicas` of every topic: how many replicas must have a record before
+    /// `acks=all` acknowledges it; 0: derived, 2 with a replication factor of 3 or more, else 1.
+    /// Must be below the replication factor (or 1 with one replica), so one broker can be lost
+    /// without stopping writes.
+    pub min_insync_replicas: i32,
+    /// How long inbound records are kept (what `consumer replay` can reach back to).
+    #[serde(with = "humantime_serde")]
+    pub inbound_retention: Duration,
+    /// How long dead letters are kept; at least [`MIN_DEAD_LETTER_RETENTION`].
+    #[serde(with = "humantime_serde")]
+    pub dead_letter_retention: Duration,
+    /// How long hand-off records are kept.
+    #[serde(with = "humantime_serde")]
+    pub handoff_retention: Duration,
+}
+
+/// Dead letters wait for a person: they must outlive a long weekend plus a week of catching up.
+pub const MIN_DEAD_LETTER_RETENTION: Duration = Duration::from_secs(14 * 24 * 3600);
+
+/// The `min.insync.replicas` used when none is configured: 2 with three or more replicas (one
+/// broker may be lost and every acknowledged record is still on two), else 1.
+pub fn derived_min_insync_replicas(replication_factor: i32) -> i32 {
+    if replication_factor >= 3 {
+        2
+    } else {
+        1
+    }
+}
+
+/// A replication factor and `min.insync.replicas` that keep writes going when one broker is
+/// lost: min ISR at least 1 and below the replication factor, except with one replica.
+pub fn check_replication(replication_factor: i32, min_insync_replicas: i32) -> Result<(), String> {
+    if replication_factor < 1 || min_insync_replicas < 1 {
+        return Err(format!(
+            "kafka.topics: replication_factor ({replication_factor}) and min_insync_replicas \
+             ({min_insync_replicas}) must be ≥ 1"
+        ));
+    }
+    if replication_factor > 1 && min_insync_replicas >= replication_factor {
+        return Err(format!(
+            "kafka.topics.min_insync_replicas ({min_insync_replicas}) must be below \
+             replication_factor ({replication_factor}): otherwise losing one broker stops every \
+             write (ingest would spool or answer 503 until it is back)"
+        ));
+    }
+    if replication_factor == 1 && min_insync_replicas != 1 {
+        return Err(format!(
+            "kafka.topics.min_insync_replicas ({min_insync_replicas}) must be 1 with one replica"
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -180,18 +233,100 @@ pub struct ProcessingSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSettings {
-    /// `redis://[user:password@]host:port/db`, or `rediss://…` for TLS. A secret: it may carry the
-    /// password.
+    /// One Redis server (or an endpoint that always leads to the current primary). Empty when
+    /// `cluster_nodes` is used.
+    #[serde(default = "no_secret")]
     pub url: SecretString,
+    /// A Redis Cluster instead: comma-separated node URLs, some or all of the cluster's nodes
+    /// (the rest are discovered). A secret, since the URLs may carry a password. It arrives as
+    /// one string (an environment variable is never split into a list by the loader) and is
+    /// split here.
+    #[serde(default)]
+    pub cluster_nodes: Option<SecretString>,
     /// PEM file of the CA(s) that signed a `rediss://` server's certificate, trusted instead of
     /// the platform's roots (for a Redis with a private CA). Without it the platform's roots are
     /// trusted (`SSL_CERT_FILE` replaces them).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// Prefix of every key; no `{` or `}`, which would become the keys' hash tag in a cluster
+    /// (docs/redis-keys.md).
     pub key_prefix: String,
     /// Bound on every Redis command.
     #[serde(with = "humantime_serde")]
     pub command_timeout: Duration,
+}
+
+fn no_secret() -> SecretString {
+    SecretString::from("")
+}
+
+/// The Redis deployment `redis.url` or `redis.cluster_nodes` names.
+#[derive(Debug, Clone)]
+pub enum RedisTarget {
+    /// One server.
+    Single(SecretString),
+    /// The seed nodes of a Redis Cluster.
+    Cluster(Vec<SecretString>),
+}
+
+impl RedisSettings {
+    /// Which of `url` and `cluster_nodes` is used; exactly one must be set (an empty string is
+    /// unset, so an environment variable can clear the defaults file's `url`). Messages name
+    /// nodes by position, never by URL: a URL may carry a password.
+    pub fn target(&self) -> Result<RedisTarget, ConfigError> {
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        let url = self.url.expose_secret().trim();
+        let nodes: Vec<&str> = self
+            .cluster_nodes
+            .as_ref()
+            .map(|n| {
+                n.expose_secret()
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|n| !n.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        match (url.is_empty(), nodes.is_empty()) {
+            (false, false) => invalid(
+                "redis.url and redis.cluster_nodes are both set; use one. For a Redis Cluster set \
+                 redis.cluster_nodes and set redis.url to an empty string (CONSUMER__REDIS__URL=)"
+                    .into(),
+            ),
+            (true, true) => invalid(
+                "set redis.url (one Redis server) or redis.cluster_nodes (a Redis Cluster)".into(),
+            ),
+            (false, true) => Ok(RedisTarget::Single(SecretString::from(url))),
+            (true, false) => {
+                for (i, node) in nodes.iter().enumerate() {
+                    let position = i + 1;
+                    if !(node.starts_with("redis://") || node.starts_with("rediss://")) {
+                        return invalid(format!(
+                            "redis.cluster_nodes: node {position} is not a redis:// or rediss:// URL"
+                        ));
+                    }
+                    match redis::IntoConnectionInfo::into_connection_info(*node) {
+                        Ok(info) if info.redis.db != 0 => {
+                            return invalid(format!(
+                                "redis.cluster_nodes: node {position} selects database {}; a \
+                                 Redis Cluster has database 0 only",
+                                info.redis.db
+                            ))
+                        }
+                        Ok(_) => {}
+                        Err(_) => {
+                            return invalid(format!(
+                                "redis.cluster_nodes: node {position} is not a valid Redis URL"
+                            ))
+                        }
+                    }
+                }
+                Ok(RedisTarget::Cluster(
+                    nodes.into_iter().map(SecretString::from).collect(),
+                ))
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -382,12 +517,40 @@ impl Settings {
             );
         }
         let t = &k.topics;
-        if t.inbound_partitions < 1
-            || t.dead_letter_partitions < 1
-            || t.handoff_partitions < 1
-            || t.replication_factor < 1
-        {
-            invalid("kafka.topics: partition counts and replication_factor must be ≥ 1".into());
+        if t.inbound_partitions < 1 || t.dead_letter_partitions < 1 || t.handoff_partitions < 1 {
+            invalid("kafka.topics: partition counts must be ≥ 1".into());
+        }
+        // What is given is checked here; what is left at 0 is derived from the broker count by
+        // `consumer setup`, which checks the result (and the broker count) again.
+        if t.replication_factor < 0 || t.min_insync_replicas < 0 {
+            invalid(
+                "kafka.topics: replication_factor and min_insync_replicas must be ≥ 0 (0: derived \
+                 from the broker count)"
+                    .into(),
+            );
+        } else if t.replication_factor > 0 {
+            let min_isr = match t.min_insync_replicas {
+                0 => derived_min_insync_replicas(t.replication_factor),
+                given => given,
+            };
+            if let Err(e) = check_replication(t.replication_factor, min_isr) {
+                invalid(e);
+            }
+        }
+        if t.dead_letter_retention < MIN_DEAD_LETTER_RETENTION {
+            invalid(format!(
+                "kafka.topics.dead_letter_retention ({}) must be at least 14 days: dead letters \
+                 wait for a person, across a long weekend",
+                humantime::format_duration(t.dead_letter_retention)
+            ));
+        }
+        if t.inbound_retention < REPLY_WINDOW || t.handoff_retention.is_zero() {
+            invalid(
+                "kafka.topics: inbound_retention must be at least the 48 h reply window (a replay \
+                 must reach every record that can still be answered) and handoff_retention above \
+                 zero"
+                    .into(),
+            );
         }
         if let Some(reserved) =
             kafka_properties::first_reserved(&k.properties, RESERVED_KAFKA_PROPERTIES)
@@ -488,13 +651,30 @@ impl Settings {
         if self.redis.key_prefix.is_empty() {
             invalid("redis.key_prefix must not be empty".into());
         }
-        if self.redis.ca_file.is_some() && !self.redis.url.expose_secret().starts_with("rediss://")
+        if self.redis.ca_file.is_some()
+            && !self.redis.url.expose_secret().starts_with("rediss://")
+            && !self
+                .redis
+                .cluster_nodes
+                .as_ref()
+                .is_some_and(|n| n.expose_secret().trim_start().starts_with("rediss://"))
         {
             invalid(
-                "redis.ca_file is set but redis.url is not a rediss:// (TLS) URL: the CA would \
-                 never be used and the traffic would go in clear"
+                "redis.ca_file is set but Redis is not reached through rediss:// (TLS) URLs: the \
+                 CA would never be used and the traffic would go in clear"
                     .into(),
             );
+        }
+        if self.redis.key_prefix.contains(['{', '}']) {
+            invalid(format!(
+                "redis.key_prefix ({}) must not contain braces: in a Redis Cluster the first \
+                 {{...}} of a key is its hash tag, and the keys a script uses together are \
+                 tagged after the prefix (docs/redis-keys.md)",
+                self.redis.key_prefix
+            ));
+        }
+        if let Err(ConfigError::Invalid(e)) = self.redis.target() {
+            invalid(e);
         }
         for (name, app) in &self.apps {
             if let Err(e) = AppName::parse(name) {

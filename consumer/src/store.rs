@@ -1,18 +1,19 @@
 //! The consumer's connection to Redis, shared by the token broker, the send ledger, the reply
 //! windows and the media cache.
 //!
-//! One multiplexed, self-reconnecting connection per process. Every command is bounded by the
-//! configured timeout; a slow or absent Redis is a [`StoreError`], which processing treats as
-//! transient (the record is retried later, its offset not stored). Keys are
-//! `{key_prefix}{kind}:{...}`; no key ever holds a secret.
+//! One multiplexed, self-reconnecting connection per process, to one server or to a Redis Cluster
+//! ([`crate::redis_target`], chosen by `redis.url` or `redis.cluster_nodes`). Every command is
+//! bounded by the configured timeout; a slow or absent Redis is a [`StoreError`], which
+//! processing treats as transient (the record is retried later, its offset not stored). Keys are
+//! `<key_prefix><kind>:...`; no key ever holds a secret. In a cluster, the keys one script touches
+//! share a hash tag; every key, its tag, writer and lifetime, and what an asynchronous failover
+//! can lose (the send ledger's `sent` marks among them), are in docs/redis-keys.md.
 
 use std::future::Future;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use secrecy::ExposeSecret;
-
 use crate::config::RedisSettings;
+use crate::redis_target::{check_nodes, RedisClient, RedisConnection};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -22,11 +23,16 @@ pub enum StoreError {
     Timeout(Duration),
     #[error("redis answered something unexpected: {0}")]
     Unexpected(String),
+    #[error("redis configuration: {0}")]
+    Config(String),
 }
+
+/// Bound on asking each configured node at start whether it runs in cluster mode.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 pub struct Store {
-    conn: ConnectionManager,
+    conn: RedisConnection,
     prefix: String,
     timeout: Duration,
 }
@@ -41,21 +47,27 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Connects (bounded by `timeout`); fails when Redis is unreachable at start.
+    /// Connects to what `settings` name, one server or a cluster (over TLS with `redis.ca_file`
+    /// when the URLs are `rediss://`), after checking each configured node is of that kind (a
+    /// node of the other kind is an error; one that does not answer, a warning). Fails when no
+    /// node can be reached.
     pub async fn connect(settings: &RedisSettings) -> Result<Store, StoreError> {
+        let target = settings
+            .target()
+            .map_err(|e| StoreError::Config(e.to_string()))?;
+        let checked = target.clone();
+        let warnings = tokio::task::spawn_blocking(move || check_nodes(&checked, CHECK_TIMEOUT))
+            .await
+            .map_err(|e| StoreError::Unexpected(format!("the node check stopped: {e}")))?
+            .map_err(StoreError::Config)?;
+        for warning in warnings {
+            tracing::warn!("{warning}");
+        }
         let (prefix, timeout) = (&settings.key_prefix, settings.command_timeout);
-        let client = client(settings)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(timeout)
-            .set_response_timeout(timeout)
-            .set_number_of_retries(2)
-            .set_max_delay(1000);
-        let conn = tokio::time::timeout(
-            timeout * 3,
-            ConnectionManager::new_with_config(client, config),
-        )
-        .await
-        .map_err(|_| StoreError::Timeout(timeout * 3))??;
+        let client = RedisClient::new(&target, timeout, settings.ca_file.as_deref())?;
+        let conn = tokio::time::timeout(timeout * 3, client.connect(timeout))
+            .await
+            .map_err(|_| StoreError::Timeout(timeout * 3))??;
         Ok(Store {
             conn,
             prefix: prefix.to_owned(),
@@ -69,7 +81,7 @@ impl Store {
     }
 
     /// A connection handle for one command or pipeline (cheap: the connection is shared).
-    pub fn conn(&self) -> ConnectionManager {
+    pub fn conn(&self) -> RedisConnection {
         self.conn.clone()
     }
 
@@ -91,27 +103,4 @@ impl Store {
             .await
             .is_ok()
     }
-}
-
-/// The Redis client of `settings.url`; over TLS (`rediss://`) with `settings.ca_file`'s CAs as
-/// the only trusted roots when it is set, the platform's roots otherwise.
-fn client(settings: &RedisSettings) -> redis::RedisResult<redis::Client> {
-    let url = settings.url.expose_secret();
-    let Some(path) = &settings.ca_file else {
-        return redis::Client::open(url);
-    };
-    let root_cert = std::fs::read(path).map_err(|e| {
-        redis::RedisError::from((
-            redis::ErrorKind::InvalidClientConfig,
-            "reading redis.ca_file",
-            format!("{}: {e}", path.display()),
-        ))
-    })?;
-    redis::Client::build_with_tls(
-        url,
-        redis::TlsCertificates {
-            client_tls: None,
-            root_cert: Some(root_cert),
-        },
-    )
 }

@@ -1,13 +1,14 @@
 //! The token broker: one access token per app, shared through Redis by every consumer process
 //! (docs/wechat-protocol.md §7).
 //!
-//! Redis holds, per app, a hash `{prefix}token:{app}` = `{token, expires_ms, gen}`; the secret is
+//! Redis holds, per app, a hash `<prefix>token:{<app>}` = `{token, expires_ms, gen}`; the secret is
 //! never in a key or a value, and neither the secret nor a token is ever logged. Invariants:
-//! - **One refresher at a time.** Fetching needs the lock `{prefix}token:{app}:lock`, taken with
+//! - **One refresher at a time.** Fetching needs the lock `<prefix>token:{<app>}:lock`, taken with
 //!   `SET NX PX <lease>` and a unique owner value, released by compare-and-delete, so a process
 //!   whose lease ran out cannot release someone else's lock.
 //! - **Fencing.** `gen` counts stored tokens. A refresher reads `gen` before fetching and stores
-//!   only if `gen` is unchanged and it still holds the lock (one Lua script), so a slow, older
+//!   only if `gen` is unchanged and it still holds the lock (one Lua script over both keys, which
+//!   share the hash tag `{<app>}` so a Redis Cluster keeps them in one slot), so a slow, older
 //!   fetch never overwrites a newer token. The hash has no TTL, so `gen` only grows.
 //! - **Refresh ahead.** A token within `token_refresh_ahead` of expiry is refreshed by whichever
 //!   caller gets the lock first; everyone else keeps using it meanwhile. Only an absent or expired
@@ -133,11 +134,11 @@ impl TokenBroker {
     }
 
     fn token_key(&self, app: &str) -> String {
-        self.store.key(&format!("token:{app}"))
+        self.store.key(&format!("token:{{{app}}}"))
     }
 
     fn lock_key(&self, app: &str) -> String {
-        self.store.key(&format!("token:{app}:lock"))
+        self.store.key(&format!("token:{{{app}}}:lock"))
     }
 
     /// The current token of `app`, refreshing it (once across all processes) when needed.

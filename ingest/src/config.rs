@@ -153,9 +153,15 @@ impl std::fmt::Debug for KafkaSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSettings {
-    /// `redis://[user:password@]host:port/db`, or `rediss://…` for TLS. A secret: it may carry the
-    /// password.
+    /// One Redis server (or an endpoint that always leads to the current primary). Empty when
+    /// `cluster_nodes` is used.
+    #[serde(default = "no_secret")]
     pub url: SecretString,
+    /// A Redis Cluster instead: comma-separated node URLs, some or all of the cluster's nodes
+    /// (the rest are discovered). A secret, since the URLs may carry a password. Environment
+    /// variables arrive as one string; it is split here, not by the configuration loader.
+    #[serde(default)]
+    pub cluster_nodes: Option<SecretString>,
     /// PEM file of the CA(s) that signed a `rediss://` server's certificate, trusted instead of
     /// the platform's roots (for a Redis with a private CA). Without it the platform's roots are
     /// trusted (`SSL_CERT_FILE` replaces them).
@@ -173,6 +179,79 @@ pub struct RedisSettings {
     pub done_ttl: Duration,
     #[serde(with = "humantime_serde")]
     pub pending_poll: Duration,
+}
+
+fn no_secret() -> SecretString {
+    SecretString::from("")
+}
+
+/// The Redis deployment `redis.url` or `redis.cluster_nodes` names.
+#[derive(Debug, Clone)]
+pub enum RedisTarget {
+    /// One server.
+    Single(SecretString),
+    /// The seed nodes of a Redis Cluster.
+    Cluster(Vec<SecretString>),
+}
+
+impl RedisSettings {
+    /// Which of `url` and `cluster_nodes` is used; exactly one must be set (an empty string is
+    /// unset, so an environment variable can clear the defaults file's `url`). Messages name
+    /// nodes by position, never by URL: a URL may carry a password.
+    pub fn target(&self) -> Result<RedisTarget, ConfigError> {
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        let url = self.url.expose_secret().trim();
+        let nodes: Vec<&str> = self
+            .cluster_nodes
+            .as_ref()
+            .map(|n| {
+                n.expose_secret()
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|n| !n.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        match (url.is_empty(), nodes.is_empty()) {
+            (false, false) => invalid(
+                "redis.url and redis.cluster_nodes are both set; use one. For a Redis Cluster set \
+                 redis.cluster_nodes and set redis.url to an empty string (INGEST__REDIS__URL=)"
+                    .into(),
+            ),
+            (true, true) => invalid(
+                "set redis.url (one Redis server) or redis.cluster_nodes (a Redis Cluster)".into(),
+            ),
+            (false, true) => Ok(RedisTarget::Single(SecretString::from(url))),
+            (true, false) => {
+                for (i, node) in nodes.iter().enumerate() {
+                    let position = i + 1;
+                    if !(node.starts_with("redis://") || node.starts_with("rediss://")) {
+                        return invalid(format!(
+                            "redis.cluster_nodes: node {position} is not a redis:// or rediss:// URL"
+                        ));
+                    }
+                    match redis::IntoConnectionInfo::into_connection_info(*node) {
+                        Ok(info) if info.redis.db != 0 => {
+                            return invalid(format!(
+                                "redis.cluster_nodes: node {position} selects database {}; a \
+                                 Redis Cluster has database 0 only",
+                                info.redis.db
+                            ))
+                        }
+                        Ok(_) => {}
+                        Err(_) => {
+                            return invalid(format!(
+                                "redis.cluster_nodes: node {position} is not a valid Redis URL"
+                            ))
+                        }
+                    }
+                }
+                Ok(RedisTarget::Cluster(
+                    nodes.into_iter().map(SecretString::from).collect(),
+                ))
+            }
+        }
+    }
 }
 
 /// The local spool: where a push becomes durable when Kafka cannot acknowledge it in time.
@@ -391,11 +470,22 @@ impl Settings {
         if self.redis.pending_poll.is_zero() {
             invalid("redis.pending_poll must be above zero".into());
         }
-        if self.redis.ca_file.is_some() && !self.redis.url.expose_secret().starts_with("rediss://")
+        match self.redis.target() {
+            Err(ConfigError::Invalid(msg)) => invalid(msg),
+            Err(other) => invalid(other.to_string()),
+            Ok(_) => {}
+        }
+        if self.redis.ca_file.is_some()
+            && !self.redis.url.expose_secret().starts_with("rediss://")
+            && !self
+                .redis
+                .cluster_nodes
+                .as_ref()
+                .is_some_and(|n| n.expose_secret().trim_start().starts_with("rediss://"))
         {
             invalid(
-                "redis.ca_file is set but redis.url is not a rediss:// (TLS) URL: the CA would \
-                 never be used and the traffic would go in clear"
+                "redis.ca_file is set but Redis is not reached through rediss:// (TLS) URLs: the \
+                 CA would never be used and the traffic would go in clear"
                     .into(),
             );
         }
@@ -669,6 +759,68 @@ mod tests {
         settings = broken.validate().unwrap_err().to_string();
         for part in ["claim_lease", "kafka.topic", "spool.segment_bytes"] {
             assert!(settings.contains(part), "{part} missing from: {settings}");
+        }
+    }
+
+    #[test]
+    fn redis_is_one_server_or_a_cluster_never_both() {
+        let cluster = load(&[
+            ("INGEST__REDIS__URL", ""),
+            (
+                "INGEST__REDIS__CLUSTER_NODES",
+                " redis://:hunter2@127.0.0.1:7000 , redis://127.0.0.1:7001,",
+            ),
+        ])
+        .unwrap();
+        match cluster.redis.target().unwrap() {
+            RedisTarget::Cluster(nodes) => {
+                let nodes: Vec<&str> = nodes.iter().map(|n| n.expose_secret()).collect();
+                assert_eq!(
+                    nodes,
+                    ["redis://:hunter2@127.0.0.1:7000", "redis://127.0.0.1:7001"]
+                );
+            }
+            other => panic!("expected a cluster, got {other:?}"),
+        }
+        assert!(!format!("{cluster:?}").contains("hunter2"));
+        assert!(matches!(
+            load(&[]).unwrap().redis.target().unwrap(),
+            RedisTarget::Single(_)
+        ));
+        let refusals: &[(&[(&str, &str)], &str)] = &[
+            (
+                &[("INGEST__REDIS__CLUSTER_NODES", "redis://127.0.0.1:7000")],
+                "both set",
+            ),
+            (&[("INGEST__REDIS__URL", " ")], "set redis.url"),
+            (
+                &[
+                    ("INGEST__REDIS__URL", ""),
+                    (
+                        "INGEST__REDIS__CLUSTER_NODES",
+                        "redis://127.0.0.1:7000,127.0.0.1:7001",
+                    ),
+                ],
+                "node 2 is not a redis://",
+            ),
+            (
+                &[
+                    ("INGEST__REDIS__URL", ""),
+                    (
+                        "INGEST__REDIS__CLUSTER_NODES",
+                        "redis://:hunter2@127.0.0.1:7000/3",
+                    ),
+                ],
+                "database 3",
+            ),
+        ];
+        for (env, reason) in refusals {
+            let refused = load(env).unwrap_err().to_string();
+            assert!(
+                refused.contains(reason),
+                "expected '{reason}' in: {refused}"
+            );
+            assert!(!refused.contains("hunter2"), "{refused}");
         }
     }
 

@@ -10,16 +10,20 @@
 //! Redis is an optimisation of correctness here, not a precondition of it: when it cannot answer
 //! within the command timeout the caller publishes anyway and marks the record unchecked
 //! (a duplicate is recoverable downstream; a lost message is not).
+//!
+//! One server or a Redis Cluster ([`crate::redis_target`]): every operation here touches a single
+//! key, so the cluster routes each to the primary of its slot and nothing needs a hash tag. A
+//! failover loses the marks the dead primary had not yet replicated; the effect is described in
+//! docs/redis-keys.md.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
-use secrecy::ExposeSecret;
 use tokio::sync::OnceCell;
 
 use crate::config::RedisSettings;
+use crate::redis_target::{RedisClient, RedisConnection};
 
 /// After a failed connection attempt, further attempts wait this long; meanwhile pushes fail open
 /// at once instead of each paying the connect timeout.
@@ -67,8 +71,8 @@ pub enum DedupError {
 }
 
 pub struct DedupStore {
-    client: redis::Client,
-    connection: OnceCell<ConnectionManager>,
+    client: RedisClient,
+    connection: OnceCell<RedisConnection>,
     last_connect_failure: Mutex<Option<Instant>>,
     settings: RedisSettings,
     claim_script: Script,
@@ -88,8 +92,20 @@ impl std::fmt::Debug for DedupStore {
 
 impl DedupStore {
     /// Creates the store; connecting happens on first use so the service starts without Redis.
+    /// `settings` must have passed validation (one of `url` and `cluster_nodes`).
     pub fn new(settings: RedisSettings) -> Result<DedupStore, DedupError> {
-        let client = client(&settings)?;
+        let target = settings.target().map_err(|e| {
+            redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "redis settings",
+                e.to_string(),
+            ))
+        })?;
+        let client = RedisClient::new(
+            &target,
+            settings.command_timeout,
+            settings.ca_file.as_deref(),
+        )?;
         Ok(DedupStore {
             client,
             connection: OnceCell::new(),
@@ -220,9 +236,9 @@ impl DedupStore {
         }
     }
 
-    /// The shared connection, connecting on first use. Once established, the connection manager
-    /// reconnects by itself; until then failed attempts are spaced by [`RECONNECT_BACKOFF`].
-    async fn connection(&self) -> Result<ConnectionManager, DedupError> {
+    /// The shared connection, connecting on first use. Once established, the connection
+    /// reconnects by itself (and a cluster connection follows failovers); until then failed attempts are spaced by [`RECONNECT_BACKOFF`].
+    async fn connection(&self) -> Result<RedisConnection, DedupError> {
         if let Some(conn) = self.connection.get() {
             return Ok(conn.clone());
         }
@@ -230,11 +246,6 @@ impl DedupStore {
             return Err(DedupError::Backoff);
         }
         let limit = self.settings.command_timeout;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(limit)
-            .set_response_timeout(limit)
-            .set_number_of_retries(1)
-            .set_max_delay(500);
         // Pushes that arrive while a first connection is being tried queue on the cell, each to
         // try in turn once the one before failed. Checking the backoff again inside makes them
         // fail open at once instead of paying the timeout one after another — which, against a
@@ -245,11 +256,7 @@ impl DedupStore {
                 if self.recently_failed() {
                     return Err(DedupError::Backoff);
                 }
-                let connected = match tokio::time::timeout(
-                    limit,
-                    ConnectionManager::new_with_config(self.client.clone(), config),
-                )
-                .await
+                let connected = match tokio::time::timeout(limit, self.client.connect(limit)).await
                 {
                     Ok(result) => result.map_err(DedupError::from),
                     Err(_) => Err(DedupError::Timeout(limit)),
@@ -272,27 +279,4 @@ impl DedupStore {
             .unwrap_or_else(|p| p.into_inner())
             .is_some_and(|at| at.elapsed() < RECONNECT_BACKOFF)
     }
-}
-
-/// The Redis client of `settings.url`; over TLS (`rediss://`) with `settings.ca_file`'s CAs as
-/// the only trusted roots when it is set, the platform's roots otherwise.
-fn client(settings: &RedisSettings) -> redis::RedisResult<redis::Client> {
-    let url = settings.url.expose_secret();
-    let Some(path) = &settings.ca_file else {
-        return redis::Client::open(url);
-    };
-    let root_cert = std::fs::read(path).map_err(|e| {
-        redis::RedisError::from((
-            redis::ErrorKind::InvalidClientConfig,
-            "reading redis.ca_file",
-            format!("{}: {e}", path.display()),
-        ))
-    })?;
-    redis::Client::build_with_tls(
-        url,
-        redis::TlsCertificates {
-            client_tls: None,
-            root_cert: Some(root_cert),
-        },
-    )
 }

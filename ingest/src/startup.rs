@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
@@ -18,6 +19,9 @@ use crate::publisher::Publisher;
 use crate::routes;
 use crate::spool::{Drainer, Spool};
 use crate::state::{AppState, MiniProgram};
+
+/// Bound on asking each configured Redis node at start whether it runs in cluster mode.
+const REDIS_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A bound, not yet running, ingest server.
 pub struct Application {
@@ -41,6 +45,14 @@ impl Application {
     /// Binds the listener (port 0 picks a free port, for tests) and builds the server.
     pub fn build(settings: Settings, registry: Registry) -> anyhow::Result<Application> {
         settings.validate()?;
+        // A node of the wrong kind refuses the start; one that does not answer is only a
+        // warning, since pushes fail open without Redis.
+        let redis_target = settings.redis.target()?;
+        for warning in crate::redis_target::check_nodes(&redis_target, REDIS_CHECK_TIMEOUT)
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?
+        {
+            tracing::warn!("{warning}");
+        }
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
             .with_context(|| {
                 format!("binding {}:{}", settings.server.host, settings.server.port)

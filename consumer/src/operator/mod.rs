@@ -45,8 +45,9 @@ use replay::{ReplayArgs, REPLAY_ABOUT};
 /// The operator commands (flattened into `consumer`'s own subcommands by [`crate::cli`]).
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Create the inbound, dead-letter and hand-off topics (idempotent).
-    Setup,
+    /// Create the inbound, dead-letter and hand-off topics (idempotent); exits 1 when an
+    /// existing topic differs from the configuration, printing each difference and its fix.
+    Setup(setup::SetupArgs),
     /// Dry run: show which rules match recorded records and the requests they would make.
     Explain(ExplainArgs),
     /// Re-drive inbound records from Kafka (by time or offsets, filtered) through the current
@@ -68,11 +69,12 @@ impl Command {
     pub async fn run(self, settings: &Settings) -> anyhow::Result<i32> {
         let mut out = std::io::stdout();
         match self {
-            Command::Setup => {
-                for (topic, status) in setup::create_topics(&settings.kafka).await? {
-                    println!("{topic}: {status:?}");
-                }
-                Ok(0)
+            Command::Setup(args) => {
+                let report = setup::create_topics(&settings.kafka).await?;
+                print!("{}", report.render());
+                // A difference is not fixed here (see `setup`): it fails the run unless the
+                // operator asked only to be warned.
+                Ok(i32::from(report.differs() && !args.warn_only))
             }
             Command::Explain(args) => explain::command(settings, &args),
             Command::Replay(args) => {

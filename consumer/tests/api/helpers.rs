@@ -42,6 +42,41 @@ pub fn redis_url() -> String {
     std::env::var("WXKF_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
 }
 
+/// The Redis Cluster's node URLs, comma-separated, for the tests that run on one
+/// (`tests/redis_cluster`, whose crate root sets `ON_REDIS_CLUSTER`); fails when unset.
+pub fn redis_cluster_nodes() -> String {
+    std::env::var("WXKF_TEST_REDIS_CLUSTER").unwrap_or_else(|_| {
+        panic!(
+            "WXKF_TEST_REDIS_CLUSTER is not set: start a Redis Cluster (scripts/services.sh \
+             redis-cluster-up) and set it to its node URLs, comma-separated"
+        )
+    })
+}
+
+/// The test's Redis settings: the single Redis, or the Redis Cluster in the cluster tests.
+fn use_test_redis(s: &mut Settings) {
+    if crate::ON_REDIS_CLUSTER {
+        s.redis.url = SecretString::from("");
+        s.redis.cluster_nodes = Some(SecretString::from(redis_cluster_nodes()));
+    } else {
+        s.redis.url = SecretString::from(redis_url());
+    }
+}
+
+/// A connection to the test's Redis, for tests that look at or seed keys directly.
+pub async fn redis_connection(settings: &Settings) -> consumer::redis_target::RedisConnection {
+    let target = settings.redis.target().expect("redis settings");
+    let client = consumer::redis_target::RedisClient::new(&target, Duration::from_secs(3), None)
+        .expect("redis client");
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        client.connect(Duration::from_secs(3)),
+    )
+    .await
+    .expect("redis connects in time")
+    .expect("redis connects")
+}
+
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
 }
@@ -87,7 +122,7 @@ impl Harness {
         s.kafka.statistics_interval = Duration::from_millis(500);
         s.processing.retry_initial_backoff = Duration::from_millis(20);
         s.processing.retry_max_backoff = Duration::from_millis(200);
-        s.redis.url = SecretString::from(redis_url());
+        use_test_redis(&mut s);
         s.redis.key_prefix = format!("{}:", unique("test"));
         s.wechat.base_url = wechat.uri();
         s.wechat.timeout = Duration::from_secs(2);
@@ -219,6 +254,31 @@ pub fn metric(registry: &prometheus::Registry, name: &str, labels: &[(&str, &str
 
 /// Fails the test with a clear message when Redis is not reachable.
 pub async fn require_redis() {
+    if crate::ON_REDIS_CLUSTER {
+        // Connecting needs a node that answers; the cluster's own state is asked too.
+        let settings_nodes = redis_cluster_nodes();
+        let first = settings_nodes
+            .split(',')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let info = async {
+            let client = redis::Client::open(first.as_str()).ok()?;
+            let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+            redis::cmd("CLUSTER")
+                .arg("INFO")
+                .query_async::<String>(&mut conn)
+                .await
+                .ok()
+        };
+        match tokio::time::timeout(Duration::from_secs(3), info).await {
+            Ok(Some(info)) if info.contains("cluster_state:ok") => return,
+            _ => panic!(
+                "the Redis Cluster at {first} is unreachable or not ok; start it with \
+                 scripts/services.sh redis-cluster-up"
+            ),
+        }
+    }
     let url = redis_url();
     let reachable = async {
         let client = redis::Client::open(url.as_str()).ok()?;

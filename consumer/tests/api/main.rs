@@ -2,6 +2,9 @@
 //! with the WeChat API as a wiremock server. They fail, never skip, when Kafka or Redis is
 //! unreachable.
 
+/// These tests run on the single Redis (`tests/redis_cluster` runs some of them on a cluster).
+const ON_REDIS_CLUSTER: bool = false;
+
 mod actions;
 mod credentials;
 mod errors;
@@ -10,6 +13,7 @@ mod helpers;
 mod pipeline;
 mod redis_proxy;
 // The same test Redis servers as ingest's tests (a password, TLS with a CA of the test's own).
+mod redis_config;
 #[path = "../../../ingest/tests/api/redis_server.rs"]
 mod redis_server;
 mod redrive;
@@ -17,5 +21,6 @@ mod reload;
 mod replay;
 mod rules_file;
 mod send_path;
+mod setup;
 mod tokens;
 mod windows;

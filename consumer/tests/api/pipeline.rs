@@ -411,37 +411,6 @@ async fn two_processes_share_the_partitions_and_a_rebalance_sends_nothing_twice(
 }
 
 #[tokio::test]
-async fn setup_creates_the_topics_once_and_reports_them_after() {
-    let h = Harness::new(ECHO).await;
-    require_kafka();
-    use consumer::operator::setup::{create_topics, TopicStatus};
-    let first = create_topics(&h.settings.kafka).await.expect("created");
-    assert_eq!(
-        first[0],
-        (
-            h.settings.kafka.inbound_topic.clone(),
-            TopicStatus::Created { partitions: 3 }
-        )
-    );
-    let again = create_topics(&h.settings.kafka).await.expect("idempotent");
-    assert_eq!(
-        again[0],
-        (
-            h.settings.kafka.inbound_topic.clone(),
-            TopicStatus::Exists { partitions: 3 }
-        )
-    );
-    assert_eq!(
-        again[1],
-        (
-            h.settings.kafka.dead_letter_topic.clone(),
-            TopicStatus::Exists { partitions: 1 }
-        )
-    );
-    assert_eq!(again.len(), 3);
-}
-
-#[tokio::test]
 async fn records_held_up_past_the_poll_interval_pause_fetching_and_keep_the_partitions() {
     let mut h = Harness::new(ECHO).await;
     h.settings.kafka.topics.inbound_partitions = 1;

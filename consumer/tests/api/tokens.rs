@@ -14,12 +14,8 @@ const REPLY: &str =
 
 /// Writes a token into Redis as another process would have stored it.
 async fn seed_token(h: &Harness, token: &str, expires_ms: i64, generation: i64) {
-    let client = redis::Client::open(redis_url()).expect("redis url");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis");
-    let key = format!("{}token:{APP}", h.settings.redis.key_prefix);
+    let mut conn = redis_connection(&h.settings).await;
+    let key = format!("{}token:{{{APP}}}", h.settings.redis.key_prefix);
     redis::cmd("HSET")
         .arg(&key)
         .arg("token")
@@ -85,7 +81,10 @@ async fn three_sends_rejecting_the_same_token_cause_one_refresh() {
     .await;
     Mock::given(path(SEND))
         .and(query_param("access_token", "OLD"))
-        .respond_with(errcode(40001, "invalid credential"))
+        // Slow, so all three have read OLD before the first rejection expires it (on a Redis
+        // Cluster the three processes' first commands can be far enough apart for a fast
+        // rejection to overtake the last read).
+        .respond_with(errcode(40001, "invalid credential").set_delay(Duration::from_millis(500)))
         .expect(3)
         .mount(&h.wechat)
         .await;

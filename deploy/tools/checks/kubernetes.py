@@ -206,7 +206,7 @@ def check_rendered(root: Path, name: str, docs: list[dict], configs: dict[str, S
             rules_mount = next((m for m in mounts.values() if rules_path.startswith(m["mountPath"] + "/")), None)
             report.check(rules_mount is not None and "subPath" not in rules_mount,
                          f"{name}: rules file {rules_path} is on a directory mount (hot reload sees updates)")
-            report.check(any(c.get("args") == ["setup"] for c in pod.get("initContainers", [])),
+            report.check(any((c.get("args") or [None])[0] == "setup" for c in pod.get("initContainers", [])),
                          f"{name}: consumer runs `consumer setup` before joining the group")
             subcommands = consumer_subcommands(root)
             for container in containers:

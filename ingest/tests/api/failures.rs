@@ -207,3 +207,22 @@ async fn a_redis_that_hangs_on_connect_fails_open_within_the_budget() {
         .all(|(_, e)| e.v1().dedup == DedupStatus::Unchecked));
     hung.abort();
 }
+
+/// `kafka.brokers` is a bootstrap list: a broker of it that is down costs nothing while another
+/// answers.
+#[tokio::test]
+async fn a_bootstrap_list_with_a_dead_broker_still_publishes() {
+    let mut settings = test_settings();
+    settings.kafka.brokers = format!("127.0.0.1:{},{}", dead_port(), kafka_brokers());
+    let app = spawn_app_with(settings).await;
+    let p = push(
+        &text_message("u-bootstrap", "hi"),
+        Format::Json,
+        PushMode::Safe,
+        now(),
+    );
+    assert_eq!(app.post("json", &p).await.status(), 200);
+    assert_eq!(record_count(app.topic()), 1);
+    assert_eq!(app.metric("ingest_spool_appended_records_total", &[]), 0.0);
+    app.stop().await;
+}
