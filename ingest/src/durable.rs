@@ -8,6 +8,7 @@
 //!
 //! With the spool turned off, Kafka's answer is the only one, as it was before the spool existed.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -52,37 +53,60 @@ pub enum WriteError {
     },
 }
 
-/// Locks striped over record keys: a key's lock is `stripes[hash(key) % len]`.
-const KEY_LOCK_STRIPES: usize = 1024;
-
 /// One user's durable writes, one at a time.
 ///
 /// A push waiting for Kafka is undecided: it may be acknowledged, or time out and go to the
 /// spool. If the same user's next push went straight to Kafka meanwhile, and the first then ended
 /// in the spool, the newer message would reach Kafka before the older one. So a write holds its
 /// key's turn until it is decided; the next push of that user then sees the spool holding records
-/// and queues behind. Keys share stripes: two users rarely collide, and a collision costs one wait.
-#[derive(Debug)]
-struct KeyTurns(Vec<tokio::sync::Mutex<()>>);
+/// and queues behind. A lock exists only for keys with a write in progress, so different users
+/// never wait on each other — which matters most exactly when Kafka stalls and every write waits.
+#[derive(Debug, Default)]
+struct KeyTurns {
+    held: std::sync::Mutex<HashMap<Vec<u8>, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// A key's turn; the next write of that key may start once it is dropped.
+struct Turn<'a> {
+    turns: &'a KeyTurns,
+    key: Vec<u8>,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
 
 impl KeyTurns {
     fn new() -> KeyTurns {
-        KeyTurns(
-            (0..KEY_LOCK_STRIPES)
-                .map(|_| tokio::sync::Mutex::new(()))
-                .collect(),
-        )
+        KeyTurns::default()
     }
 
-    async fn take(&self, key: &[u8]) -> tokio::sync::MutexGuard<'_, ()> {
-        self.0[self.stripe(key)].lock().await
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, Arc<tokio::sync::Mutex<()>>>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn stripe(&self, key: &[u8]) -> usize {
-        use std::hash::{BuildHasher, RandomState};
-        static HASHER: std::sync::OnceLock<RandomState> = std::sync::OnceLock::new();
-        let hash = HASHER.get_or_init(RandomState::new).hash_one(key);
-        (hash % self.0.len() as u64) as usize
+    async fn take(&self, key: &[u8]) -> Turn<'_> {
+        let lock = self.map().entry(key.to_vec()).or_default().clone();
+        let mut turn = Turn {
+            turns: self,
+            key: key.to_vec(),
+            guard: None,
+        };
+        // Assigned only once the lock is ours: a turn given up while waiting (the caller's
+        // deadline) forgets its key the same way a finished one does.
+        turn.guard = Some(lock.lock_owned().await);
+        turn
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut held = self.turns.map();
+        // Nobody else holds or awaits this key's lock: forget it.
+        if held
+            .get(&self.key)
+            .is_some_and(|lock| Arc::strong_count(lock) == 1)
+        {
+            held.remove(&self.key);
+        }
     }
 }
 
@@ -204,16 +228,15 @@ mod tests {
                 .is_err(),
             "the same user's next write waits for the first to be decided"
         );
-        let other = (0..)
-            .map(|i| format!("demo:user-{i}"))
-            .find(|k| turns.stripe(k.as_bytes()) != turns.stripe(user))
-            .unwrap();
-        let _other = tokio::time::timeout(Duration::from_secs(1), turns.take(other.as_bytes()))
+        let _other = tokio::time::timeout(Duration::from_secs(1), turns.take(b"demo:user-b"))
             .await
             .expect("another user goes ahead meanwhile");
         drop(first);
-        let _second = tokio::time::timeout(Duration::from_secs(1), second)
+        let second = tokio::time::timeout(Duration::from_secs(1), second)
             .await
             .expect("the turn passes once the first write is decided");
+        drop(second);
+        drop(_other);
+        assert!(turns.map().is_empty(), "no lock is kept for idle keys");
     }
 }
