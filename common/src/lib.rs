@@ -1,7 +1,8 @@
 //! The wire contract shared by `ingest` and `consumer`, and the WeChat protocol they speak.
 //!
 //! This crate owns everything both services must agree on, and nothing else: no I/O, no Kafka,
-//! Redis or HTTP dependency. One concept per module:
+//! Redis or HTTP dependency — apart from `redis`, the one Redis client both services share,
+//! compiled only with the feature of that name. One concept per module:
 //!
 //! - [`ids`] — `AppId`, `OpenId`, `MsgId` newtypes (`MsgId` is an opaque string: ids exceed 2^53);
 //! - [`message`] — the decoded push, [`Message`], with typed customer-service kinds and a
@@ -17,7 +18,9 @@
 //! - [`envelope`] — the Kafka record;
 //! - [`kafka_properties`] — the extra librdkafka properties both services take from a
 //!   deployment (a mounted file, `_` for `.` in environment variables), with their secrets
-//!   redacted when printed.
+//!   redacted when printed;
+//! - `redis` (feature `redis`) — one Redis server or a Redis Cluster behind one connection type,
+//!   and the check at start that the nodes are what the configuration says.
 //!
 //! # The Kafka contract
 //!
@@ -39,6 +42,8 @@ pub mod ids;
 pub mod kafka_properties;
 pub mod message;
 pub mod push;
+#[cfg(feature = "redis")]
+pub mod redis;
 pub mod reply;
 pub mod seal;
 pub mod signature;

@@ -28,8 +28,6 @@ pub mod config;
 pub mod metrics;
 pub(crate) mod outbound;
 pub(crate) mod record;
-// Public for the integration tests, which reach Redis the way the services do.
-pub mod redis_target;
 pub(crate) mod store;
 pub mod telemetry;
 

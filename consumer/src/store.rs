@@ -2,7 +2,7 @@
 //! windows and the media cache.
 //!
 //! One multiplexed, self-reconnecting connection per process, to one server or to a Redis Cluster
-//! ([`crate::redis_target`], chosen by `redis.url` or `redis.cluster_nodes`). Every command is
+//! ([`common::redis`], chosen by `redis.url` or `redis.cluster_nodes`). Every command is
 //! bounded by the configured timeout; a slow or absent Redis is a [`StoreError`], which
 //! processing treats as transient (the record is retried later, its offset not stored). Keys are
 //! `<key_prefix><kind>:...`; no key ever holds a secret. In a cluster, the keys one script touches
@@ -13,7 +13,9 @@ use std::future::Future;
 use std::time::Duration;
 
 use crate::config::RedisSettings;
-use crate::redis_target::{check_nodes, RedisClient, RedisConnection};
+use common::redis::{
+    check_nodes, NodeCheckError, Reconnect, RedisClient, RedisConnection, TargetError,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -24,8 +26,19 @@ pub enum StoreError {
     #[error("redis answered something unexpected: {0}")]
     Unexpected(String),
     #[error("redis configuration: {0}")]
-    Config(String),
+    Target(#[from] TargetError),
+    #[error("redis configuration: {0}")]
+    Nodes(#[from] NodeCheckError),
+    #[error("the check of the Redis nodes at start stopped")]
+    CheckStopped(#[source] tokio::task::JoinError),
 }
+
+/// A lost connection to one server is retried a little before a command fails: a record whose
+/// processing fails is retried anyway, so a short wait costs less than a failed attempt.
+const RECONNECT: Reconnect = Reconnect {
+    retries: 2,
+    max_delay_ms: 1000,
+};
 
 /// Bound on asking each configured node at start whether it runs in cluster mode.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
@@ -52,20 +65,18 @@ impl Store {
     /// node of the other kind is an error; one that does not answer, a warning). Fails when no
     /// node can be reached.
     pub async fn connect(settings: &RedisSettings) -> Result<Store, StoreError> {
-        let target = settings
-            .target()
-            .map_err(|e| StoreError::Config(e.to_string()))?;
+        let target = settings.target()?;
         let checked = target.clone();
         let warnings = tokio::task::spawn_blocking(move || check_nodes(&checked, CHECK_TIMEOUT))
             .await
-            .map_err(|e| StoreError::Unexpected(format!("the node check stopped: {e}")))?
-            .map_err(StoreError::Config)?;
+            .map_err(StoreError::CheckStopped)??;
         for warning in warnings {
+            // Records whose processing needs Redis are retried until it answers.
             tracing::warn!("{warning}");
         }
         let (prefix, timeout) = (&settings.key_prefix, settings.command_timeout);
         let client = RedisClient::new(&target, timeout, settings.ca_file.as_deref())?;
-        let conn = tokio::time::timeout(timeout * 3, client.connect(timeout))
+        let conn = tokio::time::timeout(timeout * 3, client.connect(timeout, RECONNECT))
             .await
             .map_err(|_| StoreError::Timeout(timeout * 3))??;
         Ok(Store {

@@ -13,6 +13,7 @@ use std::time::Duration;
 use common::codec::Format;
 use common::crypto::AesKey;
 use common::kafka_properties;
+use common::redis::{RedisTarget, TargetError};
 use common::AppName;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -185,72 +186,11 @@ fn no_secret() -> SecretString {
     SecretString::from("")
 }
 
-/// The Redis deployment `redis.url` or `redis.cluster_nodes` names.
-#[derive(Debug, Clone)]
-pub enum RedisTarget {
-    /// One server.
-    Single(SecretString),
-    /// The seed nodes of a Redis Cluster.
-    Cluster(Vec<SecretString>),
-}
-
 impl RedisSettings {
     /// Which of `url` and `cluster_nodes` is used; exactly one must be set (an empty string is
-    /// unset, so an environment variable can clear the defaults file's `url`). Messages name
-    /// nodes by position, never by URL: a URL may carry a password.
-    pub fn target(&self) -> Result<RedisTarget, ConfigError> {
-        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
-        let url = self.url.expose_secret().trim();
-        let nodes: Vec<&str> = self
-            .cluster_nodes
-            .as_ref()
-            .map(|n| {
-                n.expose_secret()
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|n| !n.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default();
-        match (url.is_empty(), nodes.is_empty()) {
-            (false, false) => invalid(
-                "redis.url and redis.cluster_nodes are both set; use one. For a Redis Cluster set \
-                 redis.cluster_nodes and set redis.url to an empty string (INGEST__REDIS__URL=)"
-                    .into(),
-            ),
-            (true, true) => invalid(
-                "set redis.url (one Redis server) or redis.cluster_nodes (a Redis Cluster)".into(),
-            ),
-            (false, true) => Ok(RedisTarget::Single(SecretString::from(url))),
-            (true, false) => {
-                for (i, node) in nodes.iter().enumerate() {
-                    let position = i + 1;
-                    if !(node.starts_with("redis://") || node.starts_with("rediss://")) {
-                        return invalid(format!(
-                            "redis.cluster_nodes: node {position} is not a redis:// or rediss:// URL"
-                        ));
-                    }
-                    match redis::IntoConnectionInfo::into_connection_info(*node) {
-                        Ok(info) if info.redis.db != 0 => {
-                            return invalid(format!(
-                                "redis.cluster_nodes: node {position} selects database {}; a \
-                                 Redis Cluster has database 0 only",
-                                info.redis.db
-                            ))
-                        }
-                        Ok(_) => {}
-                        Err(_) => {
-                            return invalid(format!(
-                                "redis.cluster_nodes: node {position} is not a valid Redis URL"
-                            ))
-                        }
-                    }
-                }
-                Ok(RedisTarget::Cluster(
-                    nodes.into_iter().map(SecretString::from).collect(),
-                ))
-            }
-        }
+    /// unset, so an environment variable can clear the defaults file's `url`).
+    pub fn target(&self) -> Result<RedisTarget, TargetError> {
+        RedisTarget::from_settings(&self.url, self.cluster_nodes.as_ref(), "INGEST__REDIS__URL")
     }
 }
 
@@ -470,10 +410,8 @@ impl Settings {
         if self.redis.pending_poll.is_zero() {
             invalid("redis.pending_poll must be above zero".into());
         }
-        match self.redis.target() {
-            Err(ConfigError::Invalid(msg)) => invalid(msg),
-            Err(other) => invalid(other.to_string()),
-            Ok(_) => {}
+        if let Err(e) = self.redis.target() {
+            invalid(e.to_string());
         }
         if self.redis.ca_file.is_some()
             && !self.redis.url.expose_secret().starts_with("rediss://")

@@ -11,7 +11,7 @@
 //! within the command timeout the caller publishes anyway and marks the record unchecked
 //! (a duplicate is recoverable downstream; a lost message is not).
 //!
-//! One server or a Redis Cluster ([`crate::redis_target`]): every operation here touches a single
+//! One server or a Redis Cluster ([`common::redis`]): every operation here touches a single
 //! key, so the cluster routes each to the primary of its slot and nothing needs a hash tag. A
 //! failover loses the marks the dead primary had not yet replicated; the effect is described in
 //! docs/redis-keys.md.
@@ -23,7 +23,7 @@ use redis::Script;
 use tokio::sync::OnceCell;
 
 use crate::config::RedisSettings;
-use crate::redis_target::{RedisClient, RedisConnection};
+use common::redis::{Reconnect, RedisClient, RedisConnection, TargetError};
 
 /// After a failed connection attempt, further attempts wait this long; meanwhile pushes fail open
 /// at once instead of each paying the connect timeout.
@@ -68,7 +68,16 @@ pub enum DedupError {
     Backoff,
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error("redis configuration: {0}")]
+    Target(#[from] TargetError),
 }
+
+/// A lost connection to one server is retried once, quickly: a push waiting on it fails open
+/// instead (docs/architecture.md).
+const RECONNECT: Reconnect = Reconnect {
+    retries: 1,
+    max_delay_ms: 500,
+};
 
 pub struct DedupStore {
     client: RedisClient,
@@ -94,13 +103,7 @@ impl DedupStore {
     /// Creates the store; connecting happens on first use so the service starts without Redis.
     /// `settings` must have passed validation (one of `url` and `cluster_nodes`).
     pub fn new(settings: RedisSettings) -> Result<DedupStore, DedupError> {
-        let target = settings.target().map_err(|e| {
-            redis::RedisError::from((
-                redis::ErrorKind::InvalidClientConfig,
-                "redis settings",
-                e.to_string(),
-            ))
-        })?;
+        let target = settings.target()?;
         let client = RedisClient::new(
             &target,
             settings.command_timeout,
@@ -250,26 +253,28 @@ impl DedupStore {
         // try in turn once the one before failed. Checking the backoff again inside makes them
         // fail open at once instead of paying the timeout one after another — which, against a
         // Redis that accepts and never answers, would push the last of them past the budget.
-        let attempt = self
-            .connection
-            .get_or_try_init(|| async {
-                if self.recently_failed() {
-                    return Err(DedupError::Backoff);
-                }
-                let connected = match tokio::time::timeout(limit, self.client.connect(limit)).await
-                {
-                    Ok(result) => result.map_err(DedupError::from),
-                    Err(_) => Err(DedupError::Timeout(limit)),
-                };
-                if connected.is_err() {
-                    *self
-                        .last_connect_failure
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
-                }
-                connected
-            })
-            .await;
+        let attempt =
+            self.connection
+                .get_or_try_init(|| async {
+                    if self.recently_failed() {
+                        return Err(DedupError::Backoff);
+                    }
+                    let connected =
+                        match tokio::time::timeout(limit, self.client.connect(limit, RECONNECT))
+                            .await
+                        {
+                            Ok(result) => result.map_err(DedupError::from),
+                            Err(_) => Err(DedupError::Timeout(limit)),
+                        };
+                    if connected.is_err() {
+                        *self
+                            .last_connect_failure
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+                    }
+                    connected
+                })
+                .await;
         attempt.cloned()
     }
 

@@ -17,7 +17,6 @@ pub mod error;
 pub mod intake;
 pub mod metrics;
 pub mod publisher;
-pub mod redis_target;
 pub mod routes;
 pub mod spool;
 pub mod startup;

@@ -48,10 +48,10 @@ impl Application {
         // A node of the wrong kind refuses the start; one that does not answer is only a
         // warning, since pushes fail open without Redis.
         let redis_target = settings.redis.target()?;
-        for warning in crate::redis_target::check_nodes(&redis_target, REDIS_CHECK_TIMEOUT)
+        for warning in common::redis::check_nodes(&redis_target, REDIS_CHECK_TIMEOUT)
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?
         {
-            tracing::warn!("{warning}");
+            tracing::warn!("{warning}; pushes fail open until it does");
         }
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
             .with_context(|| {

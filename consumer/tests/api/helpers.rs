@@ -64,13 +64,19 @@ fn use_test_redis(s: &mut Settings) {
 }
 
 /// A connection to the test's Redis, for tests that look at or seed keys directly.
-pub async fn redis_connection(settings: &Settings) -> consumer::redis_target::RedisConnection {
+pub async fn redis_connection(settings: &Settings) -> common::redis::RedisConnection {
     let target = settings.redis.target().expect("redis settings");
-    let client = consumer::redis_target::RedisClient::new(&target, Duration::from_secs(3), None)
+    let client = common::redis::RedisClient::new(&target, Duration::from_secs(3), None)
         .expect("redis client");
     tokio::time::timeout(
         Duration::from_secs(10),
-        client.connect(Duration::from_secs(3)),
+        client.connect(
+            Duration::from_secs(3),
+            common::redis::Reconnect {
+                retries: 1,
+                max_delay_ms: 500,
+            },
+        ),
     )
     .await
     .expect("redis connects in time")

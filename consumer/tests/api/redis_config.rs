@@ -1,6 +1,6 @@
 //! `redis.url` or `redis.cluster_nodes`, never both; clear refusals that never print a password.
 
-use consumer::config::RedisTarget;
+use common::redis::RedisTarget;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::helpers::*;

@@ -6,7 +6,7 @@ use secrecy::SecretString;
 
 use crate::helpers::*;
 
-async fn keyslot(conn: &mut consumer::redis_target::RedisConnection, key: &str) -> i64 {
+async fn keyslot(conn: &mut common::redis::RedisConnection, key: &str) -> i64 {
     redis::cmd("CLUSTER")
         .arg("KEYSLOT")
         .arg(key)
