@@ -88,14 +88,14 @@ pub enum Envelope {
 }
 
 /// Why a record could not be read.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum EnvelopeError {
     /// The record declares a version this build does not know.
     #[error("unknown envelope version {0}")]
     UnknownVersion(u64),
-    /// The record is not a decodable envelope.
-    #[error("malformed envelope: {0}")]
-    Malformed(String),
+    /// The record is not a decodable envelope; the JSON error says where (line and column).
+    #[error("malformed envelope")]
+    Malformed(#[source] serde_json::Error),
 }
 
 impl EnvelopeError {
@@ -136,11 +136,10 @@ impl Envelope {
 
     /// Reads a record value: the version first, then that version's fields.
     pub fn from_bytes(bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
-        let malformed = |e: serde_json::Error| EnvelopeError::Malformed(e.to_string());
-        let VersionProbe { v } = serde_json::from_slice(bytes).map_err(malformed)?;
+        let VersionProbe { v } = serde_json::from_slice(bytes).map_err(EnvelopeError::Malformed)?;
         match v {
             1 => Ok(Envelope::V1(
-                serde_json::from_slice(bytes).map_err(malformed)?,
+                serde_json::from_slice(bytes).map_err(EnvelopeError::Malformed)?,
             )),
             other => Err(EnvelopeError::UnknownVersion(other)),
         }

@@ -224,7 +224,8 @@ proptest! {
     #[test]
     fn envelope_round_trip(envelope in any_envelope()) {
         let bytes = envelope.to_bytes();
-        prop_assert_eq!(Envelope::from_bytes(&bytes), Ok(envelope));
+        let read = Envelope::from_bytes(&bytes).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(read, envelope);
     }
 }
 

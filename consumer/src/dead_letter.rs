@@ -157,7 +157,7 @@ impl DeadLetter {
     pub fn poison(error: EnvelopeError) -> DeadLetter {
         DeadLetter::record(match error {
             EnvelopeError::UnknownVersion(v) => Reason::UnknownVersion(v),
-            EnvelopeError::Malformed(detail) => Reason::Undecodable(detail),
+            EnvelopeError::Malformed(cause) => Reason::Undecodable(cause.to_string()),
         })
     }
 }

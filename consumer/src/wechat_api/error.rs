@@ -30,7 +30,8 @@ pub const ERRCODE_QUOTA_EXHAUSTED: i64 = 45047;
 /// Invalid media id (temporary media expired after 3 days).
 pub const ERRCODE_INVALID_MEDIA: i64 = 40007;
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// The causes keep their types (`source()`), so a log line and a test can tell them apart.
+#[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// WeChat answered with a non-zero errcode.
     #[error("errcode {errcode}: {errmsg}")]
@@ -40,16 +41,33 @@ pub enum ApiError {
     Status(u16),
     /// No connection could be made: the request never left this process.
     #[error("cannot connect: {0}")]
-    Connect(String),
+    Connect(#[source] reqwest::Error),
     /// No answer within the configured timeout; the request may have been processed.
     #[error("timed out waiting for an answer")]
     Timeout,
     /// The connection failed after the request was (possibly) sent.
     #[error("transport failure: {0}")]
-    Transport(String),
+    Transport(#[source] reqwest::Error),
     /// A 200 answer that is not the expected JSON.
     #[error("unreadable answer: {0}")]
-    Decode(String),
+    Decode(#[source] DecodeError),
+    /// The request could not be built; nothing was sent.
+    #[error("cannot build the request: {0}")]
+    Request(#[source] reqwest::Error),
+}
+
+/// Why a 200 answer could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The body did not arrive whole.
+    #[error(transparent)]
+    Body(reqwest::Error),
+    /// The body is not the JSON of this call's answer.
+    #[error(transparent)]
+    Json(serde_json::Error),
+    /// The JSON lacks what a successful answer carries.
+    #[error("the answer has no {0}")]
+    Missing(&'static str),
 }
 
 /// What the caller should do about an [`ApiError`].
@@ -106,6 +124,7 @@ impl ApiError {
             ApiError::Status(429) => ErrorClass::Retryable,
             ApiError::Status(_) => ErrorClass::Final,
             ApiError::Connect(_) => ErrorClass::Retryable,
+            ApiError::Request(_) => ErrorClass::Final,
             ApiError::Timeout | ApiError::Transport(_) | ApiError::Decode(_) => {
                 if idempotent {
                     ErrorClass::Retryable
@@ -131,11 +150,13 @@ impl ApiError {
         if e.is_timeout() {
             ApiError::Timeout
         } else if e.is_connect() {
-            ApiError::Connect(e.to_string())
+            ApiError::Connect(e)
         } else if e.is_decode() {
-            ApiError::Decode(e.to_string())
+            ApiError::Decode(DecodeError::Body(e))
+        } else if e.is_builder() {
+            ApiError::Request(e)
         } else {
-            ApiError::Transport(e.to_string())
+            ApiError::Transport(e)
         }
     }
 }
@@ -165,7 +186,7 @@ mod tests {
         assert_eq!(ApiError::Status(502).class(true), ErrorClass::Retryable);
         assert_eq!(ApiError::Status(404).class(false), ErrorClass::Final);
         assert_eq!(
-            ApiError::Connect("refused".into()).class(false),
+            ApiError::Decode(DecodeError::Missing("media_id")).class(true),
             ErrorClass::Retryable
         );
     }
@@ -174,12 +195,28 @@ mod tests {
     fn a_send_without_an_answer_is_ambiguous_never_retried() {
         assert_eq!(ApiError::Timeout.class(false), ErrorClass::Ambiguous);
         assert_eq!(
-            ApiError::Transport("reset".into()).class(false),
+            ApiError::Decode(DecodeError::Missing("media_id")).class(false),
             ErrorClass::Ambiguous
         );
         assert_eq!(ApiError::Timeout.class(true), ErrorClass::Retryable);
         for status in [500, 502, 503, 504] {
             assert_eq!(ApiError::Status(status).class(false), ErrorClass::Ambiguous);
         }
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_keeps_its_cause_and_drops_the_url() {
+        // Port 9 (discard) is closed on the test machines: the connection is refused.
+        let e = reqwest::Client::new()
+            .get("http://127.0.0.1:9/cgi-bin/message/custom/send?access_token=SECRET")
+            .send()
+            .await
+            .expect_err("nothing listens there");
+        let error = ApiError::from_reqwest(e);
+        assert!(matches!(error, ApiError::Connect(_)), "{error:?}");
+        assert_eq!(error.class(false), ErrorClass::Retryable);
+        let cause = std::error::Error::source(&error).expect("a typed cause");
+        assert!(cause.is::<reqwest::Error>(), "{cause:?}");
+        assert!(!format!("{error} {error:?}").contains("SECRET"));
     }
 }

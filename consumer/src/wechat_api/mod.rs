@@ -17,7 +17,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 
 pub use body::{OutgoingMessage, SendRequest, TypingCommand, TypingRequest};
-pub use error::{ApiError, ErrorClass};
+pub use error::{ApiError, DecodeError, ErrorClass};
 
 use crate::config::TokenEndpoint;
 use crate::metrics::Metrics;
@@ -129,7 +129,7 @@ impl WechatApi {
         let part = reqwest::multipart::Part::bytes(bytes)
             .file_name(file_name.to_owned())
             .mime_str(mime)
-            .map_err(|e| ApiError::Decode(e.to_string()))?;
+            .map_err(|e| ApiError::Request(e.without_url()))?;
         let form = reqwest::multipart::Form::new().part("media", part);
         let call = self
             .http
@@ -140,7 +140,7 @@ impl WechatApi {
         check(answer.errcode, answer.errmsg)?;
         answer
             .media_id
-            .ok_or_else(|| ApiError::Decode("upload answer without media_id".into()))
+            .ok_or(ApiError::Decode(DecodeError::Missing("media_id")))
     }
 
     /// Fetches a token from the configured endpoint. `stable_token` is always called in normal
@@ -175,9 +175,9 @@ impl WechatApi {
                 token: AccessToken(token),
                 expires_in: Duration::from_secs(expires_in),
             }),
-            _ => Err(ApiError::Decode(
-                "token answer without access_token/expires_in".into(),
-            )),
+            _ => Err(ApiError::Decode(DecodeError::Missing(
+                "access_token and expires_in",
+            ))),
         }
     }
 
@@ -195,7 +195,8 @@ impl WechatApi {
                 return Err(ApiError::Status(status.as_u16()));
             }
             let bytes = response.bytes().await.map_err(ApiError::from_reqwest)?;
-            serde_json::from_slice::<T>(&bytes).map_err(|e| ApiError::Decode(e.to_string()))
+            serde_json::from_slice::<T>(&bytes)
+                .map_err(|e| ApiError::Decode(DecodeError::Json(e)))
         }
         .await;
         self.metrics
