@@ -14,7 +14,8 @@ use common::envelope::EnvelopeV1;
 use crate::actions::{plan, Actions, Done};
 use crate::dead_letter::{DeadLetter, Reason};
 use crate::error::ProcessError;
-use crate::ledger::ClaimOwner;
+// Public with `process_as`, whose callers make one per run of a record.
+pub use crate::ledger::ClaimOwner;
 use crate::metrics::Metrics;
 use crate::rules::RulesHandle;
 
