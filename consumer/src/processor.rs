@@ -72,6 +72,8 @@ impl Processor {
         env: &EnvelopeV1,
         owner: &ClaimOwner,
     ) -> Result<Outcome, ProcessError> {
+        #[cfg(feature = "test-hooks")]
+        crate::test_hooks::before_record(env);
         // Records of an app this deployment does not serve cannot be answered (no secret).
         if !self.apps.contains(&env.app) {
             return Ok(Outcome::DeadLettered(DeadLetter::record(
