@@ -25,8 +25,9 @@ pub enum ProcessError {
     /// A dead letter was not acknowledged by Kafka, so the record's outcome is not final yet.
     #[error("{0}")]
     DeadLetter(#[source] PublishError),
-    /// The process is stopping: a wait ended early and its claim was given back; the record is
-    /// redelivered after the restart.
+    /// The record's run ended (the process is stopping, or the record's partition was revoked):
+    /// a wait ended early and its claim was given back; the record is redelivered after the
+    /// restart or to the partition's new owner.
     #[error("stopping")]
     Stopping,
 }

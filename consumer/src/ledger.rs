@@ -32,6 +32,7 @@
 use std::time::Duration;
 
 use redis::Script;
+use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ms;
 use crate::config::LedgerSettings;
@@ -100,16 +101,48 @@ pub struct Lease {
     owner: String,
 }
 
-/// Who holds a `sending` mark: one value for every retry of one run of a record (see the module
-/// docs). A fresh one is a fresh run.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClaimOwner(String);
+/// Who holds a `sending` mark, and until when: one value for every retry of one run of a record
+/// (see the module docs). A fresh one is a fresh run.
+///
+/// A run ends before its record does when the record is no longer this process's to finish:
+/// its partition was revoked (the new owner redelivers it) or the process is stopping. The
+/// pipeline ties `end` to the record's partition assignment; a send then ends its waits and gives
+/// back a claim with no call in flight, so the redelivery sends the reply instead of waiting out
+/// this run's lease or finding its mark stale.
+#[derive(Debug, Clone)]
+pub struct ClaimOwner {
+    id: String,
+    end: CancellationToken,
+}
 
 impl ClaimOwner {
+    /// A run that ends only with the process (the send path also watches the shutdown token).
     pub fn new() -> ClaimOwner {
-        ClaimOwner(uuid::Uuid::new_v4().simple().to_string())
+        ClaimOwner::until(CancellationToken::new())
+    }
+
+    /// A run that ends when `end` fires.
+    pub fn until(end: CancellationToken) -> ClaimOwner {
+        ClaimOwner {
+            id: uuid::Uuid::new_v4().simple().to_string(),
+            end,
+        }
+    }
+
+    /// Completes when the run has ended.
+    pub(crate) async fn ended(&self) {
+        self.end.cancelled().await
     }
 }
+
+/// Two values are the same owner when they name the same run; the end signal is not identity.
+impl PartialEq for ClaimOwner {
+    fn eq(&self, other: &ClaimOwner) -> bool {
+        self.id == other.id
+    }
+}
+
+impl Eq for ClaimOwner {}
 
 impl Default for ClaimOwner {
     fn default() -> ClaimOwner {
@@ -170,7 +203,7 @@ impl Ledger {
             }
         }
         let key = self.key(idempotency_key);
-        let owner = owner.0.clone();
+        let owner = owner.id.clone();
         let deadline = now_ms() + self.sending_lease.as_millis() as i64;
         let mut conn = self.store.conn();
         let existing: Option<String> = self

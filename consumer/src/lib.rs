@@ -51,4 +51,8 @@ pub mod startup;
 pub mod cli;
 pub mod operator;
 
+// Faults the integration tests inject; only in builds of the tests (feature `test-hooks`).
+#[cfg(feature = "test-hooks")]
+pub mod test_hooks;
+
 pub use startup::Application;

@@ -14,7 +14,8 @@ use common::envelope::EnvelopeV1;
 use crate::actions::{plan, Actions, Done};
 use crate::dead_letter::{DeadLetter, Reason};
 use crate::error::ProcessError;
-use crate::ledger::ClaimOwner;
+// Public with `process_as`, whose callers make one per run of a record.
+pub use crate::ledger::ClaimOwner;
 use crate::metrics::Metrics;
 use crate::rules::RulesHandle;
 
@@ -71,6 +72,8 @@ impl Processor {
         env: &EnvelopeV1,
         owner: &ClaimOwner,
     ) -> Result<Outcome, ProcessError> {
+        #[cfg(feature = "test-hooks")]
+        crate::test_hooks::before_record(env);
         // Records of an app this deployment does not serve cannot be answered (no secret).
         if !self.apps.contains(&env.app) {
             return Ok(Outcome::DeadLettered(DeadLetter::record(

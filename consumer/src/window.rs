@@ -15,6 +15,11 @@
 //!   reply once. A new window forgets them.
 //! - a send that WeChat would refuse (window closed: 45015; quota used: 45047) is not attempted:
 //!   the caller dead-letters it with that reason. No window on record counts as closed.
+//!
+//! `CreateTime` is taken as given, and any value has a clear outcome: the arithmetic saturates,
+//! and a time in the future (clock skew, or a value no genuine push carries) counts as now, so a
+//! window never lasts longer than its length from now and a later genuine action still replaces
+//! it. A time long past opens a window that is already closed.
 
 use std::time::Duration;
 
@@ -65,6 +70,30 @@ if redis.call('HDEL', KEYS[1], ARGV[3]) == 0 then return 0 end
 redis.call('HINCRBY', KEYS[1], 'remaining', 1)
 return 1
 ";
+
+/// The times a window opened by an action at `CreateTime` is written with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Opened {
+    /// The action's time in seconds, no later than now: orders actions (the newer one wins).
+    anchor_time: i64,
+    /// When the window closes.
+    expires_ms: i64,
+    /// How long Redis keeps the window: until it closes, at least 1 ms.
+    ttl_ms: i64,
+}
+
+impl Opened {
+    fn at(create_time: i64, length: Duration, now_ms: i64) -> Opened {
+        let anchor_time = create_time.min(now_ms.div_euclid(1000));
+        let length_ms = i64::try_from(length.as_millis()).unwrap_or(i64::MAX);
+        let expires_ms = anchor_time.saturating_mul(1000).saturating_add(length_ms);
+        Opened {
+            anchor_time,
+            expires_ms,
+            ttl_ms: expires_ms.saturating_sub(now_ms).max(1),
+        }
+    }
+}
 
 /// Why a reply must not be attempted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,20 +151,19 @@ impl ReplyWindows {
         if !self.enabled {
             return Ok(());
         }
-        let opened_ms = msg.create_time.saturating_mul(1000);
-        let expires_ms = opened_ms + length.as_millis() as i64;
-        let ttl_ms = (expires_ms - now_ms()).max(1);
+        let now = now_ms();
+        let opened = Opened::at(msg.create_time, length, now);
         let mut conn = self.store.conn();
         let _changed: i64 = self
             .store
             .bounded(
                 self.open_script
                     .key(self.key(env))
-                    .arg(msg.create_time)
+                    .arg(opened.anchor_time)
                     .arg(env.dedup_key.as_str())
                     .arg(replies)
-                    .arg(expires_ms)
-                    .arg(ttl_ms)
+                    .arg(opened.expires_ms)
+                    .arg(opened.ttl_ms)
                     .invoke_async(&mut conn),
             )
             .await?;
@@ -204,5 +232,44 @@ impl ReplyWindows {
             )
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW_MS: i64 = 1_764_000_000_123;
+    const LENGTH: Duration = MESSAGE_ALLOWANCE.1;
+    const LENGTH_MS: i64 = 48 * 3600 * 1000;
+
+    #[test]
+    fn a_window_opened_now_lasts_its_length() {
+        let opened = Opened::at(NOW_MS / 1000, LENGTH, NOW_MS);
+        assert_eq!(opened.anchor_time, NOW_MS / 1000);
+        assert_eq!(opened.expires_ms, NOW_MS / 1000 * 1000 + LENGTH_MS);
+        assert_eq!(opened.ttl_ms, opened.expires_ms - NOW_MS);
+    }
+
+    #[test]
+    fn a_create_time_in_the_future_counts_as_now() {
+        let now = Opened::at(NOW_MS / 1000, LENGTH, NOW_MS);
+        for create_time in [NOW_MS / 1000 + 30, i64::MAX / 1000, i64::MAX - 1, i64::MAX] {
+            assert_eq!(
+                Opened::at(create_time, LENGTH, NOW_MS),
+                now,
+                "{create_time}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_create_time_long_past_opens_a_closed_window() {
+        for create_time in [0, -1, i64::MIN / 1000, i64::MIN + 1, i64::MIN] {
+            let opened = Opened::at(create_time, LENGTH, NOW_MS);
+            assert_eq!(opened.anchor_time, create_time);
+            assert!(opened.expires_ms < NOW_MS, "{create_time}: {opened:?}");
+            assert_eq!(opened.ttl_ms, 1, "{create_time}");
+        }
     }
 }

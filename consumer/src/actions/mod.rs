@@ -250,7 +250,8 @@ pub struct Actions {
     /// ago — a "typing…" with no reply after it would only confuse them.
     pub show_typing: bool,
     /// Fires when the process stops: waits inside a send end, and a claim with no call in flight
-    /// is given back (see [`send`]).
+    /// is given back (see [`send`]). A record's own run may end sooner (its partition revoked):
+    /// see [`ClaimOwner`].
     pub shutdown: CancellationToken,
 }
 

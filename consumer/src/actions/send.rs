@@ -15,9 +15,11 @@
 //! the mark held (the upload, the call, a backoff), so no wait, however long, lets it expire under
 //! a live sender. A renewal that finds the mark taken over stops the send: nothing more is sent,
 //! and the record is dead-lettered as `superseded` (visible, and safe to redrive: the ledger
-//! decides). Shutdown ends every wait: a claim with no call in flight is given back (mark
-//! released, reply refunded) so the redelivery after the restart sends it, instead of finding a
-//! stale mark and giving it up as ambiguous.
+//! decides). The end of the record's run — shutdown, or its partition revoked by a rebalance
+//! (see [`ClaimOwner`]) — ends every wait: a claim with no call in flight is given back (mark
+//! released, reply refunded) so the redelivery (after the restart, or at the partition's new
+//! owner) sends it, instead of waiting out this run's lease or finding a stale mark and giving it
+//! up as ambiguous.
 
 use std::future::Future;
 use std::path::Path;
@@ -75,9 +77,9 @@ impl Actions {
                 // rebalance) is sending this very reply: wait for its outcome.
                 Claim::InProgress { deadline_ms } => {
                     let left = Duration::from_millis((deadline_ms - now_ms()).max(1) as u64);
-                    // Nothing of ours is held here, so shutdown may simply end the wait.
+                    // Nothing of ours is held here, so the run's end may simply end the wait.
                     tokio::select! {
-                        _ = self.shutdown.cancelled() => return Err(ProcessError::Stopping),
+                        _ = self.run_ended(owner) => return Err(ProcessError::Stopping),
                         _ = tokio::time::sleep(left.min(IN_PROGRESS_POLL)) => {}
                     }
                 }
@@ -98,7 +100,7 @@ impl Actions {
                 return Err(e.into());
             }
         };
-        self.deliver(env, request, media_file, &lease, &allowance)
+        self.deliver(env, request, media_file, &lease, &allowance, owner)
             .await
     }
 
@@ -110,6 +112,7 @@ impl Actions {
         media_file: Option<&Path>,
         lease: &Lease,
         allowance: &Allowance,
+        owner: &ClaimOwner,
     ) -> Result<Done, ProcessError> {
         let app = env.app.as_str();
         let msgtype = request.message.msgtype();
@@ -163,9 +166,9 @@ impl Actions {
             match class {
                 ErrorClass::Retryable if attempt < self.policy.max_attempts => {
                     let wait = self.policy.backoff(attempt, &error);
-                    if self.wait_holding(lease, wait).await.is_err() {
-                        // Shutdown with no call in flight: give the claim back, so the redelivery
-                        // after the restart sends the reply.
+                    if self.wait_holding(lease, wait, owner).await.is_err() {
+                        // The run ended with no call in flight: give the claim back, so the
+                        // redelivery (after the restart, or at the new owner) sends the reply.
                         self.undo(lease, allowance).await?;
                         return Err(ProcessError::Stopping);
                     }
@@ -240,16 +243,29 @@ impl Actions {
         }
     }
 
-    /// A backoff with the mark held; ends early (Err) on shutdown.
-    async fn wait_holding(&self, lease: &Lease, wait: Duration) -> Result<(), ()> {
-        let shutdown = self.shutdown.clone();
+    /// A backoff with the mark held; ends early (Err) when the run ends.
+    async fn wait_holding(
+        &self,
+        lease: &Lease,
+        wait: Duration,
+        owner: &ClaimOwner,
+    ) -> Result<(), ()> {
         self.holding(lease, async move {
             tokio::select! {
-                _ = shutdown.cancelled() => Err(()),
+                _ = self.run_ended(owner) => Err(()),
                 _ = tokio::time::sleep(wait) => Ok(()),
             }
         })
         .await
+    }
+
+    /// Completes when this run of the record ends: the process stops, or `owner`'s run ends (its
+    /// partition was revoked).
+    async fn run_ended(&self, owner: &ClaimOwner) {
+        tokio::select! {
+            _ = self.shutdown.cancelled() => {}
+            _ = owner.ended() => {}
+        }
     }
 
     /// Our mark was taken over (our lease ran out and another run claimed the reply, or an

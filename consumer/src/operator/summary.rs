@@ -83,7 +83,11 @@ impl Summary {
 
     /// Counts a selected record's `create_time` (seconds) against the reply window.
     pub fn note_age(&mut self, create_time: i64, now_ms: i64) {
-        if create_time.saturating_mul(1000) + (REPLY_WINDOW.as_millis() as i64) < now_ms {
+        if create_time
+            .saturating_mul(1000)
+            .saturating_add(REPLY_WINDOW.as_millis() as i64)
+            < now_ms
+        {
             self.older_than_window += 1;
         }
     }
@@ -309,5 +313,24 @@ impl Progress {
             s.dead_lettered_total(),
             self.started.elapsed().as_secs()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_create_time_has_an_age() {
+        let now_ms = 1_764_000_000_000;
+        let mut summary = Summary::default();
+        for create_time in [i64::MAX, i64::MAX / 1000, now_ms / 1000] {
+            summary.note_age(create_time, now_ms);
+        }
+        assert_eq!(summary.older_than_window, 0);
+        for create_time in [i64::MIN, 0, now_ms / 1000 - 3 * 24 * 3600] {
+            summary.note_age(create_time, now_ms);
+        }
+        assert_eq!(summary.older_than_window, 3);
     }
 }

@@ -3,9 +3,11 @@
 //! - **Assign**: each partition gets a fresh generation in the [`OffsetTracker`], and the process
 //!   counts as joined (for `/readyz`).
 //! - **Revoke**: the partitions leave the tracker first (records still running for them will
-//!   store nothing), then the offsets stored so far are committed synchronously, so the next
-//!   owner starts right after the last record this process finished. Records in flight for a
-//!   revoked partition are redelivered to the new owner; the send ledger makes that safe.
+//!   store nothing, and their runs end: a send waiting in a backoff or on another sender's mark
+//!   stops and gives its claim back), then the offsets stored so far are committed
+//!   synchronously, so the next owner starts right after the last record this process finished.
+//!   Records in flight for a revoked partition are redelivered to the new owner; the send ledger
+//!   makes that safe.
 //! - **Statistics**: `consumer_lag_records{partition}` from librdkafka's own lag per partition.
 //!
 //! These run on the thread polling the consumer, inside `recv()`, and must stay short.

@@ -5,7 +5,9 @@
 //! (a process that dies commits nothing more). A record's offset is stored when its outcome
 //! is final (replied, skipped, or dead-lettered *and* the dead letter acknowledged), and only up
 //! to the lowest unfinished record of its partition ([`offsets`]). Stored offsets are also
-//! committed on revoke ([`context`]) and on shutdown. A transient failure retries the same record
+//! committed on revoke ([`context`]) and on shutdown; either also ends the runs of the records
+//! still in flight for those partitions, so their sends stop waiting and give unsent claims back
+//! to the redelivery (see [`offsets`]). A transient failure retries the same record
 //! with backoff, holding back only its own user ([`dispatch`]) and its partition's committed
 //! position — never skipping it.
 //!
@@ -52,11 +54,13 @@ use context::PipelineContext;
 use dispatch::Dispatcher;
 use offsets::OffsetTracker;
 
-/// A received record and the assignment generation it was received in (see [`offsets`]).
+/// A received record, the assignment generation it was received in (see [`offsets`]) and the
+/// signal that ends its run (its partition revoked, or shutdown).
 #[derive(Debug, Clone)]
 struct Tracked {
     record: KafkaRecord,
     generation: u64,
+    end: CancellationToken,
 }
 
 /// The librdkafka settings of the group consumer.
@@ -124,7 +128,7 @@ impl Pipeline {
         metrics: Metrics,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Pipeline> {
-        let tracker = Arc::new(OffsetTracker::default());
+        let tracker = Arc::new(OffsetTracker::under(shutdown.clone()));
         let joined = Arc::new(AtomicBool::new(false));
         let context = PipelineContext {
             tracker: Arc::clone(&tracker),
@@ -259,12 +263,13 @@ impl Shared {
 
     /// Registers a received message with the offset tracker and owns it.
     fn take(&self, message: &BorrowedMessage<'_>) -> Tracked {
-        let generation = self
-            .tracker
-            .begin(message.topic(), message.partition(), message.offset());
+        let (generation, end) =
+            self.tracker
+                .begin(message.topic(), message.partition(), message.offset());
         Tracked {
             record: KafkaRecord::from_message(message),
             generation,
+            end,
         }
     }
 
@@ -349,7 +354,11 @@ impl Shared {
 
     /// Takes one record to a final outcome (retrying transient failures), then stores its offset.
     async fn handle(&self, tracked: Tracked) {
-        let Tracked { record, generation } = tracked;
+        let Tracked {
+            record,
+            generation,
+            end,
+        } = tracked;
         let span = tracing::info_span!(
             "record",
             partition = record.partition,
@@ -358,8 +367,9 @@ impl Shared {
         async {
             let mut attempt = 0;
             // One owner for every retry of this run: a retry recognises the ledger marks its
-            // earlier tries wrote, even those whose answers were lost.
-            let owner = ClaimOwner::new();
+            // earlier tries wrote, even those whose answers were lost. The run ends with the
+            // partition's assignment (or shutdown): its sends stop waiting and give claims back.
+            let owner = ClaimOwner::until(end.clone());
             let outcome = loop {
                 // Revoked meanwhile: the new owner will redeliver it; do nothing twice.
                 if !self
@@ -370,8 +380,9 @@ impl Shared {
                 }
                 match self.outcome_of(&record, &owner).await {
                     Ok(outcome) => break outcome,
-                    // Stopping: the claim was given back; the record is redelivered later.
-                    Err(_) if self.shutdown.is_cancelled() => return,
+                    // Stopping or revoked: the claim was given back; the record is redelivered
+                    // later, here after a restart or at the partition's new owner.
+                    Err(_) if end.is_cancelled() => return,
                     // Transient: back off and retry the same record. Its offset stays unstored,
                     // so even a crash now redelivers it.
                     Err(e) => {
@@ -383,7 +394,7 @@ impl Shared {
                         tracing::warn!(error = %e, attempt, "record failed transiently; retrying");
                         let wait = exponential_jitter(attempt, self.retry_initial, self.retry_max);
                         tokio::select! {
-                            _ = self.shutdown.cancelled() => return,
+                            _ = end.cancelled() => return,
                             _ = tokio::time::sleep(wait) => {}
                         }
                     }

@@ -11,9 +11,16 @@
 //! was received in; after a revoke (or a revoke and re-assign) its completion no longer stores
 //! anything — the partition's new owner redelivers it from the committed offset, and the send
 //! ledger keeps the replies from being sent twice.
+//!
+//! Each generation also has an end signal, fired by its revoke (and, through the tracker's
+//! parent token, by shutdown): a record's run waits on it, so a send waiting in a backoff or on
+//! another sender's mark ends and gives its claim back, instead of holding the reply while the
+//! new owner waits out its lease (see [`crate::ledger::ClaimOwner`]).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
+
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug)]
 struct PartitionState {
@@ -21,12 +28,16 @@ struct PartitionState {
     in_flight: BTreeSet<i64>,
     next_unseen: i64,
     stored: i64,
+    /// Fired when this generation ends (revoke, or the parent's shutdown).
+    end: CancellationToken,
 }
 
 #[derive(Debug, Default)]
 pub struct OffsetTracker {
     partitions: Mutex<HashMap<(String, i32), PartitionState>>,
     generations: Mutex<u64>,
+    /// Every generation's end signal is a child of this one (the process's shutdown).
+    parent: CancellationToken,
 }
 
 impl OffsetTracker {
@@ -41,27 +52,43 @@ impl OffsetTracker {
         *generation
     }
 
+    /// A tracker whose generations all end when `parent` fires.
+    pub fn under(parent: CancellationToken) -> OffsetTracker {
+        OffsetTracker {
+            parent,
+            ..OffsetTracker::default()
+        }
+    }
+
     /// The partition was assigned to this process: a fresh generation, nothing in flight.
     pub fn assign(&self, topic: &str, partition: i32) {
         let generation = self.next_generation();
-        self.lock().insert(
+        let replaced = self.lock().insert(
             (topic.to_owned(), partition),
             PartitionState {
                 generation,
                 in_flight: BTreeSet::new(),
                 next_unseen: -1,
                 stored: -1,
+                end: self.parent.child_token(),
             },
         );
+        if let Some(old) = replaced {
+            old.end.cancel();
+        }
     }
 
-    /// The partition was taken away: records still in flight for it will store nothing.
+    /// The partition was taken away: records still in flight for it will store nothing, and
+    /// their runs end.
     pub fn revoke(&self, topic: &str, partition: i32) {
-        self.lock().remove(&(topic.to_owned(), partition));
+        if let Some(state) = self.lock().remove(&(topic.to_owned(), partition)) {
+            state.end.cancel();
+        }
     }
 
-    /// A record was received; returns the generation to finish it with.
-    pub fn begin(&self, topic: &str, partition: i32, offset: i64) -> u64 {
+    /// A record was received; returns the generation to finish it with and the signal that ends
+    /// its run.
+    pub fn begin(&self, topic: &str, partition: i32, offset: i64) -> (u64, CancellationToken) {
         let mut partitions = self.lock();
         let key = (topic.to_owned(), partition);
         if !partitions.contains_key(&key) {
@@ -74,8 +101,8 @@ impl OffsetTracker {
             .get_mut(&key)
             .expect("the partition was registered just above");
         state.in_flight.insert(offset);
-        state.next_unseen = state.next_unseen.max(offset + 1);
-        state.generation
+        state.next_unseen = state.next_unseen.max(offset.saturating_add(1));
+        (state.generation, state.end.clone())
     }
 
     /// Whether a record received in `generation` still belongs to this process.
@@ -125,7 +152,7 @@ mod tests {
     fn stores_only_up_to_the_lowest_unfinished_record() {
         let t = OffsetTracker::default();
         t.assign("in", 0);
-        let g = t.begin("in", 0, 10);
+        let (g, _) = t.begin("in", 0, 10);
         t.begin("in", 0, 11);
         t.begin("in", 0, 12);
         assert_eq!(
@@ -143,18 +170,33 @@ mod tests {
     fn a_revoked_generation_stores_nothing() {
         let t = OffsetTracker::default();
         t.assign("in", 0);
-        let old = t.begin("in", 0, 5);
+        let (old, old_end) = t.begin("in", 0, 5);
+        assert!(!old_end.is_cancelled());
         t.revoke("in", 0);
+        assert!(old_end.is_cancelled(), "the revoked generation's runs end");
         assert!(!t.is_current("in", 0, old));
         assert_eq!(complete(&t, 5, old), None);
         t.assign("in", 0);
-        let new = t.begin("in", 0, 5);
+        let (new, new_end) = t.begin("in", 0, 5);
         assert_ne!(old, new);
+        assert!(!new_end.is_cancelled(), "the new generation runs");
         assert_eq!(
             complete(&t, 5, old),
             None,
             "the old generation stays fenced"
         );
         assert_eq!(complete(&t, 5, new), Some(6));
+    }
+
+    #[test]
+    fn the_parent_ends_every_generation() {
+        let parent = CancellationToken::new();
+        let t = OffsetTracker::under(parent.clone());
+        t.assign("in", 0);
+        t.assign("in", 1);
+        let (_, a) = t.begin("in", 0, 1);
+        let (_, b) = t.begin("in", 1, 1);
+        parent.cancel();
+        assert!(a.is_cancelled() && b.is_cancelled());
     }
 }

@@ -39,7 +39,9 @@ impl TimeWindow {
 
     /// Whether `unix_seconds` falls in the window at `utc_offset_secs`.
     pub fn contains(&self, unix_seconds: i64, utc_offset_secs: i32) -> bool {
-        let local = (unix_seconds + i64::from(utc_offset_secs)).rem_euclid(86_400) as u32;
+        // In i128, so any CreateTime, however far off, has an exact local time of day.
+        let local =
+            (i128::from(unix_seconds) + i128::from(utc_offset_secs)).rem_euclid(86_400) as u32;
         if self.start < self.end {
             self.start <= local && local < self.end
         } else {
@@ -220,6 +222,18 @@ mod tests {
             !office.contains(t + 8 * 3600, cst),
             "18:00 is the exclusive end"
         );
+    }
+
+    #[test]
+    fn any_create_time_has_a_time_of_day() {
+        let office = TimeWindow::parse("09:00-18:00").expect("window");
+        let cst = parse_utc_offset("+08:00").expect("offset");
+        let west = parse_utc_offset("-12:00").expect("offset");
+        // i64::MAX s is 15:30:07 UTC; i64::MIN s is 08:29:52 UTC (both proleptic).
+        assert!(office.contains(i64::MAX, 0));
+        assert!(!office.contains(i64::MAX, cst), "23:30:07 in China");
+        assert!(!office.contains(i64::MIN, 0), "08:29:52 UTC");
+        assert!(!office.contains(i64::MIN, west));
     }
 
     #[test]

@@ -1,12 +1,13 @@
 //! The send path under the conditions a review of it found: leases that must outlive long waits, marks
 //! taken over by someone else, Redis answers that time out, gateway errors, rule reloads,
-//! panics, and shutdown in the middle of a wait. Each test failed before its fix.
+//! panics, and shutdown or a rebalance in the middle of a wait. Each test failed before its fix.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use consumer::processor::Outcome;
+use consumer::error::ProcessError;
+use consumer::processor::{ClaimOwner, Outcome};
 use rdkafka::message::{Headers, Message as _};
 use wiremock::matchers::{body_partial_json, path};
 use wiremock::{Mock, Request, Respond, ResponseTemplate};
@@ -349,8 +350,9 @@ async fn a_reply_recorded_under_the_old_key_is_not_sent_again() {
     h.wechat.verify().await;
 }
 
-/// Item 9: a record whose handler panics (here: a CreateTime so large the window arithmetic
-/// overflows) becomes a `panic` dead letter and its partition moves on.
+/// Item 9: a record whose handler panics becomes a `panic` dead letter and its partition moves
+/// on. The panic is real, set off by a hook the tests arm for one record (`consumer::test_hooks`,
+/// only in builds of the tests): the product keeps no panic for a test to reach.
 #[tokio::test]
 async fn a_panicking_record_is_dead_lettered_and_the_partition_moves_on() {
     let mut h = Harness::new(REPLY).await;
@@ -358,7 +360,9 @@ async fn a_panicking_record_is_dead_lettered_and_the_partition_moves_on() {
     h.create_topics().await;
     h.mount_token().await;
     h.expect_calls(SEND, ok(), 1).await;
-    let poison = text_at("o-p", "1", "q", i64::MAX / 1000);
+    // A msg id of its own: the hook is process-wide, and the tests share the process.
+    let poison = text("o-p", &unique("m"), "q");
+    consumer::test_hooks::panic_on_record(poison.dedup_key.as_str());
     let good = text("o-p", "2", "q");
     produce_envelopes(&h.settings.kafka.inbound_topic, &[poison, good]).await;
     let app = spawn_app(&h).await;
@@ -419,5 +423,103 @@ async fn shutdown_during_a_backoff_gives_the_claim_back() {
         .query(&mut redis_conn())
         .expect("window");
     assert_eq!(remaining, 5, "the reply was given back to the allowance");
+    h.wechat.verify().await;
+}
+
+/// Item 4, rebalances: a second consumer joins the group while the first waits out a long 45011
+/// backoff. The rebalance revokes the record's partition, which ends the first one's run as
+/// shutdown would: it gives its claim back, and the redelivery (at whichever member owns the
+/// partition now) sends the reply — long before the backoff would have ended, and not as an
+/// `ambiguous` dead letter.
+#[tokio::test]
+async fn a_revoked_partition_ends_a_backoff_and_gives_the_claim_back() {
+    let mut h = Harness::new(REPLY).await;
+    h.settings.kafka.topics.inbound_partitions = 1;
+    h.settings.wechat.minute_quota_backoff = Duration::from_secs(600);
+    h.settings.validate().expect("valid");
+    h.create_topics().await;
+    h.mount_token().await;
+    Mock::given(path(SEND))
+        .respond_with(errcode(45011, "api minute-quota reach limit"))
+        .up_to_n_times(1)
+        .expect(1)
+        .mount(&h.wechat)
+        .await;
+    h.expect_calls(SEND, ok(), 1).await;
+    produce_envelopes(&h.settings.kafka.inbound_topic, &[text("o-rb", "1", "q")]).await;
+    let first = spawn_app(&h).await;
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            !received(&h.wechat, SEND).await.is_empty()
+        })
+        .await,
+        "the first attempt was made"
+    );
+
+    let second = spawn_app(&h).await;
+    let sent = eventually(Duration::from_secs(60), || async {
+        let entries = ledger_entries(&h);
+        !entries.is_empty() && entries.iter().all(|(_, v)| v.starts_with("sent:"))
+    })
+    .await;
+
+    let ambiguous = first.metric("consumer_dead_letters_total", &[("reason", "ambiguous")])
+        + second.metric("consumer_dead_letters_total", &[("reason", "ambiguous")]);
+    let entries = ledger_entries(&h);
+    first.stop().await;
+    second.stop().await;
+    assert!(
+        sent,
+        "the reply was sent after the rebalance, not held for the backoff: {entries:?}"
+    );
+    assert_eq!(ambiguous, 0.0, "no ambiguous dead letter");
+    h.wechat.verify().await;
+}
+
+/// Item 4, the other wait: a run waiting on another sender's live `sending` mark ends when its
+/// run does (here the end signal the pipeline fires on a revoke), leaving that mark alone.
+#[tokio::test]
+async fn the_end_of_a_run_ends_its_wait_on_another_senders_mark() {
+    let h = Harness::new(REPLY).await;
+    h.mount_token().await;
+    // One send: the probe's, which shows the reply's ledger key; none from the waiting run.
+    h.expect_calls(SEND, ok(), 1).await;
+    let env = text("o-wait", "1", "q");
+    let services = h.services().await;
+    let probe = services.processor.process(&env).await;
+    assert_eq!(probe.expect("processed"), replied(1));
+    let entries = ledger_entries(&h);
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let key = entries[0].0.clone();
+    let far = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis()
+        + 600_000;
+    let foreign = format!("sending:someone-else:{far}");
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg(&foreign)
+        .query(&mut redis_conn())
+        .expect("seed");
+    let end = tokio_util::sync::CancellationToken::new();
+    let owner = ClaimOwner::until(end.clone());
+
+    let (result, ()) = tokio::time::timeout(Duration::from_secs(30), async {
+        tokio::join!(services.processor.process_as(&env, &owner), async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            end.cancel();
+        })
+    })
+    .await
+    .expect("the wait ends with the run");
+
+    assert!(matches!(result, Err(ProcessError::Stopping)), "{result:?}");
+    let entries = ledger_entries(&h);
+    assert_eq!(
+        entries,
+        vec![(key, foreign)],
+        "the other sender's mark is untouched"
+    );
     h.wechat.verify().await;
 }

@@ -92,6 +92,47 @@ async fn a_closed_window_sends_nothing() {
     h.wechat.verify().await;
 }
 
+/// Any CreateTime has a clear outcome (the window arithmetic once overflowed on values near the
+/// ends of i64): one in the future counts as now, so the reply goes out and a later genuine
+/// message still opens its own window; one long past finds the window closed.
+#[tokio::test]
+async fn any_create_time_gives_a_clear_outcome() {
+    let h = Harness::new(&replies(1)).await;
+    h.mount_token().await;
+    h.expect_calls(SEND, ok(), 4).await;
+    let services = h.services().await;
+
+    for (i, future) in [i64::MAX, i64::MAX / 1000, now() + 3600]
+        .into_iter()
+        .enumerate()
+    {
+        let user = format!("o-future-{i}");
+        let env = text_at(&user, "1", "hi", future);
+        assert_eq!(
+            services.processor.process(&env).await.expect("processed"),
+            replied(1),
+            "CreateTime {future}"
+        );
+        if i == 0 {
+            // The far-future message does not keep the user's window from opening anew.
+            let next = text(&user, "2", "again");
+            assert_eq!(
+                services.processor.process(&next).await.expect("processed"),
+                replied(1)
+            );
+        }
+    }
+    for (i, past) in [i64::MIN, i64::MIN / 1000, -1].into_iter().enumerate() {
+        let env = text_at(&format!("o-past-{i}"), "1", "hi", past);
+        assert_eq!(
+            reason(services.processor.process(&env).await.expect("processed")),
+            (Reason::WindowClosed, Some(0)),
+            "CreateTime {past}"
+        );
+    }
+    h.wechat.verify().await;
+}
+
 #[tokio::test]
 async fn each_new_message_resets_the_allowance_but_a_redelivery_does_not() {
     let h = Harness::new(&replies(3)).await;

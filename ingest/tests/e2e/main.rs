@@ -26,6 +26,7 @@ mod scenarios;
 mod services;
 mod soak;
 mod storm;
+mod throttling;
 mod topic_log;
 
 use std::time::{Duration, Instant};

@@ -46,6 +46,8 @@ pub struct Pipeline {
     pub consumers: Vec<(Proc, u16)>,
     pub http: reqwest::Client,
     _sim: Child,
+    /// Settings of this scenario's consumers over the defaults below (`CONSUMER__…` variables).
+    consumer_overrides: Vec<(String, String)>,
     consumer_seq: usize,
     ingest_starts: usize,
 }
@@ -54,6 +56,17 @@ impl Pipeline {
     /// Starts the simulator API, creates the topics (`consumer setup`), starts ingest and
     /// `consumers` consumer processes, and waits until each answers.
     pub async fn start(name: &str, consumers: usize, sim_args: &[&str]) -> Pipeline {
+        Pipeline::start_tuned(name, consumers, sim_args, &[]).await
+    }
+
+    /// As [`Pipeline::start`], with consumer settings of the scenario's own over the defaults
+    /// (`CONSUMER__…` environment variables).
+    pub async fn start_tuned(
+        name: &str,
+        consumers: usize,
+        sim_args: &[&str],
+        consumer_overrides: &[(&str, &str)],
+    ) -> Pipeline {
         let id = format!(
             "e2e-{name}-{}",
             &uuid::Uuid::new_v4().simple().to_string()[..8]
@@ -84,6 +97,10 @@ impl Pipeline {
             consumers: Vec::new(),
             http,
             _sim: sim,
+            consumer_overrides: consumer_overrides
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             consumer_seq: 0,
             ingest_starts: 0,
             id,
@@ -210,6 +227,8 @@ impl Pipeline {
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
+        .filter(|(k, _)| !self.consumer_overrides.iter().any(|(o, _)| o == k))
+        .chain(self.consumer_overrides.iter().cloned())
         .collect()
     }
 
@@ -300,6 +319,13 @@ impl Pipeline {
     pub async fn kill_consumer(&mut self, index: usize) {
         let (mut proc, _) = self.consumers.remove(index);
         proc.kill9().await;
+    }
+
+    /// Stops consumer `index` with SIGTERM, as a rolling restart does, and waits for its clean
+    /// exit; it leaves the list.
+    pub async fn terminate_consumer(&mut self, index: usize) {
+        let (mut proc, _) = self.consumers.remove(index);
+        proc.terminate(Duration::from_secs(30)).await;
     }
 
     /// `kill -9` of ingest.

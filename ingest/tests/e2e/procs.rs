@@ -122,6 +122,29 @@ impl Proc {
         let _ = self.child.wait().await;
     }
 
+    /// SIGTERM, as a rolling restart stops a process, then waits (bounded) for it to exit on its
+    /// own; fails unless it exited cleanly.
+    pub async fn terminate(&mut self, within: Duration) {
+        let pid = self.child.id().expect("the process is still running");
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await
+            .expect("running kill");
+        assert!(sent.success(), "kill -TERM {pid} ({})", self.name);
+        let status = tokio::time::timeout(within, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{} still running {within:?} after SIGTERM", self.name))
+            .expect("waiting for the process");
+        assert!(
+            status.success(),
+            "{} exited with {status} after SIGTERM; its log {}:\n{}",
+            self.name,
+            self.log.display(),
+            tail(&self.log, 30)
+        );
+    }
+
     /// SIGKILL without waiting (for drops).
     pub fn kill_now(&mut self) {
         let _ = self.child.start_kill();

@@ -7,7 +7,7 @@ use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::faults::{ERRCODE_DAILY_QUOTA, ERRCODE_MINUTE_QUOTA};
+use super::faults::{ERRCODE_DAILY_QUOTA, ERRCODE_MINUTE_QUOTA, ERRCODE_SYSTEM_ERROR};
 use super::State;
 
 /// Registers the `/sim/...` endpoints.
@@ -69,6 +69,10 @@ struct FaultUpdate {
     /// Refuse message calls with 45009 from now for this long.
     #[serde(default, with = "humantime_serde")]
     burst_45009: Option<Duration>,
+    /// Refuse message calls with -1 (system busy: the call was not carried out) from now for
+    /// this long.
+    #[serde(default, with = "humantime_serde")]
+    burst_system_error: Option<Duration>,
     /// Invalidate every token issued so far (as a forced refresh elsewhere would): 40001.
     #[serde(default)]
     revoke_tokens: bool,
@@ -118,6 +122,9 @@ async fn set_faults(state: web::Data<State>, update: web::Json<FaultUpdate>) -> 
     }
     if let Some(length) = update.burst_45009 {
         state.faults.burst_now(ERRCODE_DAILY_QUOTA, length);
+    }
+    if let Some(length) = update.burst_system_error {
+        state.faults.burst_now(ERRCODE_SYSTEM_ERROR, length);
     }
     if update.revoke_tokens {
         state.tokens.revoke_all();

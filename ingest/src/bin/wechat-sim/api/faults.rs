@@ -1,4 +1,4 @@
-//! Injected faults: latency, `-1` system errors, slow answers, 45011/45009 bursts.
+//! Injected faults: latency, `-1` system errors, slow answers, 45011/45009/`-1` bursts.
 //!
 //! Every API call rolls the dice once ([`Faults::roll`]). The settings can be changed while the
 //! simulator runs (`POST /sim/faults`), so a test can start a storm mid-stream and end it again.
