@@ -195,8 +195,7 @@ impl WechatApi {
                 return Err(ApiError::Status(status.as_u16()));
             }
             let bytes = response.bytes().await.map_err(ApiError::from_reqwest)?;
-            serde_json::from_slice::<T>(&bytes)
-                .map_err(|e| ApiError::Decode(DecodeError::Json(e)))
+            serde_json::from_slice::<T>(&bytes).map_err(|e| ApiError::Decode(DecodeError::Json(e)))
         }
         .await;
         self.metrics

@@ -57,7 +57,7 @@ fn total_committed(h: &Harness) -> i64 {
     .sum()
 }
 
-/// Item 1: a 45011 answer and its minute-quota backoff outlast the lease. A redelivery of the
+/// Leases: a 45011 answer and its minute-quota backoff outlast the lease. A redelivery of the
 /// record meanwhile (another process after a rebalance) must wait for the first sender's outcome,
 /// not dead-letter a reply that is about to be sent as ambiguous.
 #[tokio::test]
@@ -135,7 +135,7 @@ impl Respond for TakeOverMark {
     }
 }
 
-/// Item 2: when the mark is no longer ours, the old sender stops: no further attempt, and the
+/// Marks taken over: when the mark is no longer ours, the old sender stops: no further attempt, and the
 /// other owner's mark is left as it is. The record ends visibly (a `superseded` dead letter).
 #[tokio::test]
 async fn a_sender_whose_mark_was_taken_over_sends_nothing_more() {
@@ -172,7 +172,7 @@ async fn a_sender_whose_mark_was_taken_over_sends_nothing_more() {
     );
 }
 
-/// Item 3: the claim's answer times out (the claim itself was written). The record's retry must
+/// Redis timeouts: the claim's answer times out (the claim itself was written). The record's retry must
 /// recognise its own mark and send, not wait out the lease and dead-letter it as ambiguous.
 #[tokio::test]
 async fn a_claim_whose_answer_timed_out_is_recognised_by_the_retry() {
@@ -211,7 +211,7 @@ async fn a_claim_whose_answer_timed_out_is_recognised_by_the_retry() {
     h.wechat.verify().await;
 }
 
-/// Item 3, the reply window: a take whose answer timed out, retried, spends one reply, not two.
+/// Redis timeouts, the reply window: a take whose answer timed out, retried, spends one reply, not two.
 #[tokio::test]
 async fn a_window_take_whose_answer_timed_out_spends_one_reply() {
     let mut h = Harness::new(REPLY).await;
@@ -251,7 +251,7 @@ async fn a_window_take_whose_answer_timed_out_spends_one_reply() {
     h.wechat.verify().await;
 }
 
-/// Item 5: a 502 or 504 from a gateway may mean WeChat handled the send; not repeated.
+/// Gateway errors: a 502 or 504 from a gateway may mean WeChat handled the send; not repeated.
 #[tokio::test]
 async fn a_gateway_error_on_a_send_is_ambiguous_and_never_repeated() {
     for status in [502, 504] {
@@ -271,7 +271,7 @@ async fn a_gateway_error_on_a_send_is_ambiguous_and_never_repeated() {
     }
 }
 
-/// Item 6: renaming the rule and inserting an action before the reply, then redelivering the
+/// Stable reply keys: renaming the rule and inserting an action before the reply, then redelivering the
 /// record, sends only the new reply; the old one is recognised by what it says.
 #[tokio::test]
 async fn a_renamed_rule_with_an_inserted_action_does_not_send_a_reply_again() {
@@ -319,7 +319,7 @@ async fn a_renamed_rule_with_an_inserted_action_does_not_send_a_reply_again() {
     h.wechat.verify().await;
 }
 
-/// Item 6, the transition: a reply recorded under the old key (`{dedup key}:{rule}:{index}`)
+/// Stable reply keys, the transition: a reply recorded under the old key (`{dedup key}:{rule}:{index}`)
 /// before the upgrade is not sent again by a redelivery after it.
 #[tokio::test]
 async fn a_reply_recorded_under_the_old_key_is_not_sent_again() {
@@ -350,7 +350,7 @@ async fn a_reply_recorded_under_the_old_key_is_not_sent_again() {
     h.wechat.verify().await;
 }
 
-/// Item 9: a record whose handler panics becomes a `panic` dead letter and its partition moves
+/// Panics: a record whose handler panics becomes a `panic` dead letter and its partition moves
 /// on. The panic is real, set off by a hook the tests arm for one record (`consumer::test_hooks`,
 /// only in builds of the tests): the product keeps no panic for a test to reach.
 #[tokio::test]
@@ -388,7 +388,7 @@ async fn a_panicking_record_is_dead_lettered_and_the_partition_moves_on() {
     h.wechat.verify().await;
 }
 
-/// Item 4: shutdown during a send's backoff gives the claim back (the reply was never sent), so
+/// Waits and shutdown: shutdown during a send's backoff gives the claim back (the reply was never sent), so
 /// the redelivery after the restart sends it instead of finding a stale mark.
 #[tokio::test]
 async fn shutdown_during_a_backoff_gives_the_claim_back() {
@@ -426,7 +426,7 @@ async fn shutdown_during_a_backoff_gives_the_claim_back() {
     h.wechat.verify().await;
 }
 
-/// Item 4, rebalances: a second consumer joins the group while the first waits out a long 45011
+/// Waits and rebalances: a second consumer joins the group while the first waits out a long 45011
 /// backoff. The rebalance revokes the record's partition, which ends the first one's run as
 /// shutdown would: it gives its claim back, and the redelivery (at whichever member owns the
 /// partition now) sends the reply — long before the backoff would have ended, and not as an
@@ -476,7 +476,7 @@ async fn a_revoked_partition_ends_a_backoff_and_gives_the_claim_back() {
     h.wechat.verify().await;
 }
 
-/// Item 4, the other wait: a run waiting on another sender's live `sending` mark ends when its
+/// Waits on another sender: a run waiting on another sender's live `sending` mark ends when its
 /// run does (here the end signal the pipeline fires on a revoke), leaving that mark alone.
 #[tokio::test]
 async fn the_end_of_a_run_ends_its_wait_on_another_senders_mark() {
