@@ -25,6 +25,9 @@ pub enum ProcessError {
     /// A dead letter was not acknowledged by Kafka, so the record's outcome is not final yet.
     #[error("{0}")]
     DeadLetter(#[source] PublishError),
+    /// A record of a paused app was not acknowledged by its hold topic (`crate::quota`).
+    #[error("{0}")]
+    Park(#[source] PublishError),
     /// The process is stopping: a wait ended early and its claim was given back; the record is
     /// redelivered after the restart.
     #[error("stopping")]
@@ -39,7 +42,7 @@ impl ProcessError {
             ProcessError::Token(_) => "token",
             // Both are records this process writes out (webhook or Kafka): one label, as the
             // dashboards and alerts have always counted them.
-            ProcessError::Sink(_) | ProcessError::DeadLetter(_) => "sink",
+            ProcessError::Sink(_) | ProcessError::DeadLetter(_) | ProcessError::Park(_) => "sink",
             ProcessError::Stopping => "stopping",
         }
     }

@@ -39,6 +39,7 @@ pub mod dead_letter;
 pub mod error;
 pub(crate) mod ledger;
 pub mod processor;
+pub mod quota;
 pub mod rules;
 pub(crate) mod token_broker;
 pub(crate) mod wechat_api;

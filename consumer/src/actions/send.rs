@@ -34,7 +34,7 @@ use crate::error::ProcessError;
 use crate::ledger::{Claim, ClaimOwner, Lease};
 use crate::token_broker::TokenError;
 use crate::wechat_api::error::{
-    ERRCODE_INVALID_MEDIA, ERRCODE_QUOTA_EXHAUSTED, ERRCODE_WINDOW_CLOSED,
+    ERRCODE_DAILY_QUOTA, ERRCODE_INVALID_MEDIA, ERRCODE_QUOTA_EXHAUSTED, ERRCODE_WINDOW_CLOSED,
 };
 use crate::wechat_api::{ErrorClass, SendRequest};
 use crate::window::{Allowance, Refusal};
@@ -188,6 +188,9 @@ impl Actions {
                     self.ledger.mark_ambiguous(lease).await?;
                     return Ok(Done::DeadLetter(Reason::Ambiguous(error.to_string())));
                 }
+                ErrorClass::Final if error.errcode() == Some(ERRCODE_DAILY_QUOTA) => {
+                    return self.daily_quota_spent(lease, allowance).await;
+                }
                 ErrorClass::Final => {
                     let errcode = error.errcode();
                     if errcode == Some(ERRCODE_INVALID_MEDIA) && !media_refreshed {
@@ -295,6 +298,10 @@ impl Actions {
             // by retrying this record; dead-letter it so the failure is visible and redrivable.
             // On the token endpoint itself 40001 means a wrong AppSecret (docs/wechat-protocol.md §7), not a
             // stale token, so the token class is final here too.
+            // The token endpoint's own daily quota counts for the app too.
+            TokenError::Fetch(e) if e.errcode() == Some(ERRCODE_DAILY_QUOTA) => {
+                self.daily_quota_spent(lease, allowance).await
+            }
             TokenError::Fetch(e)
                 if matches!(e.class(true), ErrorClass::Final | ErrorClass::Token) =>
             {
@@ -312,6 +319,17 @@ impl Actions {
         }
     }
 
+    /// 45009: nothing reached the user; the claim and the reply are given back, and the record
+    /// waits for the app's quota (`crate::quota`), which sends it later.
+    async fn daily_quota_spent(
+        &self,
+        lease: &Lease,
+        allowance: &Allowance,
+    ) -> Result<Done, ProcessError> {
+        self.undo(lease, allowance).await?;
+        Ok(Done::DailyQuotaSpent)
+    }
+
     async fn media_failed(
         &self,
         error: MediaError,
@@ -322,6 +340,11 @@ impl Actions {
             MediaError::Store(e) => self.abandon(lease, allowance, e.into()).await,
             MediaError::Upload(CallFailure::Token(e)) => {
                 self.token_failed(e, lease, allowance).await
+            }
+            MediaError::Upload(CallFailure::Api { error, .. })
+                if error.errcode() == Some(ERRCODE_DAILY_QUOTA) =>
+            {
+                self.daily_quota_spent(lease, allowance).await
             }
             other => {
                 self.undo(lease, allowance).await?;
