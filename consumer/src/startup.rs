@@ -150,6 +150,19 @@ impl Application {
         let metrics = Metrics::new(&registry)?;
         let mut services = Services::build(&settings, &metrics).await?;
         services.processor.actions.shutdown = shutdown.clone();
+        // `consumer setup` runs without the apps in a deployment (no AppSecret there): the hold
+        // topics of this process's apps are made here. Not fatal: without them only a paused
+        // app's records wait (retried), and the warning says what to run.
+        match crate::operator::setup::create_hold_topics(&settings).await {
+            Ok(report) if report.differs() => {
+                tracing::warn!(report = %report.render(), "a hold topic differs from the configuration")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(
+                error = %format!("{e:#}"),
+                "cannot create the apps' hold topics; run `consumer setup` with the apps configured"
+            ),
+        }
         let releaser = Releaser::new(
             &settings,
             services.processor.clone(),

@@ -134,7 +134,22 @@ pub async fn create_topics(kafka: &KafkaSettings) -> anyhow::Result<SetupReport>
     create(kafka, &[]).await
 }
 
+/// Creates the hold topics of the configured apps that do not exist yet: what the consumer does
+/// at start, since a deployment runs `consumer setup` without the apps' configuration.
+pub async fn create_hold_topics(settings: &Settings) -> anyhow::Result<SetupReport> {
+    let apps: Vec<&str> = settings.apps.keys().map(String::as_str).collect();
+    create_only(&settings.kafka, &apps, false).await
+}
+
 async fn create(kafka: &KafkaSettings, hold_apps: &[&str]) -> anyhow::Result<SetupReport> {
+    create_only(kafka, hold_apps, true).await
+}
+
+async fn create_only(
+    kafka: &KafkaSettings,
+    hold_apps: &[&str],
+    main_topics: bool,
+) -> anyhow::Result<SetupReport> {
     let mut config = ClientConfig::new();
     for (key, value) in &kafka.properties {
         config.set(key, value);
@@ -149,8 +164,18 @@ async fn create(kafka: &KafkaSettings, hold_apps: &[&str]) -> anyhow::Result<Set
         .fetch_metadata(None, ADMIN_TIMEOUT)
         .map_err(|e| anyhow::anyhow!("reading the cluster metadata from {}: {e}", kafka.brokers))?;
     let brokers = metadata.brokers().len();
-    let mut plans = plan(kafka, brokers)?;
+    let mut plans = if main_topics {
+        plan(kafka, brokers)?
+    } else {
+        Vec::new()
+    };
     plans.extend(hold_plans(kafka, brokers, hold_apps)?);
+    if plans.is_empty() {
+        return Ok(SetupReport {
+            brokers,
+            topics: Vec::new(),
+        });
+    }
 
     let options = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
     let min_isr: Vec<String> = plans

@@ -263,7 +263,12 @@ async fn a_pause_ends_by_itself_and_a_second_45009_pauses_again() {
     let mut h = two_apps().await;
     h.settings.quota.pause_for = Some(Duration::from_secs(2));
     h.settings.validate().expect("valid");
-    h.create_topics().await;
+    // The topics of a deployment's `consumer setup`, which has no apps: the consumer makes its
+    // apps' hold topics when it starts.
+    require_kafka();
+    consumer::operator::setup::create_topics(&h.settings.kafka)
+        .await
+        .expect("topics created");
     h.mount_token().await;
     quota_spent_for(&h, "o-a", 2).await;
     let inbound = h.settings.kafka.inbound_topic.clone();
