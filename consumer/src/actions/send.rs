@@ -9,7 +9,9 @@
 //! 4. **Call** — with the token protocol; retryable failures back off and retry; an unanswered call
 //!    is never retried (not idempotent) and is marked ambiguous.
 //! 5. **Outcome** — `sent` in the ledger; on a definite failure the mark is released and the reply
-//!    given back to the allowance, since nothing reached the user.
+//!    given back to the allowance, since nothing reached the user. A 45009 (the app's daily API
+//!    quota, from the send, the upload or the token endpoint) is such a failure, answered
+//!    [`Done::DailyQuotaSpent`]: the record waits for the quota (`crate::quota`).
 //!
 //! The lease is renewed before every attempt and every `lease / 3` while anything is awaited with
 //! the mark held (the upload, the call, a backoff), so no wait, however long, lets it expire under

@@ -299,3 +299,84 @@ async fn a_pause_ends_by_itself_and_a_second_45009_pauses_again() {
     );
     assert_eq!(pauses, 2.0, "the second 45009 paused the app again");
 }
+
+/// A second process joins during the pause: the inbound and the hold partitions are shared out
+/// again (a rebalance of both groups). Nothing is lost or sent twice, and each user's records go
+/// out in order once the app resumes.
+#[tokio::test]
+async fn a_rebalance_during_the_pause_loses_and_repeats_nothing() {
+    let h = two_apps().await;
+    h.create_topics().await;
+    h.mount_token().await;
+    quota_spent_for(&h, "o-a", 1).await;
+    let inbound = h.settings.kafka.inbound_topic.clone();
+    let first = spawn_app(&h).await;
+
+    produce_envelopes(&inbound, &[text("o-a", "a1", "a1")]).await;
+    assert!(wait_for_pause(&first).await, "the first send met 45009");
+    let users = ["o-a", "o-b", "o-c", "o-d"];
+    let batch = |n: usize| -> Vec<EnvelopeV1> {
+        users
+            .iter()
+            .map(|u| text(u, &format!("{u}-{n}"), &format!("{u}-{n}")))
+            .collect()
+    };
+    produce_envelopes(&inbound, &batch(2)).await;
+    let second = spawn_app(&h).await;
+    assert!(
+        eventually(Duration::from_secs(40), || async {
+            first.metric("consumer_rebalances_total", &[("event", "revoke")]) >= 1.0
+                && second.metric("consumer_rebalances_total", &[("event", "assign")]) >= 1.0
+        })
+        .await,
+        "the group rebalanced"
+    );
+    produce_envelopes(&inbound, &batch(3)).await;
+    produce_envelopes(&inbound, &[to_other(text("o-x", "x1", "x1"))]).await;
+    assert!(
+        wait_for_sends(&h, "o-x", 1).await,
+        "the other app is answered"
+    );
+    assert_eq!(
+        sent_to(&h.wechat, "o-a").await,
+        ["a1"],
+        "no call while paused"
+    );
+
+    assert!(consumer::operator::quota::resume(&h.settings, APP)
+        .await
+        .expect("resume"));
+    produce_envelopes(&inbound, &batch(4)).await;
+    for user in users {
+        let expected = if user == "o-a" { 4 } else { 3 };
+        assert!(
+            wait_for_sends(&h, user, expected).await,
+            "{user}'s records are answered"
+        );
+    }
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            consumer::operator::quota::status(&h.settings)
+                .await
+                .expect("status")
+                .iter()
+                .all(|s| s.quota.backlog() == 0)
+        })
+        .await,
+        "nothing is left held"
+    );
+    second.stop().await;
+    first.stop().await;
+    for user in users {
+        let mut expected: Vec<String> = (2..=4).map(|n| format!("{user}-{n}")).collect();
+        if user == "o-a" {
+            expected.insert(0, "a1".into());
+            expected.insert(0, "a1".into());
+        }
+        assert_eq!(
+            sent_to(&h.wechat, user).await,
+            expected,
+            "{user}: once each, in order"
+        );
+    }
+}
