@@ -290,7 +290,11 @@ impl Releaser {
         }
     }
 
-    /// Pauses the record's partition and rewinds it to the record.
+    /// Pauses the record's partition and rewinds it to the record. librdkafka discards what it
+    /// had fetched of the partition beyond the seek (its messages carry an outdated version), so
+    /// the record is the next one delivered after the resume. A seek fails when the partition is
+    /// no longer assigned to this process; its new owner starts from the committed offset, which
+    /// is at or before this record (its offset was never stored).
     fn hold_back(&self, record: &KafkaRecord) {
         let mut list = TopicPartitionList::new();
         list.add_partition(&record.topic, record.partition);
