@@ -296,14 +296,14 @@ impl Actions {
         allowance: &Allowance,
     ) -> Result<Done, ProcessError> {
         match error {
-            // A refusal by the token endpoint (bad appid/secret, IP not allowed) will not heal
-            // by retrying this record; dead-letter it so the failure is visible and redrivable.
-            // On the token endpoint itself 40001 means a wrong AppSecret (docs/wechat-protocol.md §7), not a
-            // stale token, so the token class is final here too.
             // The token endpoint's own daily quota counts for the app too.
             TokenError::Fetch(e) if e.errcode() == Some(ERRCODE_DAILY_QUOTA) => {
                 self.daily_quota_spent(lease, allowance).await
             }
+            // A refusal by the token endpoint (bad appid/secret, IP not allowed) will not heal
+            // by retrying this record; dead-letter it so the failure is visible and redrivable.
+            // On the token endpoint itself 40001 means a wrong AppSecret (docs/wechat-protocol.md §7), not a
+            // stale token, so the token class is final here too.
             TokenError::Fetch(e)
                 if matches!(e.class(true), ErrorClass::Final | ErrorClass::Token) =>
             {
