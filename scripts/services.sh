@@ -675,7 +675,8 @@ cluster_clean() {
 #   wxkf-ingest     $SECURE_KAFKA_INGEST_PASSWORD     Write, Describe on topics `secure-inbound`
 #   wxkf-consumer   $SECURE_KAFKA_CONSUMER_PASSWORD   Create, Read, Describe on topics `secure-inbound`;
 #                                                     Read on groups `secure-group`; Create, Write,
-#                                                     Describe on topics `secure-consumer-`
+#                                                     Describe, Read on topics `secure-consumer-`
+#                                                     (its dead letters, hand-offs and hold topics)
 #   wxkf-outsider   $SECURE_KAFKA_OUTSIDER_PASSWORD   nothing (authenticates, may not write)
 #
 # The controller listener is PLAINTEXT on 127.0.0.1 (its peer is the node itself, as ANONYMOUS,
@@ -774,6 +775,9 @@ secure_kafka_up() {
       secure_kafka_acl --allow-principal User:wxkf-consumer --operation Create \
         --resource-pattern-type prefixed --topic secure-inbound & pids+=($!)
       secure_kafka_acl --allow-principal User:wxkf-consumer --producer \
+        --resource-pattern-type prefixed --topic secure-consumer- & pids+=($!)
+      # The hold topics (consumer/src/quota/) are read back by the consumer's `.hold` group.
+      secure_kafka_acl --allow-principal User:wxkf-consumer --operation Read \
         --resource-pattern-type prefixed --topic secure-consumer- & pids+=($!)
       for pid in "${pids[@]}"; do wait "$pid" || die "adding the consumer's ACLs to the secured kafka failed"; done
       log "secured kafka ready: SASL_PLAINTEXT 127.0.0.1:$SECURE_KAFKA_PORT, SASL_SSL localhost:$SECURE_KAFKA_TLS_PORT (log: $LOG_DIR/secure-kafka.log)"

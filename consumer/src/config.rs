@@ -41,6 +41,7 @@ pub struct Settings {
     pub handoff: HandoffSettings,
     pub forward: ForwardSettings,
     pub telemetry: TelemetrySettings,
+    pub quota: QuotaSettings,
     #[serde(default)]
     pub apps: BTreeMap<String, AppSettings>,
 }
@@ -65,6 +66,9 @@ pub struct KafkaSettings {
     pub inbound_topic: String,
     pub dead_letter_topic: String,
     pub handoff_topic: String,
+    /// An app's records wait in `<hold_topic_prefix><app>` while its daily API quota is spent
+    /// (`crate::quota`); `consumer setup` creates one per configured app.
+    pub hold_topic_prefix: String,
     #[serde(with = "humantime_serde")]
     pub session_timeout: Duration,
     /// How often stored offsets are committed (besides on revoke and on shutdown).
@@ -142,6 +146,7 @@ impl std::fmt::Debug for KafkaSettings {
             .field("inbound_topic", &self.inbound_topic)
             .field("dead_letter_topic", &self.dead_letter_topic)
             .field("handoff_topic", &self.handoff_topic)
+            .field("hold_topic_prefix", &self.hold_topic_prefix)
             .field("session_timeout", &self.session_timeout)
             .field("commit_interval", &self.commit_interval)
             .field("statistics_interval", &self.statistics_interval)
@@ -177,6 +182,26 @@ pub struct TopicSettings {
     /// How long hand-off records are kept.
     #[serde(with = "humantime_serde")]
     pub handoff_retention: Duration,
+    /// How long the hold topics keep records; at least the 48 h reply window, so a record held
+    /// through a whole pause is still there when it ends.
+    #[serde(with = "humantime_serde")]
+    pub hold_retention: Duration,
+}
+
+/// The pause of an app whose daily WeChat API quota is spent (45009): `crate::quota`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaSettings {
+    /// The pause ends at the next midnight at this offset from UTC, in minutes (480: China
+    /// Standard Time, WeChat's day).
+    pub reset_utc_offset_minutes: i32,
+    /// A fixed pause instead of "until the next midnight".
+    #[serde(default, with = "humantime_serde")]
+    pub pause_for: Option<Duration>,
+    /// How often each process looks whether a paused app may go again (and updates the quota
+    /// gauges).
+    #[serde(with = "humantime_serde")]
+    pub check_interval: Duration,
 }
 
 /// Dead letters wait for a person: they must outlive a long weekend plus a week of catching up.
@@ -452,6 +477,33 @@ impl Settings {
             if topic.is_empty() {
                 invalid(format!("{key} must not be empty"));
             }
+        }
+        if k.hold_topic_prefix.is_empty() {
+            invalid("kafka.hold_topic_prefix must not be empty".into());
+        }
+        for app in self.apps.keys() {
+            let hold = format!("{}{app}", k.hold_topic_prefix);
+            if [&k.inbound_topic, &k.dead_letter_topic, &k.handoff_topic].contains(&&hold) {
+                invalid(format!(
+                    "the hold topic of app `{app}` ({hold}) is another topic of the consumer;                      change kafka.hold_topic_prefix"
+                ));
+            }
+        }
+        if k.topics.hold_retention < REPLY_WINDOW {
+            invalid(format!(
+                "kafka.topics.hold_retention ({}) must be at least the 48 h reply window: a                  record held through a pause must still be there when it ends",
+                humantime::format_duration(k.topics.hold_retention)
+            ));
+        }
+        let q = &self.quota;
+        if q.check_interval.is_zero() || q.pause_for.is_some_and(|d| d.is_zero()) {
+            invalid("quota: check_interval and pause_for (when set) must be above zero".into());
+        }
+        if !(-720..=840).contains(&q.reset_utc_offset_minutes) {
+            invalid(format!(
+                "quota.reset_utc_offset_minutes ({}) must be a UTC offset, -720 to 840",
+                q.reset_utc_offset_minutes
+            ));
         }
         if k.dead_letter_topic == k.inbound_topic || k.handoff_topic == k.inbound_topic {
             invalid(

@@ -25,6 +25,9 @@ pub enum ProcessError {
     /// A dead letter was not acknowledged by Kafka, so the record's outcome is not final yet.
     #[error("{0}")]
     DeadLetter(#[source] PublishError),
+    /// A record of a paused app was not acknowledged by its hold topic (`crate::quota`).
+    #[error("{0}")]
+    Park(#[source] PublishError),
     /// The record's run ended (the process is stopping, or the record's partition was revoked):
     /// a wait ended early and its claim was given back; the record is redelivered after the
     /// restart or to the partition's new owner.
@@ -40,7 +43,7 @@ impl ProcessError {
             ProcessError::Token(_) => "token",
             // Both are records this process writes out (webhook or Kafka): one label, as the
             // dashboards and alerts have always counted them.
-            ProcessError::Sink(_) | ProcessError::DeadLetter(_) => "sink",
+            ProcessError::Sink(_) | ProcessError::DeadLetter(_) | ProcessError::Park(_) => "sink",
             ProcessError::Stopping => "stopping",
         }
     }

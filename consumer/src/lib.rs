@@ -16,7 +16,8 @@
 //! [`actions`] (WeChat calls through `wechat_api`, the token broker, the send ledger, the reply
 //! windows, and the sinks), all on small shared parts (Redis `store`, Kafka `outbound`, `clock`,
 //! `backoff`, `record`). The operator's tools — `setup`, `explain`, `replay`, `dlq` — live in
-//! [`operator`], built on the runtime's parts; the runtime never depends on them.
+//! [`operator`], built on the runtime's parts; the runtime never depends on them, but for one
+//! call: at start the service creates its apps' hold topics ([`quota`]) with `setup`'s code.
 //!
 //! `pub` here means "used by the binary, the integration tests or the benches"; everything else
 //! is `pub(crate)`.
@@ -37,6 +38,7 @@ pub mod dead_letter;
 pub mod error;
 pub(crate) mod ledger;
 pub mod processor;
+pub mod quota;
 pub mod rules;
 pub(crate) mod token_broker;
 pub(crate) mod wechat_api;

@@ -42,6 +42,19 @@ pub struct Metrics {
     pub rebalances: IntCounterVec,
     /// 1 while the inbound partitions are paused because the records in hand fill every bound.
     pub backpressure: IntGauge,
+    /// 1 while the app is paused because its daily API quota is spent (45009), as Redis says;
+    /// the same in every process.
+    pub quota_paused: IntGaugeVec,
+    /// When the app's pause ends (Unix seconds), 0 when it is not paused.
+    pub quota_paused_until: IntGaugeVec,
+    /// Records of the app in its hold topic and not released yet, as Redis says.
+    pub quota_backlog: IntGaugeVec,
+    /// Pauses this process started (45009 answers), by app.
+    pub quota_pauses: IntCounterVec,
+    /// Records this process parked in the app's hold topic.
+    pub quota_held: IntCounterVec,
+    /// Held records this process finished (replied, skipped or dead-lettered) after the pause.
+    pub quota_released: IntCounterVec,
 }
 
 impl Metrics {
@@ -120,6 +133,48 @@ impl Metrics {
                 "consumer_backpressure",
                 "1 while fetching is paused because the records in hand fill every bound.",
             )?,
+            quota_paused: IntGaugeVec::new(
+                Opts::new(
+                    "consumer_quota_paused",
+                    "1 while the app is paused: its daily WeChat API quota is spent (45009).",
+                ),
+                &["app"],
+            )?,
+            quota_paused_until: IntGaugeVec::new(
+                Opts::new(
+                    "consumer_quota_paused_until_seconds",
+                    "When the app's quota pause ends (Unix seconds); 0 when not paused.",
+                ),
+                &["app"],
+            )?,
+            quota_backlog: IntGaugeVec::new(
+                Opts::new(
+                    "consumer_quota_backlog_records",
+                    "Records of the app in its hold topic, not released yet.",
+                ),
+                &["app"],
+            )?,
+            quota_pauses: IntCounterVec::new(
+                Opts::new(
+                    "consumer_quota_pauses_total",
+                    "45009 answers that paused the app (or extended its pause), by app.",
+                ),
+                &["app"],
+            )?,
+            quota_held: IntCounterVec::new(
+                Opts::new(
+                    "consumer_quota_held_records_total",
+                    "Records parked in the app's hold topic, by app.",
+                ),
+                &["app"],
+            )?,
+            quota_released: IntCounterVec::new(
+                Opts::new(
+                    "consumer_quota_released_records_total",
+                    "Held records finished after the app's pause, by app.",
+                ),
+                &["app"],
+            )?,
         };
         metrics.zero_known_series();
         registry.register(Box::new(metrics.records.clone()))?;
@@ -134,13 +189,19 @@ impl Metrics {
         registry.register(Box::new(metrics.rules_reloads.clone()))?;
         registry.register(Box::new(metrics.rebalances.clone()))?;
         registry.register(Box::new(metrics.backpressure.clone()))?;
+        registry.register(Box::new(metrics.quota_paused.clone()))?;
+        registry.register(Box::new(metrics.quota_paused_until.clone()))?;
+        registry.register(Box::new(metrics.quota_backlog.clone()))?;
+        registry.register(Box::new(metrics.quota_pauses.clone()))?;
+        registry.register(Box::new(metrics.quota_held.clone()))?;
+        registry.register(Box::new(metrics.quota_released.clone()))?;
         Ok(metrics)
     }
 
     /// Creates every series whose label values are known in advance at zero, so dashboards and
     /// alerts see `0` rather than no data before the first event.
     fn zero_known_series(&self) {
-        for outcome in ["replied", "skipped", "dead_lettered"] {
+        for outcome in ["replied", "skipped", "dead_lettered", "parked"] {
             self.records.with_label_values(&[outcome]);
         }
         for reason in Reason::KINDS {

@@ -1,8 +1,8 @@
 //! One record, start to finish: [`Processor::process`].
 //!
 //! The Kafka loop only feeds this function and stores offsets by its answer; tests call it
-//! directly. Every call ends in exactly one [`Outcome`] — replied, skipped, or dead-lettered with a
-//! reason — or a [`ProcessError`] (defined below both this module and the actions), which is always transient (Redis, Kafka or a webhook briefly
+//! directly. Every call ends in exactly one [`Outcome`] — replied, skipped, dead-lettered with a
+//! reason, or parked while its app's daily API quota is spent ([`crate::quota`]) — or a [`ProcessError`] (defined below both this module and the actions), which is always transient (Redis, Kafka or a webhook briefly
 //! unavailable): the caller retries the same record later and its offset is not stored
 //! meanwhile. Repeating `process` for a record is safe: the send ledger makes replies at most
 //! once and the reply window is not reopened by the same record twice.
@@ -17,6 +17,7 @@ use crate::error::ProcessError;
 // Public with `process_as`, whose callers make one per run of a record.
 pub use crate::ledger::ClaimOwner;
 use crate::metrics::Metrics;
+use crate::quota::{Gate, Quota};
 use crate::rules::RulesHandle;
 
 /// How a record ended.
@@ -28,6 +29,10 @@ pub enum Outcome {
     Skipped(Skip),
     /// Cannot be completed; goes to the dead-letter topic with the reason.
     DeadLettered(DeadLetter),
+    /// The app's daily API quota is spent, or its held records are not all released yet: the
+    /// record was published to the app's hold topic and is processed from there later
+    /// ([`crate::quota`]).
+    Parked,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +50,7 @@ impl Outcome {
             Outcome::Replied { .. } => "replied",
             Outcome::Skipped(_) => "skipped",
             Outcome::DeadLettered(_) => "dead_lettered",
+            Outcome::Parked => "parked",
         }
     }
 }
@@ -55,6 +61,15 @@ pub struct Processor {
     pub actions: Actions,
     pub apps: BTreeSet<String>,
     pub metrics: Metrics,
+    pub quota: Quota,
+}
+
+/// How running a record's actions ended.
+enum Ran {
+    Finished(Outcome),
+    /// WeChat answered 45009: nothing of the failing step was sent, the steps before it are in
+    /// the ledger.
+    DailyQuotaSpent,
 }
 
 impl Processor {
@@ -76,17 +91,53 @@ impl Processor {
         crate::test_hooks::before_record(env);
         // Records of an app this deployment does not serve cannot be answered (no secret).
         if !self.apps.contains(&env.app) {
-            return Ok(Outcome::DeadLettered(DeadLetter::record(
-                Reason::UnknownApp(env.app.clone()),
-            )));
+            return Ok(unknown_app(env));
         }
+        // A paused app, or one whose held records are not all sent yet: behind them, in order.
+        let gate = self.quota.gate(&env.app).await?;
+        if gate != Gate::Open {
+            self.quota.park(env, gate).await?;
+            return Ok(Outcome::Parked);
+        }
+        match self.run(env, owner).await? {
+            Ran::Finished(outcome) => Ok(outcome),
+            Ran::DailyQuotaSpent => {
+                self.quota.pause(&env.app).await?;
+                self.quota.park(env, Gate::Paused).await?;
+                Ok(Outcome::Parked)
+            }
+        }
+    }
+
+    /// A record from its app's hold topic ([`crate::quota::release`]): processed like an
+    /// inbound one, without the gate (it is the backlog). `None` when WeChat answered 45009
+    /// again: the app is paused again and the record must stay where it is, first in line.
+    pub(crate) async fn process_held(
+        &self,
+        env: &EnvelopeV1,
+        owner: &ClaimOwner,
+    ) -> Result<Option<Outcome>, ProcessError> {
+        if !self.apps.contains(&env.app) {
+            return Ok(Some(unknown_app(env)));
+        }
+        match self.run(env, owner).await? {
+            Ran::Finished(outcome) => Ok(Some(outcome)),
+            Ran::DailyQuotaSpent => {
+                self.quota.pause(&env.app).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// The record's window, rules and actions.
+    async fn run(&self, env: &EnvelopeV1, owner: &ClaimOwner) -> Result<Ran, ProcessError> {
         // Before the rules: a user message opens its reply window even when no rule replies,
         // so a later rule (or an operator) can still answer inside it.
         self.actions.windows.observe(env).await?;
         let rules = self.rules.current();
         let matches = rules.evaluate(env);
         let Some(first) = matches.first() else {
-            return Ok(Outcome::Skipped(Skip::NoMatch));
+            return Ok(Ran::Finished(Outcome::Skipped(Skip::NoMatch)));
         };
         let first_rule = first.rule.name.clone();
         for m in &matches {
@@ -101,6 +152,8 @@ impl Processor {
                 Done::Sent => sent += 1,
                 Done::AlreadySent => already_sent += 1,
                 Done::Handed | Done::Nothing => {}
+                // The steps before it are in the ledger: the record's later run skips them.
+                Done::DailyQuotaSpent => return Ok(Ran::DailyQuotaSpent),
                 // The first failing step ends the record; steps after it are not run, and steps
                 // before it are in the ledger, so a redrive resumes without repeating them.
                 Done::DeadLetter(reason) => {
@@ -112,18 +165,22 @@ impl Processor {
                         detail = %reason.detail(),
                         "record dead-lettered"
                     );
-                    return Ok(Outcome::DeadLettered(DeadLetter {
+                    return Ok(Ran::Finished(Outcome::DeadLettered(DeadLetter {
                         reason,
                         rule: Some(action.rule),
                         action_index: Some(action.index),
-                    }));
+                    })));
                 }
             }
         }
-        if sent + already_sent > 0 {
-            Ok(Outcome::Replied { sent, already_sent })
+        Ok(Ran::Finished(if sent + already_sent > 0 {
+            Outcome::Replied { sent, already_sent }
         } else {
-            Ok(Outcome::Skipped(Skip::Rule(first_rule)))
-        }
+            Outcome::Skipped(Skip::Rule(first_rule))
+        }))
     }
+}
+
+fn unknown_app(env: &EnvelopeV1) -> Outcome {
+    Outcome::DeadLettered(DeadLetter::record(Reason::UnknownApp(env.app.clone())))
 }

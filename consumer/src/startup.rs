@@ -1,8 +1,8 @@
 //! Wiring: builds every part from the settings, and runs them until shutdown.
 //!
 //! [`Services`] holds the parts a record needs (used by `run`, by tests that call
-//! `process()` directly, and nowhere else); [`Application`] adds the Kafka loop, the rules
-//! watcher and the HTTP listener, all stopped by one cancellation token from `main`.
+//! `process()` directly, and nowhere else); [`Application`] adds the Kafka loop, the hold topics'
+//! releaser ([`crate::quota`]), the rules watcher and the HTTP listener, all stopped by one cancellation token from `main`.
 
 use std::collections::BTreeSet;
 use std::net::TcpListener;
@@ -24,6 +24,8 @@ use crate::metrics::{register_process_metrics, Metrics};
 use crate::outbound::Outbound;
 use crate::pipeline::Pipeline;
 use crate::processor::Processor;
+use crate::quota::release::Releaser;
+use crate::quota::Quota;
 use crate::rules::{RulesContext, RulesWatcher};
 use crate::store::Store;
 use crate::token_broker::TokenBroker;
@@ -97,6 +99,7 @@ impl Services {
             actions,
             apps: settings.apps.keys().cloned().collect(),
             metrics: metrics.clone(),
+            quota: Quota::new(settings, store.clone(), outbound.clone(), metrics.clone()),
         };
         let dead_letters = DeadLetterWriter {
             outbound: outbound.clone(),
@@ -121,6 +124,7 @@ pub struct Application {
     port: u16,
     server: Server,
     pipeline: Pipeline,
+    releaser: Releaser,
     watcher: RulesWatcher,
     rules_source: String,
     outbound: Outbound,
@@ -146,6 +150,26 @@ impl Application {
         let metrics = Metrics::new(&registry)?;
         let mut services = Services::build(&settings, &metrics).await?;
         services.processor.actions.shutdown = shutdown.clone();
+        // `consumer setup` runs without the apps in a deployment (no AppSecret there): the hold
+        // topics of this process's apps are made here. Not fatal: without them only a paused
+        // app's records wait (retried), and the warning says what to run.
+        match crate::operator::setup::create_hold_topics(&settings).await {
+            Ok(report) if report.differs() => {
+                tracing::warn!(report = %report.render(), "a hold topic differs from the configuration")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(
+                error = %format!("{e:#}"),
+                "cannot create the apps' hold topics; run `consumer setup` with the apps configured"
+            ),
+        }
+        let releaser = Releaser::new(
+            &settings,
+            services.processor.clone(),
+            services.dead_letters.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        )?;
         let pipeline = Pipeline::new(
             &settings,
             services.processor,
@@ -165,6 +189,7 @@ impl Application {
             port,
             server,
             pipeline,
+            releaser,
             watcher: services.watcher,
             rules_source: services.rules_source,
             outbound: services.outbound,
@@ -183,7 +208,13 @@ impl Application {
         let server = self.server.handle();
         tokio::spawn(self.server);
         let watcher = tokio::spawn(self.watcher.run(self.rules_source, self.shutdown.clone()));
+        let releaser = tokio::spawn(self.releaser.run());
         let result = self.pipeline.run().await;
+        match releaser.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "the hold topics' consumer failed"),
+            Err(e) => tracing::warn!(error = %e, "the hold topics' consumer stopped abnormally"),
+        }
         self.outbound.flush(Duration::from_secs(5));
         let _ = watcher.await;
         server.stop(true).await;

@@ -141,6 +141,8 @@ async fn the_consumer_sets_up_consumes_and_dead_letters_with_its_principal_alone
     k.inbound_topic = unique("secure-inbound");
     k.dead_letter_topic = unique("secure-consumer-dlq");
     k.handoff_topic = unique("secure-consumer-handoff");
+    // Made by the consumer at start, read back by its `<group>.hold` group.
+    k.hold_topic_prefix = format!("{}.", unique("secure-consumer-hold"));
     k.group_id = unique("secure-group");
     k.topics.inbound_partitions = 1;
     k.properties.clear();

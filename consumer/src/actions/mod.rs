@@ -87,6 +87,9 @@ pub enum Done {
     Nothing,
     /// The step cannot complete; the record is dead-lettered with this reason.
     DeadLetter(Reason),
+    /// WeChat answered 45009: the app's daily API quota is spent. Nothing was sent (the claim was
+    /// given back); the record waits for the quota (`crate::quota`).
+    DailyQuotaSpent,
 }
 
 /// The placeholder written in place of a media id that comes from a local file.

@@ -9,7 +9,9 @@
 //! 4. **Call** — with the token protocol; retryable failures back off and retry; an unanswered call
 //!    is never retried (not idempotent) and is marked ambiguous.
 //! 5. **Outcome** — `sent` in the ledger; on a definite failure the mark is released and the reply
-//!    given back to the allowance, since nothing reached the user.
+//!    given back to the allowance, since nothing reached the user. A 45009 (the app's daily API
+//!    quota, from the send, the upload or the token endpoint) is such a failure, answered
+//!    [`Done::DailyQuotaSpent`]: the record waits for the quota (`crate::quota`).
 //!
 //! The lease is renewed before every attempt and every `lease / 3` while anything is awaited with
 //! the mark held (the upload, the call, a backoff), so no wait, however long, lets it expire under
@@ -36,7 +38,7 @@ use crate::error::ProcessError;
 use crate::ledger::{Claim, ClaimOwner, Lease};
 use crate::token_broker::TokenError;
 use crate::wechat_api::error::{
-    ERRCODE_INVALID_MEDIA, ERRCODE_QUOTA_EXHAUSTED, ERRCODE_WINDOW_CLOSED,
+    ERRCODE_DAILY_QUOTA, ERRCODE_INVALID_MEDIA, ERRCODE_QUOTA_EXHAUSTED, ERRCODE_WINDOW_CLOSED,
 };
 use crate::wechat_api::{ErrorClass, SendRequest};
 use crate::window::{Allowance, Refusal};
@@ -191,6 +193,9 @@ impl Actions {
                     self.ledger.mark_ambiguous(lease).await?;
                     return Ok(Done::DeadLetter(Reason::Ambiguous(error.to_string())));
                 }
+                ErrorClass::Final if error.errcode() == Some(ERRCODE_DAILY_QUOTA) => {
+                    return self.daily_quota_spent(lease, allowance).await;
+                }
                 ErrorClass::Final => {
                     let errcode = error.errcode();
                     if errcode == Some(ERRCODE_INVALID_MEDIA) && !media_refreshed {
@@ -307,6 +312,10 @@ impl Actions {
         allowance: &Allowance,
     ) -> Result<Done, ProcessError> {
         match error {
+            // The token endpoint's own daily quota counts for the app too.
+            TokenError::Fetch(e) if e.errcode() == Some(ERRCODE_DAILY_QUOTA) => {
+                self.daily_quota_spent(lease, allowance).await
+            }
             // A refusal by the token endpoint (bad appid/secret, IP not allowed) will not heal
             // by retrying this record; dead-letter it so the failure is visible and redrivable.
             // On the token endpoint itself 40001 means a wrong AppSecret (docs/wechat-protocol.md §7), not a
@@ -328,6 +337,17 @@ impl Actions {
         }
     }
 
+    /// 45009: nothing reached the user; the claim and the reply are given back, and the record
+    /// waits for the app's quota (`crate::quota`), which sends it later.
+    async fn daily_quota_spent(
+        &self,
+        lease: &Lease,
+        allowance: &Allowance,
+    ) -> Result<Done, ProcessError> {
+        self.undo(lease, allowance).await?;
+        Ok(Done::DailyQuotaSpent)
+    }
+
     async fn media_failed(
         &self,
         error: MediaError,
@@ -338,6 +358,11 @@ impl Actions {
             MediaError::Store(e) => self.abandon(lease, allowance, e.into()).await,
             MediaError::Upload(CallFailure::Token(e)) => {
                 self.token_failed(e, lease, allowance).await
+            }
+            MediaError::Upload(CallFailure::Api { error, .. })
+                if error.errcode() == Some(ERRCODE_DAILY_QUOTA) =>
+            {
+                self.daily_quota_spent(lease, allowance).await
             }
             other => {
                 self.undo(lease, allowance).await?;

@@ -1,5 +1,5 @@
-//! The operator's tools: every `consumer` subcommand but `run` — `setup`, `explain`, `replay`
-//! and `dlq list|show|redrive`. The runtime (the group loop and everything it calls) lives
+//! The operator's tools: every `consumer` subcommand but `run` — `setup`, `explain`, `replay`,
+//! `dlq list|show|redrive` and `quota status|resume`. The runtime (the group loop and everything it calls) lives
 //! outside this folder and never depends on it; the tools are built on the runtime's parts, so
 //! what they do is what the live consumer does: [`crate::processor::Processor::process`] and the
 //! rules for every record, the send ledger for at-most-once replies, the dead-letter record
@@ -23,6 +23,7 @@ pub mod args;
 pub mod dlq;
 pub mod explain;
 pub(crate) mod marks;
+pub mod quota;
 pub mod range;
 pub mod redrive;
 pub mod replay;
@@ -45,7 +46,7 @@ use replay::{ReplayArgs, REPLAY_ABOUT};
 /// The operator commands (flattened into `consumer`'s own subcommands by [`crate::cli`]).
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Create the inbound, dead-letter and hand-off topics (idempotent); exits 1 when an
+    /// Create the inbound, dead-letter, hand-off and per-app hold topics (idempotent); exits 1 when an
     /// existing topic differs from the configuration, printing each difference and its fix.
     Setup(setup::SetupArgs),
     /// Dry run: show which rules match recorded records and the requests they would make.
@@ -56,12 +57,17 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Inspect the dead-letter topic and redrive dead letters once their cause is fixed.
     Dlq(DlqArgs),
+    /// The daily API quota pause of each app (errcode 45009): status, or resume an app early.
+    Quota(quota::QuotaArgs),
 }
 
 impl Command {
     /// Whether the command's report is stdout, so logs must go to stderr and stay quiet.
     pub fn reports_on_stdout(&self) -> bool {
-        matches!(self, Command::Replay(_) | Command::Dlq(_))
+        matches!(
+            self,
+            Command::Replay(_) | Command::Dlq(_) | Command::Quota(_)
+        )
     }
 
     /// Runs the command to its process exit code: 0 done, 1 records left unfinished (a re-drive
@@ -70,7 +76,7 @@ impl Command {
         let mut out = std::io::stdout();
         match self {
             Command::Setup(args) => {
-                let report = setup::create_topics(&settings.kafka).await?;
+                let report = setup::create_all_topics(settings).await?;
                 print!("{}", report.render());
                 // A difference is not fixed here (see `setup`): it fails the run unless the
                 // operator asked only to be warned.
@@ -81,6 +87,7 @@ impl Command {
                 let summary = replay::run(settings, &args, &mut out, interruptible()).await?;
                 Ok(i32::from(summary.unfinished > 0))
             }
+            Command::Quota(args) => quota::command(settings, &args, &mut out).await,
             Command::Dlq(args) => match &args.command {
                 DlqCommand::List(list) => dlq::list(settings, list, &mut out).await.map(|_| 0),
                 DlqCommand::Show(show) => dlq::show(settings, show, &mut out).await.map(|_| 0),

@@ -255,6 +255,7 @@ async fn redrive(
         Outcome::Replied { sent, .. } if *sent > 0 => "replied".into(),
         Outcome::Replied { .. } => "already_sent".into(),
         Outcome::Skipped(_) => "skipped".into(),
+        Outcome::Parked => "parked".into(),
     };
     // The outcome is final; a lost mark only means a later run processes it again harmlessly.
     if let Err(e) = marks.finish(p, o, &mark).await {

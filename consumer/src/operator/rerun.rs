@@ -341,6 +341,10 @@ pub fn tally(outcome: &Outcome) -> (Tally, String) {
             format!("already sent ({already_sent} in the ledger; nothing sent)"),
         ),
         Outcome::Skipped(skip) => (Tally::Skipped, format!("skipped ({skip:?})")),
+        Outcome::Parked => (
+            Tally::Parked,
+            "parked (the app's daily API quota is spent; sent when it resumes)".into(),
+        ),
         Outcome::DeadLettered(letter) => (
             Tally::DeadLettered {
                 reason: letter.reason.kind().to_owned(),

@@ -1,4 +1,5 @@
-//! `consumer setup`: creates the inbound, dead-letter and hand-off topics with the configured
+//! `consumer setup`: creates the inbound, dead-letter and hand-off topics, and each configured
+//! app's hold topic (`crate::quota`), with the configured
 //! partitions, replication factor, `min.insync.replicas`, retention and unclean leader election
 //! off — and says exactly what differs when a topic already exists with other settings.
 //!
@@ -21,7 +22,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 
-use crate::config::KafkaSettings;
+use crate::config::{KafkaSettings, Settings};
 
 /// `consumer setup`'s options.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -121,8 +122,34 @@ impl SetupReport {
     }
 }
 
+/// Creates the three topics and every configured app's hold topic (`crate::quota`), or compares
+/// the existing ones with the configuration: what `consumer setup` does.
+pub async fn create_all_topics(settings: &Settings) -> anyhow::Result<SetupReport> {
+    let apps: Vec<&str> = settings.apps.keys().map(String::as_str).collect();
+    create(&settings.kafka, &apps).await
+}
+
 /// Creates the three topics, or compares the existing ones with the configuration.
 pub async fn create_topics(kafka: &KafkaSettings) -> anyhow::Result<SetupReport> {
+    create(kafka, &[]).await
+}
+
+/// Creates the hold topics of the configured apps that do not exist yet: what the consumer does
+/// at start, since a deployment runs `consumer setup` without the apps' configuration.
+pub async fn create_hold_topics(settings: &Settings) -> anyhow::Result<SetupReport> {
+    let apps: Vec<&str> = settings.apps.keys().map(String::as_str).collect();
+    create_only(&settings.kafka, &apps, false).await
+}
+
+async fn create(kafka: &KafkaSettings, hold_apps: &[&str]) -> anyhow::Result<SetupReport> {
+    create_only(kafka, hold_apps, true).await
+}
+
+async fn create_only(
+    kafka: &KafkaSettings,
+    hold_apps: &[&str],
+    main_topics: bool,
+) -> anyhow::Result<SetupReport> {
     let mut config = ClientConfig::new();
     for (key, value) in &kafka.properties {
         config.set(key, value);
@@ -137,7 +164,18 @@ pub async fn create_topics(kafka: &KafkaSettings) -> anyhow::Result<SetupReport>
         .fetch_metadata(None, ADMIN_TIMEOUT)
         .map_err(|e| anyhow::anyhow!("reading the cluster metadata from {}: {e}", kafka.brokers))?;
     let brokers = metadata.brokers().len();
-    let plans = plan(kafka, brokers)?;
+    let mut plans = if main_topics {
+        plan(kafka, brokers)?
+    } else {
+        Vec::new()
+    };
+    plans.extend(hold_plans(kafka, brokers, hold_apps)?);
+    if plans.is_empty() {
+        return Ok(SetupReport {
+            brokers,
+            topics: Vec::new(),
+        });
+    }
 
     let options = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
     let min_isr: Vec<String> = plans
@@ -230,6 +268,26 @@ pub fn plan(kafka: &KafkaSettings, brokers: usize) -> anyhow::Result<Vec<TopicPl
         retention_ms,
     })
     .collect())
+}
+
+/// The hold topics of `apps`: keyed like the inbound topic, so with its partition count (one
+/// user's records in one partition, in order), and its replication settings.
+pub fn hold_plans(
+    kafka: &KafkaSettings,
+    brokers: usize,
+    apps: &[&str],
+) -> anyhow::Result<Vec<TopicPlan>> {
+    let Some(inbound) = plan(kafka, brokers)?.into_iter().next() else {
+        return Ok(Vec::new());
+    };
+    Ok(apps
+        .iter()
+        .map(|app| TopicPlan {
+            name: crate::quota::hold_topic(&kafka.hold_topic_prefix, app),
+            retention_ms: kafka.topics.hold_retention.as_millis() as i64,
+            ..inbound.clone()
+        })
+        .collect())
 }
 
 /// The differences between an existing topic and its plan, each with its fix.

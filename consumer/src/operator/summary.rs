@@ -21,6 +21,9 @@ pub enum Tally {
     AlreadySent,
     /// No rule matched, or the matched rules send no reply (drop, forward, hand-off).
     Skipped,
+    /// Parked in its app's hold topic: the app's daily API quota is spent (`crate::quota`); it
+    /// is sent when the pause ends.
+    Parked,
     /// Dead-lettered with this reason; `written` when a dead letter was published for it.
     DeadLettered { reason: String, written: bool },
     /// A transient failure (Redis, token, sink) outlasted the retries; the record is untouched
@@ -40,6 +43,8 @@ pub struct Summary {
     pub replied: u64,
     pub already_sent: u64,
     pub skipped: u64,
+    /// Parked while the app's daily API quota is spent.
+    pub parked: u64,
     /// By reason.
     pub dead_lettered: BTreeMap<String, u64>,
     /// Dead letters published by this run.
@@ -72,6 +77,7 @@ impl Summary {
             Tally::Replied => self.replied += 1,
             Tally::AlreadySent => self.already_sent += 1,
             Tally::Skipped => self.skipped += 1,
+            Tally::Parked => self.parked += 1,
             Tally::DeadLettered { reason, written } => {
                 *self.dead_lettered.entry(reason.clone()).or_default() += 1;
                 self.dead_letters_written += u64::from(*written);
@@ -101,6 +107,7 @@ impl Summary {
         self.replied
             + self.already_sent
             + self.skipped
+            + self.parked
             + self.dead_lettered_total()
             + self.already_redriven
     }
@@ -135,6 +142,14 @@ impl Summary {
             self.skipped,
             "no rule matched, or the matched rules send no reply",
         )?;
+        if self.parked > 0 {
+            row(
+                out,
+                "parked",
+                self.parked,
+                "the app's daily API quota is spent: held, sent when it resumes",
+            )?;
+        }
         row(
             out,
             "dead-lettered",

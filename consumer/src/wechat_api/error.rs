@@ -14,6 +14,8 @@
 //!   retryable.
 //! - **Final**: everything else (45015 window closed, 45047 quota used, 40003 bad openid, 45002
 //!   too long, 48001, ...). Not delivered; retrying cannot help; dead-letter with errcode/errmsg.
+//!   One final errcode is not the record's fault: 45009, the app's daily API quota, pauses the
+//!   whole app instead (`crate::quota`).
 
 use std::fmt;
 
@@ -25,6 +27,10 @@ pub const ERRCODE_SYSTEM_BUSY: i64 = -1;
 pub const ERRCODE_MINUTE_QUOTA: i64 = 45011;
 /// Outside the 48 h / 1 min reply window.
 pub const ERRCODE_WINDOW_CLOSED: i64 = 45015;
+/// "reach max api daily quota limit": the app's daily quota of that API is spent until WeChat
+/// resets it the next day (or an operator's `clear_quota`). Final for the call; the app is
+/// paused (`crate::quota`).
+pub const ERRCODE_DAILY_QUOTA: i64 = 45009;
 /// Reply quota of the window used up.
 pub const ERRCODE_QUOTA_EXHAUSTED: i64 = 45047;
 /// Invalid media id (temporary media expired after 3 days).

@@ -120,6 +120,7 @@ impl Harness {
         s.kafka.inbound_topic = unique("inbound");
         s.kafka.dead_letter_topic = unique("dlq");
         s.kafka.handoff_topic = unique("handoff");
+        s.kafka.hold_topic_prefix = format!("{}.", unique("hold"));
         s.kafka.topics.inbound_partitions = 3;
         s.kafka.topics.dead_letter_partitions = 1;
         s.kafka.topics.handoff_partitions = 1;
@@ -182,10 +183,10 @@ impl Harness {
             .await;
     }
 
-    /// Creates the inbound, dead-letter and hand-off topics.
+    /// Creates the inbound, dead-letter and hand-off topics, and the apps' hold topics.
     pub async fn create_topics(&self) {
         require_kafka();
-        consumer::operator::setup::create_topics(&self.settings.kafka)
+        consumer::operator::setup::create_all_topics(&self.settings)
             .await
             .expect("topics created");
     }

@@ -11,6 +11,7 @@ mod errors;
 mod explain;
 mod helpers;
 mod pipeline;
+mod quota;
 mod redis_proxy;
 // The same test Redis servers as ingest's tests (a password, TLS with a CA of the test's own).
 mod redis_config;

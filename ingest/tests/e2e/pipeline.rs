@@ -178,6 +178,11 @@ impl Pipeline {
                 self.dead_letter_topic.clone(),
             ),
             ("CONSUMER__KAFKA__HANDOFF_TOPIC", format!("{id}.handoff")),
+            // The run's own hold topics; an app whose daily quota is spent (45009) pauses for
+            // seconds, not until midnight.
+            ("CONSUMER__KAFKA__HOLD_TOPIC_PREFIX", format!("{id}.hold.")),
+            ("CONSUMER__QUOTA__PAUSE_FOR", "2s".into()),
+            ("CONSUMER__QUOTA__CHECK_INTERVAL", "200ms".into()),
             // The broker's minimum; a killed member's partitions move after this long.
             ("CONSUMER__KAFKA__SESSION_TIMEOUT", "6s".into()),
             ("CONSUMER__KAFKA__COMMIT_INTERVAL", "500ms".into()),

@@ -1,5 +1,6 @@
 //! API fault storms: `-1` errors, tokens expiring under the consumer, tokens revoked, slow
-//! answers past the client timeout, a 45011 burst — all while replies flow.
+//! answers past the client timeout, a 45011 burst — all while replies flow; and a daily quota
+//! (45009) spent in the middle of a stream.
 
 use std::time::Duration;
 
@@ -79,4 +80,38 @@ async fn api_fault_storm_loses_and_duplicates_nothing() {
         stats["slow_answers"].as_u64().unwrap_or(0) > 0,
         "no slow answers"
     );
+}
+
+/// WeChat answers 45009 (the app's daily quota is spent) for a few seconds in the middle of a
+/// stream: the consumers pause the app (2 s in these runs, `CONSUMER__QUOTA__PAUSE_FOR`), hold its
+/// records in order, and send them once the pause ends. Nothing is dead-lettered for it, no reply
+/// is lost or sent twice, every user's replies arrive in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_daily_quota_pauses_the_app_and_loses_or_reorders_nothing() {
+    let _serial = serial().await;
+    let mut p = Pipeline::start("daily-quota", 2, &["--latency", "5ms", "--jitter", "10ms"]).await;
+    let mut audit = Audit::new(&p);
+    let push = p.push(400, 40.0, 40);
+    let wait = Deadline::new(
+        Duration::from_secs(90),
+        "100 sends recorded by the simulator",
+    );
+    while p.sim_stats().await["sends_recorded"].as_u64().unwrap_or(0) < 100 {
+        wait.tick().await;
+    }
+    p.sim_faults(json!({"burst_45009": "3s"})).await;
+    let push = push.finish(Duration::from_secs(120)).await;
+    let report = audit.settle(&mut p, &push, Duration::from_secs(120)).await;
+    let stats = p.sim_stats().await;
+    let refused = stats["calls"]["send"]["45009"].as_u64().unwrap_or(0);
+    say(format!("e2e daily-quota: {refused} sends answered 45009"));
+    check(&report, super::scenarios::WINDOW_REFUSALS);
+    assert!(refused > 0, "no 45009 reached a send: {}", stats["calls"]);
+    let mut paused = 0.0;
+    for consumer in 0..p.consumers.len() {
+        paused += p
+            .consumer_metric(consumer, "consumer_quota_pauses_total", r#"app="demo""#)
+            .await;
+    }
+    assert!(paused > 0.0, "no consumer paused the app");
 }
