@@ -3,7 +3,10 @@
 //! This crate owns everything both services must agree on, and nothing else: no I/O, no Kafka,
 //! Redis or HTTP dependency. One concept per module:
 //!
-//! - [`ids`] — `AppId`, `OpenId`, `MsgId` newtypes (`MsgId` is an opaque string: ids exceed 2^53);
+//! - [`ids`] — `AppId`, `OpenId`, `MsgId` newtypes (`MsgId` is an opaque string: ids exceed 2^53)
+//!   and the deployment's `AppName`;
+//! - [`secrets`] — an app's push `Token` and `AppSecret`, never printed (its EncodingAESKey is
+//!   [`crypto::AesKey`]);
 //! - [`message`] — the decoded push, [`Message`], with typed customer-service kinds and a
 //!   catch-all that keeps every unknown push whole;
 //! - [`codec`] — WeChat's XML and JSON forms of a message, read tolerantly, written as WeChat does;
@@ -41,12 +44,14 @@ pub mod message;
 pub mod push;
 pub mod reply;
 pub mod seal;
+pub mod secrets;
 pub mod signature;
 
 pub use codec::{CodecError, Format};
 pub use crypto::{AesKey, CryptoError};
 pub use dedup::DedupKey;
 pub use envelope::{DedupStatus, Envelope, EnvelopeError, EnvelopeV1, ENVELOPE_VERSION};
-pub use ids::{AppId, AppName, AppNameError, MsgId, OpenId};
+pub use ids::{AppId, AppIdError, AppName, AppNameError, MsgId, OpenId};
 pub use message::{Message, MessageBody};
 pub use push::{AppCredentials, Mode, OpenedPush, PushError, PushQuery, VerifiedPush};
+pub use secrets::{AppSecret, EmptySecret, Token};
