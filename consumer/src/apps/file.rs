@@ -1,5 +1,5 @@
 //! One app file: `<dir>/<name>.toml`, the same file for both services (see
-//! `config/apps/example-shop.toml`). This service reads the shared `appid` and its own
+//! `config/app-example.toml`). This service reads the shared `appid` and its own
 //! `[consumer]` section (the AppSecret); the `[ingest]` section is not looked into.
 //!
 //! The AppSecret is `{ file = "..." }` (a mounted Secret, re-read at every reload, so a reset is a

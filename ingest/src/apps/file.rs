@@ -1,5 +1,5 @@
 //! One app file: `<dir>/<name>.toml`, the same file for both services (see
-//! `config/apps/example-shop.toml`). This service reads the shared `appid` and its own
+//! `config/app-example.toml`). This service reads the shared `appid` and its own
 //! `[ingest]` section; the `[consumer]` section is the consumer's and is not looked into.
 //!
 //! Secrets are given as `{ file = "..." }` (a mounted Secret, re-read at every reload, so a
