@@ -141,6 +141,16 @@ fn read_and_check(settings: &Settings) -> (Result<Apps, String>, Sources) {
     (result, sources)
 }
 
+/// The names of the apps configured now, without reading any secret: for the operator's tools
+/// (`explain`, dry runs), which may run where the secrets are not mounted.
+pub fn names(settings: &Settings) -> std::collections::BTreeSet<String> {
+    let mut names: std::collections::BTreeSet<String> = settings.apps.keys().cloned().collect();
+    if let Some(dir) = settings.app_files.dir() {
+        names.extend(app_files(dir, &mut Vec::new()).into_iter().map(|(n, _)| n));
+    }
+    names
+}
+
 /// The `*.toml` files of `dir`, by app name (the file name without `.toml`), sorted. Hidden
 /// files are skipped: Kubernetes keeps a mounted volume's real files under `..data/`.
 fn app_files(dir: &Path, problems: &mut Vec<String>) -> Vec<(String, PathBuf)> {
