@@ -266,3 +266,34 @@ impl AppsWatcher {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_app_file_is_valid_but_for_its_secret_file() {
+        // config/app-example.toml names a secret file of a pod; everything else must load.
+        let config = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config");
+        let mut settings = Settings::load_from(&config, "none").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            config.join("app-example.toml"),
+            dir.path().join("shop.toml"),
+        )
+        .unwrap();
+        settings.app_files.dir = dir.path().to_path_buf();
+        let refused = load(&settings).unwrap_err();
+        assert!(
+            refused.contains("consumer.secret: cannot read the secret file"),
+            "{refused}"
+        );
+        assert_eq!(
+            refused.matches("; ").count(),
+            0,
+            "one problem only: {refused}"
+        );
+        assert_eq!(names(&settings).into_iter().collect::<Vec<_>>(), ["shop"]);
+    }
+}

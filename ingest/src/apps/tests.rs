@@ -186,3 +186,20 @@ async fn the_watcher_swaps_valid_changes_and_keeps_serving_through_broken_ones()
     stop.cancel();
     task.await.unwrap();
 }
+
+#[test]
+fn the_example_app_file_is_valid_but_for_its_secret_files() {
+    // config/app-example.toml names secret files of a pod; everything else in it must load.
+    let dir = tempfile::tempdir().unwrap();
+    let example = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config/app-example.toml");
+    std::fs::copy(&example, dir.path().join("shop.toml")).unwrap();
+    let refused = load(&settings(dir.path())).unwrap_err();
+    let problems: Vec<&str> = refused.split("; ").collect();
+    assert_eq!(problems.len(), 2, "{refused}");
+    assert!(
+        problems
+            .iter()
+            .all(|p| p.contains("cannot read the secret file")),
+        "{refused}"
+    );
+}

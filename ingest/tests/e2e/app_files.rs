@@ -330,6 +330,11 @@ async fn apps_and_their_secrets_change_without_a_restart() {
         "the refusal names the file and the line"
     );
 
+    // 6. The app file goes: ingest answers its pushes 404 from the next reload.
+    std::fs::remove_file(&app_path).expect("remove the app file");
+    shop.wait_reloads_of("applied", 6.0, 7.0).await;
+    assert_eq!(shop.push(TOKEN_2, KEY_2).await.0, 404, "a removed app");
+
     // Same processes throughout, and no secret value in any of their log lines.
     pipeline.assert_running();
     assert_eq!(pids(&pipeline), started_as, "no restart");
@@ -342,7 +347,7 @@ async fn apps_and_their_secrets_change_without_a_restart() {
         }
     }
     say(format!(
-        "app-files: 5 changes applied, 1 refused; aes_key slots primary={} previous={}, token \
+        "app-files: 6 changes applied, 1 refused; aes_key slots primary={} previous={}, token \
          slots primary={} previous={}",
         Shop {
             pipeline: &pipeline,
