@@ -39,6 +39,25 @@ struct SecretRef {
     file: Option<PathBuf>,
 }
 
+/// A parser message with every double-quoted part blanked: a value in the wrong place (a token
+/// written as `tokens = "..."`) is quoted in serde's "invalid type" messages, and it may be a
+/// secret. Field names are quoted with backticks and stay.
+fn without_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut quoted = false;
+    for c in message.chars() {
+        if c == '"' {
+            if !quoted {
+                out.push_str("\"…\"");
+            }
+            quoted = !quoted;
+        } else if !quoted {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// `line:column` (1-based) of byte `offset` in `source`.
 fn position(source: &str, offset: usize) -> String {
     let before = source.get(..offset).unwrap_or(source);
@@ -64,7 +83,7 @@ pub(super) fn parse(
             invalid(format!(
                 "{}{}",
                 at.map(|at| format!("{at}: ")).unwrap_or_default(),
-                e.message()
+                without_quoted(e.message())
             ));
             return None;
         }

@@ -296,4 +296,23 @@ mod tests {
         );
         assert_eq!(names(&settings).into_iter().collect::<Vec<_>>(), ["shop"]);
     }
+
+    #[test]
+    fn a_secret_in_the_wrong_place_is_refused_without_being_shown() {
+        let config = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config");
+        let mut settings = Settings::load_from(&config, "none").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("shop.toml"),
+            "appid = \"wx1\"\n[consumer]\nsecret = \"hunter2-misplaced\"\n",
+        )
+        .unwrap();
+        settings.app_files.dir = dir.path().to_path_buf();
+        let refused = load(&settings).unwrap_err();
+        assert!(
+            refused.contains("shop.toml: 3:10: invalid type"),
+            "{refused}"
+        );
+        assert!(!refused.contains("hunter2"), "{refused}");
+    }
 }

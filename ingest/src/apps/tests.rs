@@ -70,8 +70,12 @@ fn every_problem_is_reported_with_its_place_and_no_secret() {
         "appid = \"\"\n[ingest]\noriginal_id = \"\"\ntokens = []\nencoding_aes_keys = [{ value = \"short-hunter2\" }]\n",
     );
     write(
+        &dir.path().join("misplaced.toml"),
+        "appid = \"wx4\"\n[ingest]\noriginal_id = \"gh_4\"\ntokens = \"hunter2-misplaced\"\n",
+    );
+    write(
         &dir.path().join("other.toml"),
-        "appid = \"wx3\"\n[ingest]\noriginal_id = \"gh_3\"\n  tokens = [{ file = \"/nonexistent/hunter2\" }]\n",
+        "appid = \"wx3\"\n[ingest]\noriginal_id = \"gh_3\"\n  tokens = [{ file = \"/nonexistent/token-file\" }]\n",
     );
     let refused = load(&settings(dir.path())).unwrap_err();
     for part in [
@@ -85,7 +89,11 @@ fn every_problem_is_reported_with_its_place_and_no_secret() {
     ] {
         assert!(refused.contains(part), "{part} missing from: {refused}");
     }
-    assert!(!refused.contains("short-hunter2"), "{refused}");
+    assert!(
+        refused.contains("misplaced.toml: 4:10: invalid type"),
+        "{refused}"
+    );
+    assert!(!refused.contains("hunter2"), "no secret in: {refused}");
 }
 
 #[test]
