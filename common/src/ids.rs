@@ -116,6 +116,23 @@ impl Visitor<'_> for MsgIdVisitor {
     }
 }
 
+/// A configured appid that is not usable.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the appid `{0}` must not be empty nor hold whitespace")]
+pub struct AppIdError(pub String);
+
+impl AppId {
+    /// Checks an appid taken from configuration (received ones stay opaque, see [`AppId::new`]):
+    /// not empty and no whitespace, which would be a copy-and-paste accident and could never
+    /// match the appid inside a ciphertext.
+    pub fn parse(appid: &str) -> Result<AppId, AppIdError> {
+        if appid.is_empty() || appid.chars().any(char::is_whitespace) {
+            return Err(AppIdError(appid.to_owned()));
+        }
+        Ok(AppId::new(appid))
+    }
+}
+
 /// The name a deployment gives one of its Mini Programs (see the module docs for where it
 /// appears). Only [`AppName::parse`] makes one, so every `AppName` follows the rule.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]

@@ -4,7 +4,10 @@
 //! Redis or HTTP dependency — apart from `redis`, the one Redis client both services share,
 //! compiled only with the feature of that name. One concept per module:
 //!
-//! - [`ids`] — `AppId`, `OpenId`, `MsgId` newtypes (`MsgId` is an opaque string: ids exceed 2^53);
+//! - [`ids`] — `AppId`, `OpenId`, `MsgId` newtypes (`MsgId` is an opaque string: ids exceed 2^53)
+//!   and the deployment's `AppName`;
+//! - [`secrets`] — an app's push `Token` and `AppSecret`, never printed (its EncodingAESKey is
+//!   [`crypto::AesKey`]);
 //! - [`message`] — the decoded push, [`Message`], with typed customer-service kinds and a
 //!   catch-all that keeps every unknown push whole;
 //! - [`codec`] — WeChat's XML and JSON forms of a message, read tolerantly, written as WeChat does;
@@ -46,12 +49,14 @@ pub mod push;
 pub mod redis;
 pub mod reply;
 pub mod seal;
+pub mod secrets;
 pub mod signature;
 
 pub use codec::{CodecError, Format};
 pub use crypto::{AesKey, CryptoError};
 pub use dedup::DedupKey;
 pub use envelope::{DedupStatus, Envelope, EnvelopeError, EnvelopeV1, ENVELOPE_VERSION};
-pub use ids::{AppId, AppName, AppNameError, MsgId, OpenId};
+pub use ids::{AppId, AppIdError, AppName, AppNameError, MsgId, OpenId};
 pub use message::{Message, MessageBody};
 pub use push::{AppCredentials, Mode, OpenedPush, PushError, PushQuery, VerifiedPush};
+pub use secrets::{AppSecret, EmptySecret, Token};

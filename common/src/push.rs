@@ -108,15 +108,39 @@ impl PushError {
 
 /// Checks WeChat's URL-verification GET and returns the `echostr` to answer with, verbatim.
 pub fn verify_url<'q>(query: &'q PushQuery, token: &str) -> Result<&'q str, PushError> {
+    verify_url_any(query, &[token]).map(|(echostr, _)| echostr)
+}
+
+/// [`verify_url`] against several live tokens (a rotation in progress): the `echostr` and the
+/// index in `tokens` of the one that signed it.
+pub fn verify_url_any<'q>(
+    query: &'q PushQuery,
+    tokens: &[&str],
+) -> Result<(&'q str, usize), PushError> {
     let signature = required(&query.signature, "signature")?;
     let timestamp = required(&query.timestamp, "timestamp")?;
     let nonce = required(&query.nonce, "nonce")?;
     let echostr = required(&query.echostr, "echostr")?;
-    if !signature::verify(&[token, timestamp, nonce], signature) {
-        return Err(PushError::BadSignature);
-    }
+    let slot = matching_token(tokens, |token| [token, timestamp, nonce], signature)
+        .ok_or(PushError::BadSignature)?;
     parse_timestamp(timestamp)?;
-    Ok(echostr)
+    Ok((echostr, slot))
+}
+
+/// The index of the first of `tokens` whose signature over `parts(token)` is `signature`. Every
+/// token is checked (each in constant time), so the time taken does not tell which one matched.
+fn matching_token<'a, const N: usize>(
+    tokens: &[&'a str],
+    parts: impl Fn(&'a str) -> [&'a str; N],
+    signature: &str,
+) -> Option<usize> {
+    let mut matched = None;
+    for (slot, token) in tokens.iter().enumerate() {
+        if signature::verify(&parts(token), signature) && matched.is_none() {
+            matched = Some(slot);
+        }
+    }
+    matched
 }
 
 /// Authenticates a push. See the module docs for what each mode checks.
@@ -126,6 +150,20 @@ pub fn verify(
     format: Format,
     creds: &AppCredentials<'_>,
 ) -> Result<VerifiedPush, PushError> {
+    verify_any(query, body, format, &[creds.token], creds.aes_key.is_some())
+        .map(|(verified, _)| verified)
+}
+
+/// [`verify`] against several live tokens (a rotation in progress): the verified push and the
+/// index in `tokens` of the one that signed it. `has_key` says whether the app can decrypt at
+/// all (an encrypted push to an app without a key is [`PushError::NoKey`]).
+pub fn verify_any(
+    query: &PushQuery,
+    body: &[u8],
+    format: Format,
+    tokens: &[&str],
+    has_key: bool,
+) -> Result<(VerifiedPush, usize), PushError> {
     let timestamp_text = required(&query.timestamp, "timestamp")?;
     let nonce = required(&query.nonce, "nonce")?;
     let encrypted = query
@@ -133,20 +171,20 @@ pub fn verify(
         .as_deref()
         .is_some_and(|t| t.eq_ignore_ascii_case("aes"));
 
-    let (mode, content) = if encrypted {
+    let (mode, slot, content) = if encrypted {
         let msg_signature = required(&query.msg_signature, "msg_signature")?;
         let mut outer = codec::read_fields(format, body).map_err(PushError::Malformed)?;
         let encrypt = outer
             .take_text("Encrypt")
             .map_err(PushError::Malformed)?
             .ok_or(PushError::Malformed(CodecError::MissingField("Encrypt")))?;
-        if !signature::verify(
-            &[creds.token, timestamp_text, nonce, &encrypt],
+        let slot = matching_token(
+            tokens,
+            |token| [token, timestamp_text, nonce, encrypt.as_str()],
             msg_signature,
-        ) {
-            return Err(PushError::BadSignature);
-        }
-        if creds.aes_key.is_none() {
+        )
+        .ok_or(PushError::BadSignature)?;
+        if !has_key {
             return Err(PushError::NoKey);
         }
         let mode = if outer.contains("MsgType") {
@@ -154,21 +192,21 @@ pub fn verify(
         } else {
             Mode::Safe
         };
-        (mode, Content::Encrypted(encrypt))
+        (mode, slot, Content::Encrypted(encrypt))
     } else {
         let signature = required(&query.signature, "signature")?;
-        if !signature::verify(&[creds.token, timestamp_text, nonce], signature) {
-            return Err(PushError::BadSignature);
-        }
-        (Mode::Plaintext, Content::Plain(body.to_vec()))
+        let slot = matching_token(tokens, |token| [token, timestamp_text, nonce], signature)
+            .ok_or(PushError::BadSignature)?;
+        (Mode::Plaintext, slot, Content::Plain(body.to_vec()))
     };
 
-    Ok(VerifiedPush {
+    let verified = VerifiedPush {
         mode,
         format,
         timestamp: parse_timestamp(timestamp_text)?,
         content,
-    })
+    };
+    Ok((verified, slot))
 }
 
 /// A push whose signature checked out; its content is still sealed.
@@ -204,18 +242,47 @@ impl VerifiedPush {
 
     /// Decrypts (safe and compatible mode) or releases (plaintext) the message payload.
     pub fn open(self, creds: &AppCredentials<'_>) -> Result<OpenedPush, PushError> {
-        let payload = match self.content {
-            Content::Plain(body) => body,
+        let keys: Vec<&AesKey> = creds.aes_key.into_iter().collect();
+        self.open_any(&keys, creds.appid).map(|(opened, _)| opened)
+    }
+
+    /// [`VerifiedPush::open`] with several live keys (a rotation in progress), tried in order:
+    /// the payload and the index in `keys` of the key that decrypted it (`None` for plaintext).
+    /// When none does, the error is the first key's.
+    pub fn open_any(
+        self,
+        keys: &[&AesKey],
+        appid: &str,
+    ) -> Result<(OpenedPush, Option<usize>), PushError> {
+        let (payload, slot) = match self.content {
+            Content::Plain(body) => (body, None),
             Content::Encrypted(encrypt) => {
-                let key = creds.aes_key.ok_or(PushError::NoKey)?;
-                crypto::decrypt(key, &encrypt, creds.appid).map_err(PushError::Crypto)?
+                let mut first_error = None;
+                let mut opened = None;
+                for (slot, key) in keys.iter().enumerate() {
+                    match crypto::decrypt(key, &encrypt, appid) {
+                        Ok(payload) => {
+                            opened = Some((payload, Some(slot)));
+                            break;
+                        }
+                        Err(e) => {
+                            first_error.get_or_insert(e);
+                        }
+                    }
+                }
+                match (opened, first_error) {
+                    (Some(opened), _) => opened,
+                    (None, Some(e)) => return Err(PushError::Crypto(e)),
+                    (None, None) => return Err(PushError::NoKey),
+                }
             }
         };
-        Ok(OpenedPush {
+        let opened = OpenedPush {
             mode: self.mode,
             format: self.format,
             payload,
-        })
+        };
+        Ok((opened, slot))
     }
 }
 

@@ -364,3 +364,55 @@ fn debug_output_shows_no_payload() {
     assert!(!shown.contains("22876340532172986"), "{shown}");
     assert!(shown.contains("payload_len"), "{shown}");
 }
+
+/// A rotation in progress: two live tokens and two live keys. Either token signs, either key
+/// decrypts, and the caller learns which slot matched; a token or key no longer listed fails.
+#[test]
+fn rotation_accepts_every_live_token_and_key_and_says_which() {
+    let new_key = AesKey::from_encoding_aes_key(&"B".repeat(43)).expect("valid key");
+    let old_key = key();
+    let encrypt = crypto::encrypt(&old_key, MSG.as_bytes(), APPID);
+    let body = safe_json_body(&encrypt);
+    // Signed with the old token (`TOKEN`), encrypted with the old key.
+    let query = encrypted_query(&encrypt);
+    let (verified, token_slot) = push::verify_any(
+        &query,
+        body.as_bytes(),
+        Format::Json,
+        &["new-token", TOKEN],
+        true,
+    )
+    .expect("the previous token still signs");
+    assert_eq!(token_slot, 1);
+    let (opened, key_slot) = verified
+        .open_any(&[&new_key, &old_key], APPID)
+        .expect("the previous key still decrypts");
+    assert_eq!(key_slot, Some(1));
+    assert_eq!(opened.payload, MSG.as_bytes());
+
+    let (verified, _) =
+        push::verify_any(&query, body.as_bytes(), Format::Json, &[TOKEN], true).expect("signed");
+    assert!(matches!(
+        verified.open_any(&[&new_key], APPID),
+        Err(PushError::Crypto(_))
+    ));
+    assert_eq!(
+        push::verify_any(&query, body.as_bytes(), Format::Json, &["new-token"], true).map(|_| ()),
+        Err(PushError::BadSignature)
+    );
+
+    let mut url = plaintext_query();
+    url.echostr = Some("echo".into());
+    assert_eq!(
+        push::verify_url_any(&url, &["new-token", TOKEN]),
+        Ok(("echo", 1))
+    );
+    assert_eq!(
+        push::verify_url_any(&url, &[TOKEN, "other"]),
+        Ok(("echo", 0))
+    );
+    assert_eq!(
+        push::verify_url_any(&url, &["new-token"]),
+        Err(PushError::BadSignature)
+    );
+}

@@ -38,6 +38,10 @@ pub struct Metrics {
     pub lag: IntGaugeVec,
     /// Rules files refused by the hot reload (the running rules stayed).
     pub rules_reloads: IntCounterVec,
+    /// Reloads of the app files, by result (`applied`, `refused`).
+    pub app_reloads: IntCounterVec,
+    /// Apps served right now.
+    pub apps: IntGauge,
     /// Group rebalance events of this process, by event (`assign`, `revoke`).
     pub rebalances: IntCounterVec,
     /// 1 while the inbound partitions are paused because the records in hand fill every bound.
@@ -115,6 +119,15 @@ impl Metrics {
                 ),
                 &["partition"],
             )?,
+            app_reloads: IntCounterVec::new(
+                Opts::new(
+                    "consumer_app_reloads_total",
+                    "Changes of the app files (or the secret files they name), by result: \
+                     applied, or refused (the running apps stay).",
+                ),
+                &["result"],
+            )?,
+            apps: IntGauge::new("consumer_apps", "Apps served right now.")?,
             rules_reloads: IntCounterVec::new(
                 Opts::new(
                     "consumer_rules_reloads_total",
@@ -187,6 +200,11 @@ impl Metrics {
         registry.register(Box::new(metrics.in_flight_keys.clone()))?;
         registry.register(Box::new(metrics.lag.clone()))?;
         registry.register(Box::new(metrics.rules_reloads.clone()))?;
+        for result in ["applied", "refused"] {
+            metrics.app_reloads.with_label_values(&[result]);
+        }
+        registry.register(Box::new(metrics.app_reloads.clone()))?;
+        registry.register(Box::new(metrics.apps.clone()))?;
         registry.register(Box::new(metrics.rebalances.clone()))?;
         registry.register(Box::new(metrics.backpressure.clone()))?;
         registry.register(Box::new(metrics.quota_paused.clone()))?;

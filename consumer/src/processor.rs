@@ -7,11 +7,10 @@
 //! meanwhile. Repeating `process` for a record is safe: the send ledger makes replies at most
 //! once and the reply window is not reopened by the same record twice.
 
-use std::collections::BTreeSet;
-
 use common::envelope::EnvelopeV1;
 
 use crate::actions::{plan, Actions, Done};
+use crate::apps::AppsHandle;
 use crate::dead_letter::{DeadLetter, Reason};
 use crate::error::ProcessError;
 // Public with `process_as`, whose callers make one per run of a record.
@@ -59,7 +58,8 @@ impl Outcome {
 pub struct Processor {
     pub rules: RulesHandle,
     pub actions: Actions,
-    pub apps: BTreeSet<String>,
+    /// The apps served now; a record of any other gets the `unknown_app` outcome.
+    pub apps: AppsHandle,
     pub metrics: Metrics,
     pub quota: Quota,
 }

@@ -17,6 +17,7 @@ use crate::actions::calls::RetryPolicy;
 use crate::actions::media::MediaCache;
 use crate::actions::sinks::Sinks;
 use crate::actions::Actions;
+use crate::apps::{AppsHandle, AppsWatcher};
 use crate::config::Settings;
 use crate::dead_letter::DeadLetterWriter;
 use crate::ledger::Ledger;
@@ -32,10 +33,12 @@ use crate::token_broker::TokenBroker;
 use crate::wechat_api::WechatApi;
 use crate::window::ReplyWindows;
 
-/// What the rules file may refer to under `settings`.
+/// What the rules file may refer to under `settings`. With app files the set of apps changes
+/// while running, so the rules' app names are not checked against it.
 pub fn rules_context(settings: &Settings) -> RulesContext {
+    let fixed_apps = settings.app_files.dir().is_none();
     RulesContext {
-        apps: Some(settings.apps.keys().cloned().collect::<BTreeSet<_>>()),
+        apps: fixed_apps.then(|| settings.apps.keys().cloned().collect::<BTreeSet<_>>()),
         handoff_available: settings.handoff.publish || !settings.handoff.webhook.is_empty(),
     }
 }
@@ -52,6 +55,9 @@ pub struct Services {
     pub watcher: RulesWatcher,
     /// The rules file contents the watcher started from.
     pub rules_source: String,
+    /// The apps served, and the watcher of their files.
+    pub apps: AppsHandle,
+    pub apps_watcher: AppsWatcher,
 }
 
 impl Services {
@@ -64,12 +70,17 @@ impl Services {
             rules_context(settings),
             metrics.clone(),
         )?;
+        let (apps, apps_seen) = crate::apps::load(settings)
+            .map_err(|problems| anyhow::anyhow!("invalid app configuration: {problems}"))?;
+        metrics.apps.set(apps.len() as i64);
+        let apps = AppsHandle::new(apps);
         let r = &settings.redis;
         let store = Store::connect(r).await?;
         let w = &settings.wechat;
         let api = WechatApi::new(&w.base_url, w.timeout, metrics.clone())?;
         let tokens = Arc::new(TokenBroker::new(
             settings,
+            apps.clone(),
             store.clone(),
             api.clone(),
             metrics.clone(),
@@ -97,7 +108,7 @@ impl Services {
         let processor = Processor {
             rules: watcher.handle.clone(),
             actions,
-            apps: settings.apps.keys().cloned().collect(),
+            apps: apps.clone(),
             metrics: metrics.clone(),
             quota: Quota::new(settings, store.clone(), outbound.clone(), metrics.clone()),
         };
@@ -106,7 +117,16 @@ impl Services {
             topic: settings.kafka.dead_letter_topic.clone(),
             group: settings.kafka.group_id.clone(),
         };
+        let apps_watcher = AppsWatcher {
+            settings: settings.clone(),
+            handle: apps.clone(),
+            tokens: Arc::clone(&tokens),
+            metrics: metrics.clone(),
+            seen: apps_seen,
+        };
         Ok(Services {
+            apps,
+            apps_watcher,
             store,
             api,
             tokens,
@@ -127,6 +147,7 @@ pub struct Application {
     releaser: Releaser,
     watcher: RulesWatcher,
     rules_source: String,
+    apps_watcher: AppsWatcher,
     outbound: Outbound,
     shutdown: CancellationToken,
 }
@@ -153,7 +174,9 @@ impl Application {
         // `consumer setup` runs without the apps in a deployment (no AppSecret there): the hold
         // topics of this process's apps are made here. Not fatal: without them only a paused
         // app's records wait (retried), and the warning says what to run.
-        match crate::operator::setup::create_hold_topics(&settings).await {
+        let apps = services.apps.all();
+        let app_names: Vec<&str> = apps.keys().map(String::as_str).collect();
+        match crate::operator::setup::create_hold_topics(&settings.kafka, &app_names).await {
             Ok(report) if report.differs() => {
                 tracing::warn!(report = %report.render(), "a hold topic differs from the configuration")
             }
@@ -192,6 +215,7 @@ impl Application {
             releaser,
             watcher: services.watcher,
             rules_source: services.rules_source,
+            apps_watcher: services.apps_watcher,
             outbound: services.outbound,
             shutdown,
         })
@@ -209,6 +233,7 @@ impl Application {
         tokio::spawn(self.server);
         let watcher = tokio::spawn(self.watcher.run(self.rules_source, self.shutdown.clone()));
         let releaser = tokio::spawn(self.releaser.run());
+        let apps_watcher = tokio::spawn(self.apps_watcher.run(self.shutdown.clone()));
         let result = self.pipeline.run().await;
         match releaser.await {
             Ok(Ok(())) => {}
@@ -217,6 +242,7 @@ impl Application {
         }
         self.outbound.flush(Duration::from_secs(5));
         let _ = watcher.await;
+        let _ = apps_watcher.await;
         server.stop(true).await;
         tracing::info!("consumer stopped");
         result

@@ -17,15 +17,19 @@
 //! - **Compare-and-expire.** On 40001/40014/42001 the caller expires the token only if its `gen`
 //!   is still the current one, so a failure seen with an old token never wipes a fresh one; then
 //!   it asks again and gets the refreshed token. `stable_token` is never force-refreshed.
+//! - **Replacement.** When an app's credentials change (an AppSecret reset, `crate::apps`),
+//!   [`TokenBroker::replace_token`] fetches with the new ones at once and stores over the cached
+//!   token, through the same lock and fencing, without waiting for the old token to fail.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
 use redis::Script;
 use secrecy::SecretString;
 
+use crate::apps::{AppCredentials, AppsHandle};
 use crate::clock::now_ms;
 use crate::config::{Settings, TokenEndpoint};
 use crate::metrics::Metrics;
@@ -80,17 +84,11 @@ pub enum TokenError {
 }
 
 #[derive(Debug)]
-struct Credentials {
-    appid: String,
-    secret: SecretString,
-}
-
-#[derive(Debug)]
 pub struct TokenBroker {
     store: Store,
     api: WechatApi,
     metrics: Metrics,
-    apps: HashMap<String, Credentials>,
+    apps: AppsHandle,
     endpoint: TokenEndpoint,
     refresh_ahead_ms: i64,
     lock_lease: Duration,
@@ -103,18 +101,14 @@ pub struct TokenBroker {
 }
 
 impl TokenBroker {
-    pub fn new(settings: &Settings, store: Store, api: WechatApi, metrics: Metrics) -> Self {
-        let apps = settings
-            .apps
-            .iter()
-            .map(|(name, app)| {
-                let credentials = Credentials {
-                    appid: app.appid.clone(),
-                    secret: app.secret.clone(),
-                };
-                (name.clone(), credentials)
-            })
-            .collect();
+    /// The broker of the apps in `apps` (swapped by the app-file watcher while running).
+    pub fn new(
+        settings: &Settings,
+        apps: AppsHandle,
+        store: Store,
+        api: WechatApi,
+        metrics: Metrics,
+    ) -> Self {
         let w = &settings.wechat;
         TokenBroker {
             store,
@@ -143,10 +137,7 @@ impl TokenBroker {
 
     /// The current token of `app`, refreshing it (once across all processes) when needed.
     pub async fn token(&self, app: &str) -> Result<Token, TokenError> {
-        let credentials = self
-            .apps
-            .get(app)
-            .ok_or_else(|| TokenError::UnknownApp(app.to_owned()))?;
+        let credentials = self.credentials(app)?;
         let started = Instant::now();
         loop {
             let (cached, generation) = self.read(app).await?;
@@ -161,7 +152,7 @@ impl TokenBroker {
             }
             let usable = cached.as_ref().filter(|(_, expires_ms)| now < *expires_ms);
             if let Some(owner) = self.try_lock(app).await? {
-                let result = self.refresh_locked(app, credentials, &owner).await;
+                let result = self.refresh_locked(app, &credentials, &owner, false).await;
                 match (result, usable) {
                     (Ok(token), _) => {
                         self.unlock(app, &owner).await;
@@ -196,6 +187,31 @@ impl TokenBroker {
             }
             let jitter = rand::rng().random_range(0..10);
             tokio::time::sleep(WAIT_POLL + Duration::from_millis(jitter)).await;
+        }
+    }
+
+    fn credentials(&self, app: &str) -> Result<Arc<AppCredentials>, TokenError> {
+        self.apps
+            .get(app)
+            .ok_or_else(|| TokenError::UnknownApp(app.to_owned()))
+    }
+
+    /// After `app`'s credentials changed: fetches a token with the new ones now and stores it over
+    /// the cached one, whatever that one's age — taking the one-refresher lock (waiting for
+    /// another refresher at most `token_wait`) and storing with the usual fencing.
+    pub async fn replace_token(&self, app: &str) -> Result<Token, TokenError> {
+        let credentials = self.credentials(app)?;
+        let started = Instant::now();
+        loop {
+            if let Some(owner) = self.try_lock(app).await? {
+                let result = self.refresh_locked(app, &credentials, &owner, true).await;
+                self.unlock(app, &owner).await;
+                return result;
+            }
+            if started.elapsed() >= self.wait {
+                return Err(TokenError::WaitTimeout(self.wait));
+            }
+            tokio::time::sleep(WAIT_POLL).await;
         }
     }
 
@@ -237,15 +253,16 @@ impl TokenBroker {
     }
 
     /// Under the lock: re-reads (another process may have refreshed just before), then fetches
-    /// and stores with fencing.
+    /// and stores with fencing. `replace`: fetch even when the cached token is fresh.
     async fn refresh_locked(
         &self,
         app: &str,
-        credentials: &Credentials,
+        credentials: &AppCredentials,
         owner: &str,
+        replace: bool,
     ) -> Result<Token, TokenError> {
         let (cached, generation) = self.read(app).await?;
-        if let Some((token, expires_ms)) = cached {
+        if let Some((token, expires_ms)) = cached.filter(|_| !replace) {
             if now_ms() < expires_ms - self.refresh_ahead_ms {
                 return Ok(Token {
                     value: token,
@@ -255,7 +272,11 @@ impl TokenBroker {
         }
         let fetched = match self
             .api
-            .fetch_token(self.endpoint, &credentials.appid, &credentials.secret)
+            .fetch_token(
+                self.endpoint,
+                credentials.appid.as_str(),
+                &SecretString::from(credentials.secret.expose()),
+            )
             .await
         {
             Ok(fetched) => fetched,

@@ -56,7 +56,41 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     pub spool: SpoolSettings,
     #[serde(default)]
+    pub app_files: AppFilesSettings,
+    #[serde(default)]
     pub apps: BTreeMap<String, AppSettings>,
+}
+
+/// Apps defined one file per app in a directory, reloaded while running (`crate::apps`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppFilesSettings {
+    /// The directory of `<name>.toml` app files; empty: none (only `[apps.<name>]`).
+    #[serde(default)]
+    pub dir: PathBuf,
+    /// How often the files, and the secret files they name, are read again.
+    #[serde(with = "humantime_serde", default = "default_reload_interval")]
+    pub reload_interval: Duration,
+}
+
+fn default_reload_interval() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl Default for AppFilesSettings {
+    fn default() -> Self {
+        AppFilesSettings {
+            dir: PathBuf::new(),
+            reload_interval: default_reload_interval(),
+        }
+    }
+}
+
+impl AppFilesSettings {
+    /// The app directory, when one is configured.
+    pub fn dir(&self) -> Option<&Path> {
+        (!self.dir.as_os_str().is_empty()).then_some(self.dir.as_path())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -451,6 +485,9 @@ impl Settings {
         }
         for (name, app) in &self.apps {
             app.validate(name, &mut invalid);
+        }
+        if self.app_files.reload_interval.is_zero() {
+            invalid("app_files.reload_interval must be above zero".into());
         }
         if problems.is_empty() {
             Ok(())

@@ -10,6 +10,7 @@
 //! inside the budget; two-phase dedup released on failure; fail open on Redis, durable on Kafka
 //! (the spool); bad input is a precise 4xx, never a crash; no secret in any log line.
 
+pub mod apps;
 pub mod config;
 pub mod dedup;
 pub mod durable;

@@ -15,7 +15,7 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(
         port = app.port(),
         topic = %settings.kafka.topic,
-        apps = settings.apps.len(),
+        apps = app.apps().all().len(),
         "ingest listening"
     );
     app.run_until_stopped().await

@@ -66,7 +66,26 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     /// Records in the producer's queue not yet acknowledged (sampled at scrape).
     pub producer_queue: IntGauge,
+    /// Reloads of the app files, by result (`applied`, `refused`).
+    pub app_reloads: IntCounterVec,
+    /// Apps served right now.
+    pub apps: IntGauge,
+    /// Pushes and URL checks authenticated, by app, credential (`token`, `aes_key`) and the slot
+    /// that matched (`primary`, `previous`, `older`): shows when a retiring one stops being used.
+    pub credential_slots: IntCounterVec,
     pub spool: SpoolMetrics,
+}
+
+/// Every value of `ingest_app_reloads_total{result}`.
+pub const RELOAD_RESULTS: &[&str] = &["applied", "refused"];
+
+/// The `slot` label of a credential's position in its list (0 is the primary).
+pub fn slot_label(slot: usize) -> &'static str {
+    match slot {
+        0 => "primary",
+        1 => "previous",
+        _ => "older",
+    }
 }
 
 /// The spool's metrics: what went in, what drained out, what it holds.
@@ -225,6 +244,23 @@ impl Metrics {
                 "ingest_producer_queue_records",
                 "Records in the Kafka producer's queue awaiting acknowledgement.",
             )?,
+            app_reloads: IntCounterVec::new(
+                Opts::new(
+                    "ingest_app_reloads_total",
+                    "Changes of the app files (or the secret files they name), by result: applied, \
+                     or refused (the running apps stay).",
+                ),
+                &["result"],
+            )?,
+            apps: IntGauge::new("ingest_apps", "Apps served right now.")?,
+            credential_slots: IntCounterVec::new(
+                Opts::new(
+                    "ingest_credential_matches_total",
+                    "Authenticated pushes and URL checks, by app, credential (token, aes_key) and \
+                     the slot that matched (primary, previous, older).",
+                ),
+                &["app", "credential", "slot"],
+            )?,
             spool: SpoolMetrics::new()?,
         };
         // Every series exists from the start at zero: dashboards show it, and `increase()` in an
@@ -249,6 +285,12 @@ impl Metrics {
         registry.register(Box::new(metrics.ack_duration.clone()))?;
         registry.register(Box::new(metrics.in_flight.clone()))?;
         registry.register(Box::new(metrics.producer_queue.clone()))?;
+        for result in RELOAD_RESULTS {
+            metrics.app_reloads.with_label_values(&[result]);
+        }
+        registry.register(Box::new(metrics.app_reloads.clone()))?;
+        registry.register(Box::new(metrics.apps.clone()))?;
+        registry.register(Box::new(metrics.credential_slots.clone()))?;
         // Registered whether or not the spool is on, so dashboards and alerts see zeros.
         metrics.spool.register(registry)?;
         Ok(metrics)

@@ -1,6 +1,5 @@
 //! Building and running the HTTP server: the same code path for `main` and for tests.
 
-use std::collections::HashMap;
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +9,7 @@ use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use prometheus::Registry;
 
+use crate::apps::AppsWatcher;
 use crate::config::{Settings, TlsSettings};
 use crate::dedup::DedupStore;
 use crate::durable::DurableLog;
@@ -18,7 +18,7 @@ use crate::metrics::{register_process_metrics, Metrics};
 use crate::publisher::Publisher;
 use crate::routes;
 use crate::spool::{Drainer, Spool};
-use crate::state::{AppState, MiniProgram};
+use crate::state::{AppState, AppsHandle};
 
 /// Bound on asking each configured Redis node at start whether it runs in cluster mode.
 const REDIS_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
@@ -30,6 +30,9 @@ pub struct Application {
     publisher: Arc<Publisher>,
     /// Started with the server, in [`Application::run_until_stopped`], with its own producer.
     drainer: Option<(Drainer, Arc<Publisher>)>,
+    /// Started with the server; stopped when it stops.
+    watcher: AppsWatcher,
+    apps: AppsHandle,
     settings: Settings,
 }
 
@@ -81,21 +84,18 @@ impl Application {
             settings.spool.write_timeout,
             metrics.clone(),
         ));
-        for (name, app) in &settings.apps {
-            if app.allow_plaintext {
-                tracing::warn!(
-                    app = %name,
-                    "allow_plaintext is set: unsigned plaintext bodies are accepted although the \
-                     app has an AES key; remove it once the console is in safe mode"
-                );
-            }
-        }
-        let apps: HashMap<String, MiniProgram> = settings
-            .apps
-            .iter()
-            .map(|(name, app)| (name.clone(), MiniProgram::new(name, app)))
-            .collect();
-        let apps = Arc::new(apps);
+        let (apps, loaded) = crate::apps::load(&settings)
+            .map_err(|problems| anyhow::anyhow!("invalid app configuration: {problems}"))?;
+        crate::apps::warn_plaintext(&apps);
+        metrics.apps.set(apps.len() as i64);
+        let apps = AppsHandle::new(apps);
+        let watcher = AppsWatcher {
+            settings: settings.clone(),
+            handle: apps.clone(),
+            metrics: metrics.clone(),
+            seen: loaded,
+        };
+        let handle_for_tests = apps.clone();
         let worker_settings = settings.clone();
         let mut server = HttpServer::new(move || {
             let state = web::Data::new(AppState {
@@ -126,12 +126,19 @@ impl Application {
             server,
             publisher,
             drainer,
+            watcher,
+            apps: handle_for_tests,
             settings,
         })
     }
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The apps being served (swapped by the app-file watcher while running).
+    pub fn apps(&self) -> AppsHandle {
+        self.apps.clone()
     }
 
     /// A handle to stop the server gracefully (what SIGTERM does).
@@ -147,6 +154,8 @@ impl Application {
         let drainer = self
             .drainer
             .map(|(drainer, publisher)| drainer.spawn(publisher));
+        let watching = tokio_util::sync::CancellationToken::new();
+        let watcher = tokio::spawn(self.watcher.run(watching.clone()));
         let handle = self.server.handle();
         let mut server = self.server;
         let health = self.publisher.clone();
@@ -163,6 +172,8 @@ impl Application {
                 true
             }
         };
+        watching.cancel();
+        let _ = watcher.await;
         if let Some(drainer) = drainer {
             drainer.finish(self.settings.spool.shutdown_drain).await;
         }

@@ -1,42 +1,156 @@
-//! What a request handler works with: the configured apps and each worker's intake.
+//! What a request handler works with: the apps being served and each worker's intake.
 //!
 //! Kept below both `startup` (which builds it) and `routes` (which use it), so neither depends on
-//! the other.
+//! the other. The apps are behind an [`AppsHandle`], swapped whole by the app-file watcher
+//! (`apps/`); a request takes one snapshot of its app at its start.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
 
+use common::codec::Format;
+use common::crypto::AesKey;
+use common::{AppId, Token};
 use prometheus::Registry;
 
-use crate::config::{AppSettings, Settings};
+use crate::config::{AnswerMode, AppSettings, Settings};
 use crate::intake::Intake;
 use crate::metrics::Metrics;
 
-/// One configured mini program, ready for the request path (key decoded once, at start).
+/// A credential and, optionally, the instant after which it is no longer accepted.
+#[derive(Debug, Clone)]
+pub struct Live<T> {
+    pub value: T,
+    pub valid_until: Option<SystemTime>,
+}
+
+impl<T> Live<T> {
+    fn is_live(&self, now: SystemTime) -> bool {
+        self.valid_until.is_none_or(|until| now <= until)
+    }
+}
+
+/// One mini program, ready for the request path: every secret parsed and every key decoded once,
+/// when it was loaded. Tokens and keys are listed primary first; during a rotation the previous
+/// one is still listed (see OPERATIONS.md).
 #[derive(Debug, Clone)]
 pub struct MiniProgram {
     pub name: String,
-    pub settings: AppSettings,
-    pub aes_key: Option<common::crypto::AesKey>,
+    pub appid: AppId,
+    pub original_id: String,
+    pub tokens: Vec<Live<Token>>,
+    pub aes_keys: Vec<Live<AesKey>>,
+    pub format: Option<Format>,
+    pub allow_plaintext: bool,
+    pub answer: AnswerMode,
 }
 
 impl MiniProgram {
-    pub fn new(name: &str, settings: &AppSettings) -> MiniProgram {
-        MiniProgram {
+    /// An app of the main configuration (`[apps.<name>]`): one token, at most one key.
+    /// Validation already proved the key decodes and the token is not empty.
+    pub fn from_settings(name: &str, settings: &AppSettings) -> Option<MiniProgram> {
+        use secrecy::ExposeSecret;
+        let token = Token::new(settings.token.expose_secret()).ok()?;
+        let aes_keys = settings
+            .aes_key()
+            .map(|key| Live {
+                value: key,
+                valid_until: None,
+            })
+            .into_iter()
+            .collect();
+        Some(MiniProgram {
             name: name.to_owned(),
-            aes_key: settings.aes_key(),
-            settings: settings.clone(),
+            appid: AppId::new(settings.appid.clone()),
+            original_id: settings.original_id.clone(),
+            tokens: vec![Live {
+                value: token,
+                valid_until: None,
+            }],
+            aes_keys,
+            format: settings.format,
+            allow_plaintext: settings.allow_plaintext,
+            answer: settings.answer,
+        })
+    }
+
+    /// The tokens accepted now, with their position in the configured list.
+    pub fn live_tokens(&self, now: SystemTime) -> (Vec<&str>, Vec<usize>) {
+        self.tokens
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.is_live(now))
+            .map(|(slot, t)| (t.value.expose(), slot))
+            .unzip()
+    }
+
+    /// The keys tried now, in order, with their position in the configured list.
+    pub fn live_keys(&self, now: SystemTime) -> (Vec<&AesKey>, Vec<usize>) {
+        self.aes_keys
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| k.is_live(now))
+            .map(|(slot, k)| (&k.value, slot))
+            .unzip()
+    }
+
+    /// Whether a plaintext push is refused: always once the app has an AES key, unless the
+    /// migration opt-out `allow_plaintext` is set.
+    pub fn refuses_plaintext(&self) -> bool {
+        !self.aes_keys.is_empty() && !self.allow_plaintext
+    }
+}
+
+/// The apps served, by name.
+pub type Apps = HashMap<String, Arc<MiniProgram>>;
+
+/// Shared access to the apps in force; cloned into every worker.
+#[derive(Debug, Clone)]
+pub struct AppsHandle {
+    current: Arc<RwLock<Arc<Apps>>>,
+}
+
+impl AppsHandle {
+    pub fn new(apps: Apps) -> AppsHandle {
+        AppsHandle {
+            current: Arc::new(RwLock::new(Arc::new(apps))),
+        }
+    }
+
+    /// The app `name` as configured now.
+    pub fn get(&self, name: &str) -> Option<Arc<MiniProgram>> {
+        // A poisoned lock still holds a complete Arc (the writer only assigns), so use it.
+        let guard = match self.current.read() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        guard.get(name).cloned()
+    }
+
+    /// A snapshot of every app.
+    pub fn all(&self) -> Arc<Apps> {
+        match self.current.read() {
+            Ok(guard) => Arc::clone(&guard),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    pub(crate) fn replace(&self, apps: Apps) {
+        let apps = Arc::new(apps);
+        match self.current.write() {
+            Ok(mut guard) => *guard = apps,
+            Err(poisoned) => *poisoned.into_inner() = apps,
         }
     }
 }
 
 /// Everything a request handler needs. Each worker has its own: the Redis connection is opened on
 /// the worker's thread and driven there, so a dedup round trip never wakes another thread; the
-/// producer, the spool, the metrics and the configuration are shared.
+/// producer, the spool, the metrics, the apps and the configuration are shared.
 #[derive(Debug)]
 pub struct AppState {
     pub settings: Settings,
-    pub apps: Arc<HashMap<String, MiniProgram>>,
+    pub apps: AppsHandle,
     pub intake: Intake,
     pub metrics: Metrics,
     pub registry: Registry,

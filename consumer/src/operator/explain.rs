@@ -126,6 +126,8 @@ pub struct Explainer<'a> {
     settings: &'a Settings,
     rules: &'a RuleSet,
     api: WechatApi,
+    /// The apps configured (static and app files), by name.
+    apps: std::collections::BTreeSet<String>,
 }
 
 impl std::fmt::Debug for Explainer<'_> {
@@ -142,6 +144,7 @@ impl<'a> Explainer<'a> {
             crate::metrics::Metrics::unregistered(),
         )?;
         Ok(Explainer {
+            apps: crate::apps::names(settings),
             settings,
             rules,
             api,
@@ -246,7 +249,7 @@ impl<'a> Explainer<'a> {
             msg.event().unwrap_or("-"),
             env.dedup_key
         )?;
-        if !self.settings.apps.contains_key(&env.app) {
+        if !self.apps.contains(&env.app) {
             writeln!(
                 out,
                 "   app `{}` is not configured -> dead letter (unknown_app)",

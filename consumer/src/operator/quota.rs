@@ -70,10 +70,10 @@ impl AppStatus {
 pub async fn status(settings: &Settings) -> anyhow::Result<Vec<AppStatus>> {
     let state = QuotaState::new(Store::connect(&settings.redis).await?);
     let mut out = Vec::new();
-    for app in settings.apps.keys() {
+    for app in crate::apps::names(settings) {
         out.push(AppStatus {
-            app: app.clone(),
-            quota: state.read(app).await?,
+            quota: state.read(&app).await?,
+            app,
         });
     }
     Ok(out)
@@ -81,7 +81,7 @@ pub async fn status(settings: &Settings) -> anyhow::Result<Vec<AppStatus>> {
 
 /// Ends `app`'s pause; whether it was paused. An app that is not configured is an error.
 pub async fn resume(settings: &Settings, app: &str) -> anyhow::Result<bool> {
-    if !settings.apps.contains_key(app) {
+    if !crate::apps::names(settings).contains(app) {
         anyhow::bail!("app `{app}` is not configured");
     }
     let state = QuotaState::new(Store::connect(&settings.redis).await?);
@@ -104,7 +104,7 @@ pub async fn command(
         }
         QuotaCommand::Resume(resume_args) => {
             let app = resume_args.app.as_str();
-            if !settings.apps.contains_key(app) {
+            if !crate::apps::names(settings).contains(app) {
                 writeln!(out, "app `{app}` is not configured")?;
                 return Ok(2);
             }

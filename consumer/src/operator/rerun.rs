@@ -182,10 +182,11 @@ impl Rerun {
 /// planned replies the send ledger already holds (read only).
 #[derive(Debug)]
 pub struct Preview<'a> {
-    settings: &'a Settings,
     rules: &'a RuleSet,
     explainer: Explainer<'a>,
     ledger: Option<Ledger>,
+    /// The apps configured (static and app files), by name.
+    apps: std::collections::BTreeSet<String>,
 }
 
 impl<'a> Preview<'a> {
@@ -197,7 +198,7 @@ impl<'a> Preview<'a> {
     ) -> anyhow::Result<Preview<'a>> {
         summary.replies_in_ledger = ledger.as_ref().map(|_| 0);
         Ok(Preview {
-            settings,
+            apps: crate::apps::names(settings),
             rules,
             explainer: Explainer::new(settings, rules)?,
             ledger,
@@ -232,7 +233,7 @@ impl<'a> Preview<'a> {
             }
         };
         let env = envelope.v1();
-        if !self.settings.apps.contains_key(&env.app) {
+        if !self.apps.contains(&env.app) {
             summary.add(&dead_letter("unknown_app"));
             return Vec::new();
         }

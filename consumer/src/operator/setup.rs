@@ -122,10 +122,12 @@ impl SetupReport {
     }
 }
 
-/// Creates the three topics and every configured app's hold topic (`crate::quota`), or compares
-/// the existing ones with the configuration: what `consumer setup` does.
+/// Creates the three topics and every configured app's hold topic (`crate::quota`; the apps of
+/// the configuration and of the app files), or compares the existing ones with the
+/// configuration: what `consumer setup` does.
 pub async fn create_all_topics(settings: &Settings) -> anyhow::Result<SetupReport> {
-    let apps: Vec<&str> = settings.apps.keys().map(String::as_str).collect();
+    let names = crate::apps::names(settings);
+    let apps: Vec<&str> = names.iter().map(String::as_str).collect();
     create(&settings.kafka, &apps).await
 }
 
@@ -134,11 +136,14 @@ pub async fn create_topics(kafka: &KafkaSettings) -> anyhow::Result<SetupReport>
     create(kafka, &[]).await
 }
 
-/// Creates the hold topics of the configured apps that do not exist yet: what the consumer does
-/// at start, since a deployment runs `consumer setup` without the apps' configuration.
-pub async fn create_hold_topics(settings: &Settings) -> anyhow::Result<SetupReport> {
-    let apps: Vec<&str> = settings.apps.keys().map(String::as_str).collect();
-    create_only(&settings.kafka, &apps, false).await
+/// Creates the hold topics of `apps` that do not exist yet: what the consumer does at start and
+/// when the app files add an app, since a deployment runs `consumer setup` without the apps'
+/// configuration.
+pub async fn create_hold_topics(
+    kafka: &KafkaSettings,
+    apps: &[&str],
+) -> anyhow::Result<SetupReport> {
+    create_only(kafka, apps, false).await
 }
 
 async fn create(kafka: &KafkaSettings, hold_apps: &[&str]) -> anyhow::Result<SetupReport> {

@@ -19,7 +19,7 @@
 //! `kafka.commit_interval`, on revoke and on close; a revoked partition's record in progress is
 //! redelivered to its next owner, and the ledger keeps its replies from going out twice.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
@@ -40,6 +40,9 @@ use crate::metrics::Metrics;
 use crate::processor::{Outcome, Processor};
 use crate::record::KafkaRecord;
 
+/// How soon a new hold topic is subscribed to.
+const HOLD_TOPICS_REFRESH: Duration = Duration::from_secs(10);
+
 /// Bound on a seek of a paused partition.
 const SEEK_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -51,8 +54,8 @@ pub(crate) struct Releaser {
     dead_letters: DeadLetterWriter,
     metrics: Metrics,
     shutdown: CancellationToken,
-    /// Hold topic → its app.
-    apps: BTreeMap<String, String>,
+    /// Every hold topic's name starts with it; the rest is the app's name.
+    hold_prefix: String,
     check_interval: Duration,
     retry_initial: Duration,
     retry_max: Duration,
@@ -61,7 +64,7 @@ pub(crate) struct Releaser {
 impl std::fmt::Debug for Releaser {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Releaser")
-            .field("topics", &self.apps.keys().collect::<Vec<_>>())
+            .field("hold_prefix", &self.hold_prefix)
             .finish_non_exhaustive()
     }
 }
@@ -90,13 +93,14 @@ impl Releaser {
                 "auto.commit.interval.ms",
                 k.commit_interval.as_millis().to_string(),
             );
+        // Subscribed by pattern (see `run`): a hold topic made for an app the app files added is
+        // found at the next metadata refresh, so keep that short.
+        config.set(
+            "topic.metadata.refresh.interval.ms",
+            HOLD_TOPICS_REFRESH.as_millis().to_string(),
+        );
         let consumer: StreamConsumer = config.create()?;
         let quota = processor.quota.clone();
-        let apps = settings
-            .apps
-            .keys()
-            .map(|app| (quota.hold_topic(app), app.clone()))
-            .collect();
         Ok(Releaser {
             consumer,
             processor,
@@ -104,7 +108,7 @@ impl Releaser {
             dead_letters,
             metrics,
             shutdown,
-            apps,
+            hold_prefix: settings.kafka.hold_topic_prefix.clone(),
             check_interval: settings.quota.check_interval,
             retry_initial: settings.processing.retry_initial_backoff,
             retry_max: settings.processing.retry_max_backoff,
@@ -113,11 +117,10 @@ impl Releaser {
 
     /// Releases held records until shutdown, then commits and leaves its group.
     pub(crate) async fn run(self) -> anyhow::Result<()> {
-        let topics: Vec<&str> = self.apps.keys().map(String::as_str).collect();
-        if topics.is_empty() {
-            return Ok(());
-        }
-        self.consumer.subscribe(&topics)?;
+        // Every hold topic, present and future: apps come and go with the app files. A pattern
+        // starts with `^` for librdkafka.
+        let pattern = format!("^{}.+", regex::escape(&self.hold_prefix));
+        self.consumer.subscribe(&[pattern.as_str()])?;
         // Partitions held back, each with its app.
         let mut waiting: HashMap<(String, i32), String> = HashMap::new();
         let mut ticker = tokio::time::interval(self.check_interval);
@@ -152,7 +155,8 @@ impl Releaser {
     /// Shows every app's pause and backlog, and resumes the partitions whose app may go again.
     async fn check(&self, waiting: &mut HashMap<(String, i32), String>) {
         let mut open = Vec::new();
-        for app in self.apps.values() {
+        let apps = self.processor.apps.all();
+        for app in apps.keys() {
             match self.quota.read(app).await {
                 Ok(quota) => {
                     self.quota.show(app, &quota);
@@ -183,9 +187,20 @@ impl Releaser {
 
     /// One held record to a final outcome, or back into its partition while its app is paused.
     async fn handle(&self, record: KafkaRecord, waiting: &mut HashMap<(String, i32), String>) {
-        let Some(app) = self.apps.get(&record.topic).cloned() else {
+        let Some(app) = record
+            .topic
+            .strip_prefix(&self.hold_prefix)
+            .map(str::to_owned)
+        else {
             return;
         };
+        if !self.processor.apps.contains(&app) {
+            // An app the app files removed: its held records wait, held back like a paused
+            // app's, until it comes back (or an operator deletes its hold topic).
+            self.hold_back(&record);
+            waiting.insert((record.topic.clone(), record.partition), app);
+            return;
+        }
         // A send waiting in a backoff or on another sender's mark ends on shutdown and gives its
         // claim back, as an inbound record's does.
         let owner = ClaimOwner::until(self.shutdown.child_token());

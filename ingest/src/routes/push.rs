@@ -8,6 +8,8 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::crypto::AesKey;
+
 use actix_web::http::header;
 use actix_web::web::{self, BytesMut};
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
@@ -15,10 +17,9 @@ use common::codec::Format;
 use common::dedup::DedupKey;
 use common::envelope::{DedupStatus, EnvelopeV1};
 use common::message::Message;
-use common::push::{self, AppCredentials, Mode, PushError, PushQuery};
+use common::push::{self, Mode, PushError, PushQuery};
 use common::reply;
 use futures::StreamExt;
-use secrecy::ExposeSecret;
 use tracing::Instrument;
 
 use crate::config::AnswerMode;
@@ -26,6 +27,7 @@ use crate::dedup::SignatureUse;
 use crate::durable::Durability;
 use crate::error::{Chain, IngestError, Malformed};
 use crate::intake::Accepted;
+use crate::metrics::slot_label;
 use crate::state::{AppState, MiniProgram};
 use crate::telemetry::Untrusted;
 
@@ -55,14 +57,27 @@ fn check_url(state: &AppState, app_name: &str, req: &HttpRequest) -> Result<Stri
     let query = web::Query::<PushQuery>::from_query(req.query_string())
         .map_err(|e| IngestError::Malformed(Malformed::Query(e)))?
         .into_inner();
-    let echostr = push::verify_url(&query, app.settings.token.expose_secret()).map_err(classify)?;
+    // Every live token: when the console saves a new token it checks the URL with it at once,
+    // while pushes already under way are still signed with the old one.
+    let (tokens, slots) = app.live_tokens(SystemTime::now());
+    let (echostr, matched) = push::verify_url_any(&query, &tokens).map_err(classify)?;
     let timestamp = query
         .timestamp
         .as_deref()
         .and_then(|t| t.parse::<i64>().ok())
         .ok_or(IngestError::Unauthenticated(PushError::BadTimestamp))?;
     check_timestamp(timestamp, state.settings.deadline.timestamp_tolerance)?;
+    count_slot(state, &app, "token", slots[matched]);
     Ok(echostr.to_owned())
+}
+
+/// Counts which configured slot of `credential` authenticated a request.
+fn count_slot(state: &AppState, app: &MiniProgram, credential: &str, slot: usize) {
+    state
+        .metrics
+        .credential_slots
+        .with_label_values(&[app.name.as_str(), credential, slot_label(slot)])
+        .inc();
 }
 
 pub async fn receive(
@@ -147,27 +162,37 @@ async fn handle(
         .map_err(|e| IngestError::Malformed(Malformed::Query(e)))?
         .into_inner();
     let format = app
-        .settings
         .format
         .or_else(|| Format::sniff(&body))
         .ok_or(IngestError::Malformed(Malformed::NotXmlOrJson))?;
-    let creds = credentials(app);
+    let now = SystemTime::now();
+    let (tokens, token_slots) = app.live_tokens(now);
+    let (keys, key_slots) = app.live_keys(now);
 
     // Authenticity first: nothing of the body is interpreted before its signature checks out.
-    let verified = push::verify(&query, &body, format, &creds).map_err(classify)?;
+    let (verified, token) =
+        push::verify_any(&query, &body, format, &tokens, !keys.is_empty()).map_err(classify)?;
     check_timestamp(
         verified.timestamp(),
         state.settings.deadline.timestamp_tolerance,
     )?;
     if verified.mode() == Mode::Plaintext {
-        if app.settings.refuses_plaintext() {
+        if app.refuses_plaintext() {
             return Err(IngestError::EncryptionRequired);
         }
         // A plaintext signature does not cover the body: within the timestamp window the same
         // signature must not carry a different body. WeChat's retries carry the same body.
-        check_signature_reuse(state, app, &query, &body).await?;
+        check_signature_reuse(state, &app, &query, &body).await?;
     }
-    let opened = verified.open(&creds).map_err(classify)?;
+    // The primary key first, then the previous one: during a key rotation WeChat may still
+    // encrypt with either.
+    let (opened, key) = verified
+        .open_any(&keys, app.appid.as_str())
+        .map_err(classify)?;
+    count_slot(state, &app, "token", token_slots[token]);
+    if let Some(key) = key {
+        count_slot(state, &app, "aes_key", key_slots[key]);
+    }
     let message = opened
         .parse()
         .map_err(|e| IngestError::Malformed(Malformed::Message(e)))?;
@@ -176,14 +201,16 @@ async fn handle(
     }
     // Authentic, but addressed to another account (a token or key shared between accounts, or a
     // misrouted URL): refused, so it never reaches this app's conversations.
-    if message.to_user_name != app.settings.original_id {
+    if message.to_user_name != app.original_id {
         return Err(IngestError::WrongRecipient);
     }
 
-    let answer = answer(app, &query, &message, opened.mode, opened.format);
+    // An encrypted answer is sealed with the token and key the push came with.
+    let seal = key.map(|k| (tokens[token], keys[k]));
+    let answer = answer(&app, seal, &query, &message, opened.mode, opened.format);
     let record = EnvelopeV1 {
         app: app.name.clone(),
-        appid: common::ids::AppId::new(app.settings.appid.clone()),
+        appid: app.appid.clone(),
         dedup_key: DedupKey::for_message(app_name, &message),
         // Set by the intake once it knows whether the dedup check ran.
         dedup: DedupStatus::Checked,
@@ -200,12 +227,13 @@ async fn handle(
 /// The answer WeChat gets once the push is stored, in the push's own format.
 fn answer(
     app: &MiniProgram,
+    seal: Option<(&str, &AesKey)>,
     query: &PushQuery,
     message: &Message,
     mode: Mode,
     format: Format,
 ) -> HttpResponse {
-    match app.settings.answer {
+    match app.answer {
         AnswerMode::Success => HttpResponse::Ok()
             .content_type("text/plain")
             .body("success"),
@@ -214,12 +242,12 @@ fn answer(
         AnswerMode::Transfer if message.is_user_message() => {
             let now = unix_millis() / 1000;
             let packet = reply::transfer_customer_service(message, now, format);
-            let body = match (mode, app.aes_key.as_ref()) {
+            let body = match (mode, seal) {
                 (Mode::Plaintext, _) | (_, None) => packet,
-                (_, Some(key)) => reply::encrypted_reply(
+                (_, Some((token, key))) => reply::encrypted_reply(
                     key,
-                    app.settings.token.expose_secret(),
-                    &app.settings.appid,
+                    token,
+                    app.appid.as_str(),
                     &packet,
                     now,
                     query.nonce.as_deref().unwrap_or_default(),
@@ -278,14 +306,6 @@ async fn check_signature_reuse(
             tracing::warn!(error = %e, "could not check the plaintext signature for reuse; accepting");
             Ok(())
         }
-    }
-}
-
-fn credentials(app: &MiniProgram) -> AppCredentials<'_> {
-    AppCredentials {
-        token: app.settings.token.expose_secret(),
-        aes_key: app.aes_key.as_ref(),
-        appid: &app.settings.appid,
     }
 }
 

@@ -79,6 +79,7 @@ impl Pipeline {
             .join(&id);
         std::fs::create_dir_all(&dir).expect("log directory");
         std::fs::write(dir.join("rules.toml"), RULES).expect("rules file");
+        std::fs::create_dir_all(dir.join("apps")).expect("app files directory");
         let mut args = vec!["--app".to_owned(), format!("{APPID}={SECRET}")];
         args.extend(sim_args.iter().map(|a| (*a).to_owned()));
         let (sim, sim_url) = procs::start_sim_api(&dir, &args).await;
@@ -216,6 +217,12 @@ impl Pipeline {
                 "CONSUMER__RULES__PATH",
                 self.dir.join("rules.toml").display().to_string(),
             ),
+            // Empty unless a scenario writes app files (`app_files.rs`).
+            (
+                "CONSUMER__APP_FILES__DIR",
+                self.apps_dir().display().to_string(),
+            ),
+            ("CONSUMER__APP_FILES__RELOAD_INTERVAL", "200ms".into()),
             ("CONSUMER__APPS__DEMO__APPID", APPID.into()),
             ("CONSUMER__APPS__DEMO__SECRET", SECRET.into()),
             // On the three-broker cluster (`cluster.rs`) the topics are replicated as in
@@ -237,6 +244,11 @@ impl Pipeline {
         .collect()
     }
 
+    /// The directory of app files both services watch; empty at start.
+    pub fn apps_dir(&self) -> PathBuf {
+        self.dir.join("apps")
+    }
+
     fn ingest_env(&self) -> Vec<(String, String)> {
         let root = procs::repo_root();
         [
@@ -256,6 +268,11 @@ impl Pipeline {
                 "INGEST__SPOOL__DIR",
                 self.dir.join("spool").display().to_string(),
             ),
+            (
+                "INGEST__APP_FILES__DIR",
+                self.apps_dir().display().to_string(),
+            ),
+            ("INGEST__APP_FILES__RELOAD_INTERVAL", "200ms".into()),
             ("INGEST__APPS__DEMO__APPID", APPID.into()),
             ("INGEST__APPS__DEMO__ORIGINAL_ID", ORIGINAL_ID.into()),
             ("INGEST__APPS__DEMO__TOKEN", TOKEN.into()),

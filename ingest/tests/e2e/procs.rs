@@ -146,6 +146,11 @@ impl Proc {
     }
 
     /// SIGKILL without waiting (for drops).
+    /// The process id (the same one for as long as the process runs).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     pub fn kill_now(&mut self) {
         let _ = self.child.start_kill();
     }

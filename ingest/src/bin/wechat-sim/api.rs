@@ -12,6 +12,9 @@
 //! - `GET /sim/stats` — calls by endpoint and errcode, sends recorded, repeated bodies, slow answers;
 //! - `POST /sim/reset` — forget recorded sends and counts;
 //! - `GET /sim/faults`, `POST /sim/faults` — read or change the fault dials while running;
+//! - `POST /sim/apps` — `{"appid", "secret", "revoke_tokens"}`: add an app or reset its
+//!   AppSecret (the old one is refused with 40125 from then on), optionally killing the tokens
+//!   already issued to it;
 //! - `GET /healthz`.
 //!
 //! The bound address is printed on stdout as `listening on http://ADDR` (with `--listen
@@ -103,7 +106,8 @@ fn parse_app(s: &str) -> Result<(String, String), String> {
 /// Everything the handlers share, across workers.
 #[derive(Debug)]
 struct State {
-    apps: BTreeMap<String, String>,
+    /// APPID → AppSecret; changed at run time by `POST /sim/apps` (an AppSecret reset).
+    apps: std::sync::RwLock<BTreeMap<String, String>>,
     tokens: Tokens,
     faults: Faults,
     recorder: Recorder,
@@ -134,7 +138,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         anyhow::bail!("--token-ttl must be above zero");
     }
     let state = Arc::new(State {
-        apps: args.apps.iter().cloned().collect(),
+        apps: std::sync::RwLock::new(args.apps.iter().cloned().collect()),
         tokens: Tokens::new(TokenPolicy {
             ttl: args.token_ttl,
             announced_ttl: args.token_announced_ttl,
@@ -238,8 +242,9 @@ impl State {
             errmsg: "invalid appsecret",
         };
         let secret = secret.filter(|s| !s.is_empty()).ok_or(bad_secret.clone())?;
-        if !self.apps.is_empty() {
-            let expected = self.apps.get(appid).ok_or(Refusal {
+        let apps = self.apps.read().unwrap_or_else(|p| p.into_inner());
+        if !apps.is_empty() {
+            let expected = apps.get(appid).ok_or(Refusal {
                 errcode: 40013,
                 errmsg: "invalid appid",
             })?;

@@ -16,7 +16,35 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/sim/stats", web::get().to(stats))
         .route("/sim/reset", web::post().to(reset))
         .route("/sim/faults", web::get().to(get_faults))
-        .route("/sim/faults", web::post().to(set_faults));
+        .route("/sim/faults", web::post().to(set_faults))
+        .route("/sim/apps", web::post().to(set_app));
+}
+
+/// `POST /sim/apps`: an app's credentials as the console would now have them.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AppUpdate {
+    appid: String,
+    secret: String,
+    /// Also kill every token issued to the app so far (40001 from now on).
+    #[serde(default)]
+    revoke_tokens: bool,
+}
+
+async fn set_app(state: web::Data<State>, update: web::Json<AppUpdate>) -> HttpResponse {
+    let update = update.into_inner();
+    if update.appid.is_empty() || update.secret.is_empty() {
+        return HttpResponse::BadRequest().body("appid and secret must not be empty");
+    }
+    state
+        .apps
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(update.appid.clone(), update.secret);
+    if update.revoke_tokens {
+        state.tokens.revoke_app(&update.appid);
+    }
+    HttpResponse::Ok().json(json!({"appid": update.appid}))
 }
 
 #[derive(Debug, Deserialize)]

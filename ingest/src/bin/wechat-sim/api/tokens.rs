@@ -207,9 +207,18 @@ impl Tokens {
 
     /// Every token issued so far answers 40001 from now on (as after a forced refresh elsewhere).
     pub fn revoke_all(&self) {
+        self.revoke(|_| true);
+    }
+
+    /// Every token issued so far to `appid` answers 40001 from now on.
+    pub fn revoke_app(&self, appid: &str) {
+        self.revoke(|issued| issued.appid == appid);
+    }
+
+    fn revoke(&self, which: impl Fn(&Issued) -> bool) {
         let now = Instant::now();
         let mut book = lock(&self.book);
-        for issued in book.tokens.values_mut() {
+        for issued in book.tokens.values_mut().filter(|t| which(t)) {
             issued.dead_from = Some(issued.dead_from.map_or(now, |d| d.min(now)));
         }
     }
