@@ -28,6 +28,7 @@ pub mod config;
 pub mod metrics;
 pub(crate) mod outbound;
 pub(crate) mod record;
+pub(crate) mod replica_ack;
 // Public for the integration tests, which reach Redis the way the services do.
 pub mod redis_target;
 pub(crate) mod store;
