@@ -17,9 +17,11 @@
 mod audit;
 mod cluster;
 mod outages;
+mod partitions;
 mod pipeline;
 mod procs;
 mod pushes;
+mod redis_failover;
 mod report;
 mod rules;
 mod scenarios;

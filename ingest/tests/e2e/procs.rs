@@ -122,6 +122,27 @@ impl Proc {
         let _ = self.child.wait().await;
     }
 
+    /// SIGTERM, then waits (bounded; SIGKILL after `within`) until the process has exited.
+    pub async fn terminate(&mut self, within: Duration) {
+        if let Some(pid) = self.child.id() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status()
+                .await;
+        }
+        if tokio::time::timeout(within, self.child.wait())
+            .await
+            .is_err()
+        {
+            eprintln!(
+                "{} did not exit within {within:?} of SIGTERM; killing it",
+                self.name
+            );
+            self.kill9().await;
+        }
+    }
+
     /// SIGKILL without waiting (for drops).
     pub fn kill_now(&mut self) {
         let _ = self.child.start_kill();
