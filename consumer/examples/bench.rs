@@ -11,6 +11,10 @@
 //! cargo build --release -p consumer --bin consumer --example bench
 //! target/release/examples/bench            # BENCH_USERS, BENCH_LATENCY_MS, BENCH_KEYS to vary
 //! ```
+//!
+//! On a Redis Cluster instead of the single Redis: `BENCH_REDIS_CLUSTER` with its node URLs
+//! (`scripts/services.sh cluster-env`), and `BENCH_SENT_REPLICAS` for `ledger.sent_replicas`
+//! (unset: the default, which waits for one replica on a cluster; 0: no wait).
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -116,6 +120,18 @@ async fn main() -> anyhow::Result<()> {
     let brokers = std::env::var("WXKF_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into());
     let redis =
         std::env::var("WXKF_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into());
+    let cluster = std::env::var("BENCH_REDIS_CLUSTER").ok();
+    let sent_replicas = std::env::var("BENCH_SENT_REPLICAS").ok();
+    let mut more_vars: Vec<(&str, String)> = match &cluster {
+        Some(nodes) => vec![
+            ("REDIS__URL", String::new()),
+            ("REDIS__CLUSTER_NODES", nodes.clone()),
+        ],
+        None => vec![("REDIS__URL", redis)],
+    };
+    if let Some(n) = &sent_replicas {
+        more_vars.push(("LEDGER__SENT_REPLICAS", n.clone()));
+    }
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let run = uuid::Uuid::new_v4().simple().to_string();
 
@@ -186,7 +202,6 @@ async fn main() -> anyhow::Result<()> {
         ),
         ("KAFKA__HANDOFF_TOPIC", settings.kafka.handoff_topic.clone()),
         ("PROCESSING__MAX_IN_FLIGHT_KEYS", keys.to_string()),
-        ("REDIS__URL", redis),
         ("REDIS__KEY_PREFIX", format!("bench-{run}:")),
         ("WECHAT__BASE_URL", format!("http://127.0.0.1:{api_port}")),
         ("RULES__PATH", rules.display().to_string()),
@@ -197,7 +212,11 @@ async fn main() -> anyhow::Result<()> {
         .env("CONSUMER_CONFIG_DIR", repo.join("config"))
         .env("APP_ENVIRONMENT", "bench")
         .env("RUST_LOG", "warn")
-        .envs(vars.iter().map(|(k, v)| (format!("CONSUMER__{k}"), v)))
+        .envs(
+            vars.iter()
+                .chain(&more_vars)
+                .map(|(k, v)| (format!("CONSUMER__{k}"), v)),
+        )
         .stdout(Stdio::null())
         .spawn()?;
 
@@ -232,7 +251,9 @@ async fn main() -> anyhow::Result<()> {
 
     let per_second = users as f64 / elapsed.as_secs_f64();
     println!(
-        "users={users} latency={}ms max_in_flight_keys={keys} sends={} elapsed={:.2}s replies/s={per_second:.0} cpu/record={:.0}µs rss={:.0}MiB",
+        "redis={} sent_replicas={} users={users} latency={}ms max_in_flight_keys={keys} sends={} elapsed={:.2}s replies/s={per_second:.0} cpu/record={:.0}µs rss={:.0}MiB",
+        if cluster.is_some() { "cluster" } else { "single" },
+        sent_replicas.as_deref().unwrap_or("default"),
         latency.as_millis(),
         sends.load(Ordering::Relaxed),
         elapsed.as_secs_f64(),

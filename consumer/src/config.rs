@@ -385,6 +385,15 @@ pub struct LedgerSettings {
     /// Lifetime of every ledger entry.
     #[serde(with = "humantime_serde")]
     pub entry_ttl: Duration,
+    /// Replicas that must acknowledge a `sent` mark (Redis `WAIT`) before the record moves on, so
+    /// a failover to a replica cannot lose it. Unset: 1 on a Redis Cluster, 0 (no wait) on one
+    /// server. See docs/redis-keys.md.
+    #[serde(default)]
+    pub sent_replicas: Option<u32>,
+    /// How long the wait for those replicas lasts; a mark not acknowledged by then is kept on the
+    /// primary and logged. Below `redis.command_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub sent_replica_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -660,6 +669,14 @@ impl Settings {
                 "ledger.sending_lease ({:?}) must exceed 2 × redis.command_timeout ({:?}): a \
                  sender renews it every third of its length, and a renewal may take that long",
                 l.sending_lease, self.redis.command_timeout
+            ));
+        }
+        if l.sent_replica_timeout.is_zero() || l.sent_replica_timeout >= self.redis.command_timeout
+        {
+            invalid(format!(
+                "ledger.sent_replica_timeout ({:?}) must be above zero and below \
+                 redis.command_timeout ({:?}): the client gives up on an answer after that",
+                l.sent_replica_timeout, self.redis.command_timeout
             ));
         }
         if l.entry_ttl < REPLY_WINDOW {

@@ -28,6 +28,12 @@
 //! (backoff, uploads, a slow call), so a live sender never looks dead however long WeChat makes it
 //! wait. When a renewal finds the mark is no longer its own, the sender stops and sends nothing
 //! more ([`Ledger::renew`]).
+//!
+//! **Failover.** Redis replicates asynchronously, so a `sent` mark can vanish when its primary
+//! dies and a replica that never received it takes over. Where replicas can be promoted, the mark
+//! is confirmed by a replica before the record moves on ([`replicated`], docs/redis-keys.md).
+
+mod replicated;
 
 use std::time::Duration;
 
@@ -155,6 +161,9 @@ pub struct Ledger {
     store: Store,
     sending_lease: Duration,
     entry_ttl: Duration,
+    /// Replicas that must acknowledge a `sent` mark (0: no wait) and how long to wait for them.
+    sent_replicas: u32,
+    sent_replica_timeout: Duration,
     claim_script: Script,
     owned_script: Script,
     sent_script: Script,
@@ -164,6 +173,8 @@ pub struct Ledger {
 impl Ledger {
     pub fn new(store: Store, settings: &LedgerSettings) -> Ledger {
         Ledger {
+            sent_replicas: replicated::replicas_to_wait_for(&store, settings),
+            sent_replica_timeout: settings.sent_replica_timeout,
             store,
             sending_lease: settings.sending_lease,
             entry_ttl: settings.entry_ttl,
@@ -235,7 +246,16 @@ impl Ledger {
     /// WeChat accepted the send. Delivery is the truth, so `sent` replaces whatever is there
     /// (another run's `sending` mark then stops that run at its next renewal), except an existing
     /// `sent`. Returns false when the mark was no longer ours: a lease lost during the call.
+    /// Where replicas can be promoted, returns once one holds the mark ([`replicated`]).
     pub async fn mark_sent(&self, lease: &Lease) -> Result<bool, StoreError> {
+        if self.sent_replicas > 0 {
+            return self.mark_sent_replicated(lease).await;
+        }
+        self.write_sent(lease).await
+    }
+
+    /// The `sent` write itself (see [`Ledger::mark_sent`]).
+    async fn write_sent(&self, lease: &Lease) -> Result<bool, StoreError> {
         let mut conn = self.store.conn();
         let ours: i64 = self
             .store

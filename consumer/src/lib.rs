@@ -29,6 +29,7 @@ pub mod config;
 pub mod metrics;
 pub(crate) mod outbound;
 pub(crate) mod record;
+pub(crate) mod replica_ack;
 pub(crate) mod store;
 pub mod telemetry;
 

@@ -320,10 +320,11 @@ async fn compare(
         let fix = if partitions < plan.partitions {
             format!(
                 "kafka-topics.sh --bootstrap-server {bootstrap} --alter --topic {name} \
-                 --partitions {} (on the inbound topic, first let the consumer group catch up to lag \
-                 0: more partitions move some users to another partition, and their records \
-                 still waiting in the old one could be processed after newer ones), or set the partition count \
-                 to {partitions}",
+                 --partitions {} — except on the inbound topic under traffic: there more \
+                 partitions move some users to another partition, where newer records can be \
+                 processed before older ones; move to a new topic instead (consumer/OPERATIONS.md, \
+                 \"Raising the inbound topic's partition count\"). Or set the partition count to \
+                 {partitions}",
                 plan.partitions
             )
         } else {

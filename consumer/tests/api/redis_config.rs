@@ -44,6 +44,13 @@ async fn redis_is_one_server_or_a_cluster_never_both() {
         ("must not contain braces", |s| {
             s.redis.key_prefix = "wxkf:{tenant}:".into()
         }),
+        // The client would give up on the WAIT's answer before Redis gives it.
+        ("ledger.sent_replica_timeout", |s| {
+            s.ledger.sent_replica_timeout = s.redis.command_timeout
+        }),
+        ("ledger.sent_replica_timeout", |s| {
+            s.ledger.sent_replica_timeout = std::time::Duration::ZERO
+        }),
     ];
     for (reason, break_it) in refusals {
         let mut settings = h.settings.clone();

@@ -1,8 +1,8 @@
 //! The consumer on a real Redis Cluster (three primaries, one replica each): the token broker
 //! (whose script uses two keys, tagged into one slot), the reply windows, the send ledger and
 //! the redrive marks (`dlq list` reads many at once, across slots) — the same tests as on the
-//! single Redis, with the harness pointed at the cluster — and the start-up check of the node
-//! list.
+//! single Redis, with the harness pointed at the cluster — the start-up check of the node list,
+//! and the ledger's `sent` mark confirmed by a replica (`replication`).
 //!
 //! Needs `WXKF_TEST_REDIS_CLUSTER` (the node URLs), the real Kafka (`WXKF_TEST_KAFKA`) and the
 //! single Redis (`WXKF_TEST_REDIS`, for the mixed-list check); fails, never skips, without them.
@@ -27,4 +27,5 @@ mod tokens;
 #[path = "../api/windows.rs"]
 mod windows;
 
+mod replication;
 mod topology;

@@ -64,6 +64,14 @@ def redis_port(url: str) -> int:
     return urlparse(str(url)).port or 6379
 
 
+def redis_ports(config: ServiceConfig, env: dict[str, str]) -> set[int]:
+    """The ports of the Redis a service's settings name: its Redis Cluster's listed nodes
+    (redis.cluster_nodes, when set) or its one server (redis.url)."""
+    nodes = env.get(config.prefix + "REDIS__CLUSTER_NODES", "")
+    urls = [u.strip() for u in str(nodes).split(",") if u.strip()]
+    return {redis_port(u) for u in urls} or {redis_port(config.get("redis.url", env))}
+
+
 def check_policies(name: str, docs: list[dict], env_by_service: dict[str, dict[str, str]],
                    configs: dict[str, ServiceConfig], report: Report, overlay: bool) -> None:
     by_kind: dict[str, list[dict]] = {}
@@ -93,7 +101,8 @@ def check_policies(name: str, docs: list[dict], env_by_service: dict[str, dict[s
             return any(rule_allows(r, port, protocol) for r in egress_rules)
 
         needed = {f"Kafka {p}": (p, "TCP") for p in broker_ports(config.get("kafka.brokers", env))}
-        needed[f"Redis {redis_port(config.get('redis.url', env))}"] = (redis_port(config.get("redis.url", env)), "TCP")
+        for port in sorted(redis_ports(config, env)):
+            needed[f"Redis {port}"] = (port, "TCP")
         needed["DNS 53/UDP"] = (DNS_PORT, "UDP")
         needed["DNS 53/TCP"] = (DNS_PORT, "TCP")
         if service == "consumer":

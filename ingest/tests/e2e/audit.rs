@@ -46,6 +46,7 @@ struct DeadLetter {
 
 #[derive(Debug, Deserialize)]
 struct DeadSource {
+    topic: String,
     partition: i32,
     offset: i64,
 }
@@ -63,10 +64,11 @@ struct Expected {
 /// Reads Kafka, the dead letters and the simulator's sends, over and over, until the pipeline
 /// has settled.
 pub struct Audit {
-    inbound: TopicLog,
+    /// The inbound topics in the order the pipeline used them: a user's records in a later one
+    /// come after all of theirs in an earlier one ([`Audit::follow`]).
+    inbound: Vec<TopicLog>,
     dead: TopicLog,
     group: BaseConsumer,
-    inbound_topic: String,
     sends: Vec<SimSend>,
 }
 
@@ -79,22 +81,68 @@ impl Audit {
             .create()
             .expect("Kafka consumer");
         Audit {
-            inbound: TopicLog::new(&pipeline.inbound_topic),
+            inbound: vec![TopicLog::new(&pipeline.inbound_topic)],
             dead: TopicLog::new(&pipeline.dead_letter_topic),
             group,
-            inbound_topic: pipeline.inbound_topic.clone(),
             sends: Vec::new(),
         }
     }
 
-    /// Records in the inbound topic now (0 while Kafka is unreachable).
+    /// Audits `topic` too, as the inbound topic that follows those already audited.
+    pub fn follow(&mut self, topic: &str) {
+        self.inbound.push(TopicLog::new(topic));
+    }
+
+    /// Records in the inbound topics now (0 while Kafka is unreachable).
     pub fn inbound_end(&self) -> i64 {
-        tokio::task::block_in_place(|| self.inbound.end_offsets().unwrap_or(0))
+        tokio::task::block_in_place(|| {
+            self.inbound
+                .iter()
+                .map(|log| log.end_offsets().unwrap_or(0))
+                .sum()
+        })
+    }
+
+    /// Records in the inbound topic `index` now (0 while Kafka is unreachable).
+    pub fn records_in(&self, index: usize) -> i64 {
+        tokio::task::block_in_place(|| self.inbound[index].end_offsets().unwrap_or(0))
+    }
+
+    /// Users with records in more than one inbound topic whose partition differs between them:
+    /// those whose order a switch of topics could break.
+    pub fn users_on_another_partition(&self) -> usize {
+        let mut partitions: HashMap<String, HashSet<i32>> = HashMap::new();
+        let mut topics: HashMap<String, HashSet<&str>> = HashMap::new();
+        for (topic, partition, _, value) in self.inbound_records() {
+            if let Ok(envelope) = Envelope::from_bytes(value) {
+                let user = envelope.v1().message.from_user_name.as_str().to_owned();
+                partitions
+                    .entry(user.clone())
+                    .or_default()
+                    .insert(partition);
+                topics.entry(user).or_default().insert(topic);
+            }
+        }
+        partitions
+            .iter()
+            .filter(|(user, p)| p.len() > 1 && topics[*user].len() > 1)
+            .count()
+    }
+
+    /// Whether the group has committed every record of the inbound topic `index` (0: the first).
+    pub fn committed_all_of(&mut self, index: usize) -> bool {
+        tokio::task::block_in_place(|| {
+            self.inbound[index].catch_up()?;
+            self.committed_all(&self.inbound[index])
+        })
+        .unwrap_or(false)
     }
 
     async fn refresh(&mut self, pipeline: &Pipeline) -> Result<(), String> {
         tokio::task::block_in_place(|| {
-            self.inbound.catch_up()?;
+            for log in &mut self.inbound {
+                log.catch_up()?;
+            }
             self.dead.catch_up()
         })?;
         let after = self.sends.last().map_or(0, |s| s.seq);
@@ -114,33 +162,43 @@ impl Audit {
     /// Whether the group has committed every inbound record (nothing left to redeliver).
     fn group_committed_all(&self) -> Result<bool, String> {
         tokio::task::block_in_place(|| {
-            let mut list = TopicPartitionList::new();
-            for p in &self.inbound.partitions {
-                list.add_partition(&self.inbound_topic, *p);
-            }
-            let committed = self
-                .group
-                .committed_offsets(list, Duration::from_secs(3))
-                .map_err(|e| e.to_string())?;
-            for element in committed.elements() {
-                let (_, high) = self
-                    .group
-                    .fetch_watermarks(
-                        &self.inbound_topic,
-                        element.partition(),
-                        Duration::from_secs(3),
-                    )
-                    .map_err(|e| e.to_string())?;
-                let done = match element.offset() {
-                    Offset::Offset(o) => o >= high,
-                    _ => high == 0,
-                };
-                if !done {
+            for log in &self.inbound {
+                if !self.committed_all(log)? {
                     return Ok(false);
                 }
             }
             Ok(true)
         })
+    }
+
+    /// Whether the group has committed every record of one inbound topic.
+    fn committed_all(&self, log: &TopicLog) -> Result<bool, String> {
+        let topic = log.topic();
+        if log.partitions.is_empty() {
+            return Ok(false);
+        }
+        let mut list = TopicPartitionList::new();
+        for p in &log.partitions {
+            list.add_partition(topic, *p);
+        }
+        let committed = self
+            .group
+            .committed_offsets(list, Duration::from_secs(3))
+            .map_err(|e| e.to_string())?;
+        for element in committed.elements() {
+            let (_, high) = self
+                .group
+                .fetch_watermarks(topic, element.partition(), Duration::from_secs(3))
+                .map_err(|e| e.to_string())?;
+            let done = match element.offset() {
+                Offset::Offset(o) => o >= high,
+                _ => high == 0,
+            };
+            if !done {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Waits until every expected reply is sent or dead-lettered and the group has committed
@@ -195,10 +253,10 @@ impl Audit {
     /// `dir`, for a look after a failure (or with `WXKF_E2E_KEEP=1`).
     fn dump(&self, dir: &std::path::Path) {
         let mut lines = String::new();
-        for (partition, offset, value) in &self.inbound.records {
+        for (topic, partition, offset, value) in self.inbound_records() {
             if let Ok(envelope) = Envelope::from_bytes(value) {
                 let env = envelope.v1();
-                let line = json!({"partition": partition, "offset": offset,
+                let line = json!({"topic": topic, "partition": partition, "offset": offset,
                     "dedup_key": env.dedup_key.as_str(), "dedup": env.dedup,
                     "openid": env.message.from_user_name.as_str(),
                     "create_time": env.message.create_time, "body": env.message.body});
@@ -226,24 +284,39 @@ impl Audit {
         let _ = std::fs::write(dir.join("audit-sends.jsonl"), sends);
     }
 
+    /// Every inbound record as (topic, partition, offset, value): topic by topic in the order
+    /// they were used, each in partition and offset order.
+    fn inbound_records(&self) -> Vec<(&str, i32, i64, &[u8])> {
+        let mut all = Vec::new();
+        for log in &self.inbound {
+            let mut records: Vec<_> = log
+                .records
+                .iter()
+                .map(|(p, o, v)| (log.topic(), *p, *o, v.as_slice()))
+                .collect();
+            records.sort_by_key(|(_, p, o, _)| (*p, *o));
+            all.extend(records);
+        }
+        all
+    }
+
     fn report(&self, pipeline: &Pipeline, push: &(PushSummary, Vec<PushOutcome>)) -> Report {
         let (summary, outcomes) = push;
         let mut report = Report {
             scenario: pipeline.name.clone(),
             pushes_sent: summary.sent,
             acknowledged: summary.acknowledged,
-            kafka_records: self.inbound.records.len(),
+            kafka_records: self.inbound.iter().map(|log| log.records.len()).sum(),
             ..Report::default()
         };
         // Distinct records in partition order; a record published twice (e.g. while Redis was
         // down) counts where it first appeared.
-        let mut records: Vec<&(i32, i64, Vec<u8>)> = self.inbound.records.iter().collect();
-        records.sort_by_key(|(p, o, _)| (*p, *o));
-        let mut envelopes: HashMap<(i32, i64), EnvelopeV1> = HashMap::new();
+        let records = self.inbound_records();
+        let mut envelopes: HashMap<(&str, i32, i64), EnvelopeV1> = HashMap::new();
         let mut seen = HashSet::new();
         let mut stored = HashSet::new();
         let mut expected: Vec<Expected> = Vec::new();
-        for (partition, offset, value) in records {
+        for (topic, partition, offset, value) in records {
             let envelope = Envelope::from_bytes(value).expect("inbound records are envelopes");
             let env = envelope.v1().clone();
             if env.dedup == DedupStatus::Unchecked {
@@ -264,7 +337,7 @@ impl Audit {
                     });
                 }
             }
-            envelopes.insert((*partition, *offset), env);
+            envelopes.insert((topic, partition, offset), env);
         }
         report.distinct_records = seen.len();
         report.expected = expected.len();
@@ -309,7 +382,12 @@ impl Audit {
                 .dead_letter_reasons
                 .entry(letter.reason.clone())
                 .or_default() += 1;
-            let Some(env) = envelopes.get(&(letter.source.partition, letter.source.offset)) else {
+            let source = (
+                letter.source.topic.as_str(),
+                letter.source.partition,
+                letter.source.offset,
+            );
+            let Some(env) = envelopes.get(&source) else {
                 continue;
             };
             for (i, e) in expected.iter().enumerate() {

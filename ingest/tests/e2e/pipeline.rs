@@ -30,6 +30,37 @@ pub fn redis_url() -> String {
     std::env::var("WXKF_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
 }
 
+/// The Redis a pipeline's services use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Redis {
+    /// The single Redis of `WXKF_TEST_REDIS`.
+    Single,
+    /// A Redis Cluster: its node URLs, comma-separated (`redis.cluster_nodes`).
+    Cluster(String),
+}
+
+impl Redis {
+    /// The settings of `service` (`INGEST` or `CONSUMER`) that point it at this Redis.
+    fn env(&self, service: &str) -> Vec<(String, String)> {
+        match self {
+            Redis::Single => vec![(format!("{service}__REDIS__URL"), redis_url())],
+            Redis::Cluster(nodes) => vec![
+                // The defaults file sets `url`; a cluster deployment clears it.
+                (format!("{service}__REDIS__URL"), String::new()),
+                (format!("{service}__REDIS__CLUSTER_NODES"), nodes.clone()),
+            ],
+        }
+    }
+
+    /// The node URLs to clean up after a test.
+    fn urls(&self) -> Vec<String> {
+        match self {
+            Redis::Single => vec![redis_url()],
+            Redis::Cluster(nodes) => nodes.split(',').map(str::to_owned).collect(),
+        }
+    }
+}
+
 /// A running pipeline. Dropping it kills every process (SIGKILL).
 #[derive(Debug)]
 pub struct Pipeline {
@@ -38,6 +69,13 @@ pub struct Pipeline {
     /// Logs, the rules file and the push records of this test.
     pub dir: PathBuf,
     pub inbound_topic: String,
+    /// The topic ingest publishes to and the one the consumers read, with its partition count:
+    /// `inbound_topic` unless a scenario moved them ([`Pipeline::create_inbound_topic`]).
+    pub ingest_topic: String,
+    pub consumer_topic: (String, i32),
+    /// Topics created besides the three of `consumer setup`, deleted with them.
+    more_topics: Vec<String>,
+    pub redis: Redis,
     pub dead_letter_topic: String,
     pub group: String,
     pub sim_url: String,
@@ -56,12 +94,32 @@ impl Pipeline {
     /// Starts the simulator API, creates the topics (`consumer setup`), starts ingest and
     /// `consumers` consumer processes, and waits until each answers.
     pub async fn start(name: &str, consumers: usize, sim_args: &[&str]) -> Pipeline {
-        Pipeline::start_tuned(name, consumers, sim_args, &[]).await
+        Pipeline::start_with(Redis::Single, name, consumers, sim_args, &[]).await
     }
 
     /// As [`Pipeline::start`], with consumer settings of the scenario's own over the defaults
     /// (`CONSUMER__…` environment variables).
     pub async fn start_tuned(
+        name: &str,
+        consumers: usize,
+        sim_args: &[&str],
+        consumer_overrides: &[(&str, &str)],
+    ) -> Pipeline {
+        Pipeline::start_with(Redis::Single, name, consumers, sim_args, consumer_overrides).await
+    }
+
+    /// As [`Pipeline::start`], with ingest and the consumers on `redis`.
+    pub async fn start_on(
+        redis: Redis,
+        name: &str,
+        consumers: usize,
+        sim_args: &[&str],
+    ) -> Pipeline {
+        Pipeline::start_with(redis, name, consumers, sim_args, &[]).await
+    }
+
+    async fn start_with(
+        redis: Redis,
         name: &str,
         consumers: usize,
         sim_args: &[&str],
@@ -90,6 +148,10 @@ impl Pipeline {
         let mut pipeline = Pipeline {
             name: name.to_owned(),
             inbound_topic: format!("{id}.inbound"),
+            ingest_topic: format!("{id}.inbound"),
+            consumer_topic: (format!("{id}.inbound"), INBOUND_PARTITIONS),
+            more_topics: Vec::new(),
+            redis,
             dead_letter_topic: format!("{id}.dead-letter"),
             group: format!("{id}-group"),
             sim_url,
@@ -152,7 +214,7 @@ impl Pipeline {
             let total: usize = shares.iter().sum();
             if shares.len() == wanted
                 && shares.iter().all(|n| *n > 0)
-                && total == INBOUND_PARTITIONS as usize
+                && total == self.consumer_topic.1 as usize
             {
                 return;
             }
@@ -173,7 +235,10 @@ impl Pipeline {
             ("CONSUMER__SERVER__SHUTDOWN_TIMEOUT", "5s".into()),
             ("CONSUMER__KAFKA__BROKERS", kafka_brokers()),
             ("CONSUMER__KAFKA__GROUP_ID", self.group.clone()),
-            ("CONSUMER__KAFKA__INBOUND_TOPIC", self.inbound_topic.clone()),
+            (
+                "CONSUMER__KAFKA__INBOUND_TOPIC",
+                self.consumer_topic.0.clone(),
+            ),
             (
                 "CONSUMER__KAFKA__DEAD_LETTER_TOPIC",
                 self.dead_letter_topic.clone(),
@@ -189,7 +254,7 @@ impl Pipeline {
             ("CONSUMER__KAFKA__COMMIT_INTERVAL", "500ms".into()),
             (
                 "CONSUMER__KAFKA__TOPICS__INBOUND_PARTITIONS",
-                INBOUND_PARTITIONS.to_string(),
+                self.consumer_topic.1.to_string(),
             ),
             (
                 "CONSUMER__KAFKA__TOPICS__DEAD_LETTER_PARTITIONS",
@@ -201,7 +266,6 @@ impl Pipeline {
                 "100ms".into(),
             ),
             ("CONSUMER__PROCESSING__RETRY_MAX_BACKOFF", "2s".into()),
-            ("CONSUMER__REDIS__URL", redis_url()),
             ("CONSUMER__REDIS__KEY_PREFIX", format!("{id}:")),
             ("CONSUMER__WECHAT__BASE_URL", self.sim_url.clone()),
             // Short bounds so the slow answers of a fault storm and a killed sender's lease
@@ -239,6 +303,7 @@ impl Pipeline {
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
+        .chain(self.redis.env("CONSUMER"))
         .filter(|(k, _)| !self.consumer_overrides.iter().any(|(o, _)| o == k))
         .chain(self.consumer_overrides.iter().cloned())
         .collect()
@@ -260,8 +325,7 @@ impl Pipeline {
             ("INGEST__SERVER__PORT", self.ingest_port.to_string()),
             ("INGEST__SERVER__WORKERS", "2".into()),
             ("INGEST__KAFKA__BROKERS", kafka_brokers()),
-            ("INGEST__KAFKA__TOPIC", self.inbound_topic.clone()),
-            ("INGEST__REDIS__URL", redis_url()),
+            ("INGEST__KAFKA__TOPIC", self.ingest_topic.clone()),
             ("INGEST__REDIS__KEY_PREFIX", format!("{}:dedup:", self.id)),
             // The same spool across restarts of this pipeline's ingest: a restart drains it.
             (
@@ -283,7 +347,39 @@ impl Pipeline {
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
+        .chain(self.redis.env("INGEST"))
         .collect()
+    }
+
+    /// Creates another inbound topic with `partitions` partitions through `consumer setup`, as an
+    /// operator does (the dead-letter and hand-off topics exist already and are left as they are).
+    pub async fn create_inbound_topic(&mut self, topic: &str, partitions: i32) {
+        let mut env = self.consumer_env(0);
+        for (key, value) in &mut env {
+            match key.as_str() {
+                "CONSUMER__KAFKA__INBOUND_TOPIC" => *value = topic.to_owned(),
+                "CONSUMER__KAFKA__TOPICS__INBOUND_PARTITIONS" => *value = partitions.to_string(),
+                _ => {}
+            }
+        }
+        let setup = procs::run("consumer setup", &procs::consumer_bin(), &["setup"], &env).await;
+        assert!(setup.contains(topic), "consumer setup: {setup}");
+        self.more_topics.push(topic.to_owned());
+    }
+
+    /// Stops ingest as an orchestrator does (SIGTERM: it finishes the pushes in hand, drains
+    /// what it can and exits) and waits until it is gone.
+    pub async fn stop_ingest(&mut self) {
+        if let Some(mut ingest) = self.ingest.take() {
+            ingest.terminate(Duration::from_secs(30)).await;
+        }
+    }
+
+    /// Stops every consumer with SIGTERM (each commits what it finished and leaves the group).
+    pub async fn stop_consumers(&mut self) {
+        for (mut consumer, _) in std::mem::take(&mut self.consumers) {
+            consumer.terminate(Duration::from_secs(30)).await;
+        }
     }
 
     /// Starts ingest on its port (the same port after a restart) and waits for `/healthz`.
@@ -437,11 +533,12 @@ impl Drop for Pipeline {
         for (consumer, _) in &mut self.consumers {
             consumer.kill_now();
         }
-        let topics = [
+        let mut topics = vec![
             self.inbound_topic.clone(),
             self.dead_letter_topic.clone(),
             format!("{}.handoff", self.id),
         ];
+        topics.extend(self.more_topics.iter().cloned());
         let admin: Result<rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>, _> =
             rdkafka::ClientConfig::new()
                 .set("bootstrap.servers", kafka_brokers())
@@ -452,14 +549,20 @@ impl Drop for Pipeline {
                 rdkafka::admin::AdminOptions::new().request_timeout(Some(Duration::from_secs(5)));
             let _ = futures::executor::block_on(admin.delete_topics(&names, &options));
         }
-        if let Ok(mut conn) = redis::Client::open(redis_url())
-            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
-        {
+        // On a cluster, each node holds its own keys (replicas refuse the DEL, harmlessly), and
+        // one DEL may not span slots.
+        let per_key = matches!(self.redis, Redis::Cluster(_));
+        for url in self.redis.urls() {
+            let Ok(mut conn) = redis::Client::open(url)
+                .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
+            else {
+                continue;
+            };
             let keys: Vec<String> = redis::cmd("KEYS")
                 .arg(format!("{}:*", self.id))
                 .query(&mut conn)
                 .unwrap_or_default();
-            for chunk in keys.chunks(500) {
+            for chunk in keys.chunks(if per_key { 1 } else { 500 }) {
                 let _: Result<(), _> = redis::cmd("DEL").arg(chunk).query(&mut conn);
             }
         }

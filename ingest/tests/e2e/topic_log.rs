@@ -35,6 +35,10 @@ impl TopicLog {
         }
     }
 
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
     /// Reads every record up to the current end of each partition.
     pub fn catch_up(&mut self) -> Result<(), String> {
         let timeout = Duration::from_secs(3);
