@@ -40,6 +40,9 @@ pub struct Settings {
     pub handoff: HandoffSettings,
     pub forward: ForwardSettings,
     pub telemetry: TelemetrySettings,
+    /// The `ask` action's backends and limits (`crate::ask::config`).
+    #[serde(default)]
+    pub ask: crate::ask::config::AskSettings,
     #[serde(default)]
     pub apps: BTreeMap<String, AppSettings>,
 }
@@ -684,6 +687,7 @@ impl Settings {
                 invalid(format!("apps.{name}: appid and secret must not be empty"));
             }
         }
+        problems.extend(self.ask.problems());
         if problems.is_empty() {
             Ok(())
         } else {

@@ -97,6 +97,13 @@ impl Processor {
             match self.actions.run(env, &action, owner).await? {
                 Done::Sent => sent += 1,
                 Done::AlreadySent => already_sent += 1,
+                Done::Replies {
+                    sent: now,
+                    already_sent: before,
+                } => {
+                    sent += now;
+                    already_sent += before;
+                }
                 Done::Handed | Done::Nothing => {}
                 // The first failing step ends the record; steps after it are not run, and steps
                 // before it are in the ledger, so a redrive resumes without repeating them.

@@ -22,7 +22,9 @@ use rdkafka::message::Message as _;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use crate::actions::{plan, Step};
+use crate::actions::{plan, AskFallback, PlannedAction, Step};
+use crate::ask::backend::AskRequest;
+use crate::ask::config::BackendSettings;
 use crate::config::Settings;
 use crate::rules::{ForwardTarget, RuleSet};
 use crate::wechat_api::{WechatApi, PATH_SEND, PATH_TYPING, PATH_UPLOAD};
@@ -222,6 +224,44 @@ impl<'a> Explainer<'a> {
     }
 
     /// Explains one record value, headed by `label` (where it was read).
+    /// An `ask`: the backend it would call and the request, without calling it.
+    fn ask(
+        &self,
+        tag: &str,
+        env: &common::envelope::EnvelopeV1,
+        action: &PlannedAction,
+        backend: &str,
+        fallback: &AskFallback,
+        out: &mut dyn Write,
+    ) -> anyhow::Result<()> {
+        let place = match self.settings.ask.backends.get(backend) {
+            Some(BackendSettings::Http { url, .. }) => format!("http bot: POST {url}"),
+            Some(BackendSettings::Chat {
+                base_url, model, ..
+            }) => format!(
+                "chat model `{model}`: POST {}/chat/completions",
+                base_url.trim_end_matches('/')
+            ),
+            None => "not configured".into(),
+        };
+        writeln!(out, "{tag} ask `{backend}` ({place})")?;
+        let request = AskRequest::new(env, &action.rule, &action.idempotency_key, &[]);
+        writeln!(out, "{tag}   {}", serde_json::to_string(&request)?)?;
+        writeln!(
+            out,
+            "{tag}   (history: the user's last {} turns from Redis; the answer's replies are sent \
+             at most once under {}#1, #2, ...; not asked if the reply window is closed or used up)",
+            self.settings.ask.memory.turns, action.idempotency_key
+        )?;
+        let fallback = match fallback {
+            AskFallback::Nothing => "none".to_owned(),
+            AskFallback::Text(text) => format!("text {}", serde_json::to_string(text)?),
+            AskFallback::Handoff => "hand-off".to_owned(),
+        };
+        writeln!(out, "{tag}   fallback: {fallback}")?;
+        Ok(())
+    }
+
     pub fn record(&self, label: &str, value: &[u8], out: &mut dyn Write) -> anyhow::Result<()> {
         let envelope = match Envelope::from_bytes(value) {
             Ok(envelope) => envelope,
@@ -318,6 +358,9 @@ impl<'a> Explainer<'a> {
                 Step::Forward(ForwardTarget::Webhook(url)) => {
                     writeln!(out, "{tag} forward: POST {url} (the envelope as JSON)")?;
                 }
+                Step::Ask {
+                    backend, fallback, ..
+                } => self.ask(&tag, env, &action, backend, fallback, out)?,
                 Step::Drop => writeln!(out, "{tag} drop")?,
             }
         }

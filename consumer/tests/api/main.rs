@@ -6,6 +6,7 @@
 const ON_REDIS_CLUSTER: bool = false;
 
 mod actions;
+mod ask;
 mod credentials;
 mod errors;
 mod explain;
