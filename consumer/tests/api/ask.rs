@@ -574,3 +574,54 @@ async fn the_api_key_appears_in_no_log_line_and_no_debug_output() {
         assert!(!shown.contains(API_KEY), "the key leaked: {shown}");
     }
 }
+
+#[tokio::test]
+async fn explain_shows_the_ask_and_calls_the_backend_only_when_asked_to() {
+    let model = MockServer::start().await;
+    let h = harness(&ask_rules("model", ""), &model, Duration::from_secs(5)).await;
+    Mock::given(method("POST"))
+        .and(path(COMPLETIONS))
+        .respond_with(completion("Shown, not sent."))
+        .expect(1)
+        .mount(&model)
+        .await;
+    Mock::given(wiremock::matchers::any())
+        .respond_with(ResponseTemplate::new(500))
+        .expect(0)
+        .mount(&h.wechat)
+        .await;
+    let file = h.dir.join("records.jsonl");
+    std::fs::write(&file, bytes(&text("o-explain", "7011", "what is this?")))
+        .expect("records file");
+    let rules = consumer::rules::load_file(
+        &h.settings.rules.path,
+        &consumer::startup::rules_context(&h.settings),
+    )
+    .expect("rules");
+    let source = consumer::operator::explain::Source::File(file);
+
+    let mut dry = Vec::new();
+    consumer::operator::explain::explain(&h.settings, &rules, &source, &mut dry)
+        .expect("explained");
+    let dry = String::from_utf8(dry).expect("utf-8");
+    assert!(requests_to(&model, COMPLETIONS).await.is_empty(), "{dry}");
+    assert!(
+        dry.contains(&format!(
+            "[default #1] ask `model` (chat model `test-model`: POST {}/v1/chat/completions)",
+            model.uri()
+        )),
+        "{dry}"
+    );
+    assert!(dry.contains(r#""content":"what is this?""#), "{dry}");
+    assert!(dry.contains("fallback: none"), "{dry}");
+
+    let mut called = Vec::new();
+    consumer::operator::explain::explain_calling(&h.settings, &rules, &source, true, &mut called)
+        .expect("explained");
+    let called = String::from_utf8(called).expect("utf-8");
+    assert!(
+        called.contains(r#"answer (not sent): {"source":"backend","replies":[{"type":"text","content":"Shown, not sent."}],"handoff":false"#),
+        "{called}"
+    );
+    assert_eq!(requests_to(&model, COMPLETIONS).await.len(), 1);
+}
