@@ -14,6 +14,7 @@
 //! [`procs::consumer_bin`] refuses an older one). `scripts/test.sh` does both. The soak variant
 //! is `#[ignore]`d; see `ingest/src/bin/wechat-sim/README.md`.
 
+mod ask;
 mod audit;
 mod cluster;
 mod outages;

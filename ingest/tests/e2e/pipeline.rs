@@ -48,12 +48,26 @@ pub struct Pipeline {
     _sim: Child,
     consumer_seq: usize,
     ingest_starts: usize,
+    /// The consumers have an `ask` backend `assistant`: the simulator's chat model.
+    ask_backend: bool,
 }
 
 impl Pipeline {
     /// Starts the simulator API, creates the topics (`consumer setup`), starts ingest and
     /// `consumers` consumer processes, and waits until each answers.
     pub async fn start(name: &str, consumers: usize, sim_args: &[&str]) -> Pipeline {
+        Pipeline::start_with(name, consumers, sim_args, RULES, false).await
+    }
+
+    /// As [`Pipeline::start`], with other rules, and (`ask_backend`) the simulator's chat model
+    /// as the consumers' `ask` backend `assistant`.
+    pub async fn start_with(
+        name: &str,
+        consumers: usize,
+        sim_args: &[&str],
+        rules: &str,
+        ask_backend: bool,
+    ) -> Pipeline {
         let id = format!(
             "e2e-{name}-{}",
             &uuid::Uuid::new_v4().simple().to_string()[..8]
@@ -65,7 +79,7 @@ impl Pipeline {
             .join("e2e")
             .join(&id);
         std::fs::create_dir_all(&dir).expect("log directory");
-        std::fs::write(dir.join("rules.toml"), RULES).expect("rules file");
+        std::fs::write(dir.join("rules.toml"), rules).expect("rules file");
         let mut args = vec!["--app".to_owned(), format!("{APPID}={SECRET}")];
         args.extend(sim_args.iter().map(|a| (*a).to_owned()));
         let (sim, sim_url) = procs::start_sim_api(&dir, &args).await;
@@ -86,6 +100,7 @@ impl Pipeline {
             _sim: sim,
             consumer_seq: 0,
             ingest_starts: 0,
+            ask_backend,
             id,
             dir,
         };
@@ -209,6 +224,24 @@ impl Pipeline {
             ),
         ]
         .into_iter()
+        .chain(
+            [
+                (
+                    "CONSUMER__ASK__BACKENDS__ASSISTANT__KIND",
+                    "chat".to_owned(),
+                ),
+                (
+                    "CONSUMER__ASK__BACKENDS__ASSISTANT__BASE_URL",
+                    format!("{}/v1", self.sim_url),
+                ),
+                (
+                    "CONSUMER__ASK__BACKENDS__ASSISTANT__MODEL",
+                    "sim-echo".into(),
+                ),
+            ]
+            .into_iter()
+            .filter(|_| self.ask_backend),
+        )
         .map(|(k, v)| (k.to_owned(), v))
         .collect()
     }
