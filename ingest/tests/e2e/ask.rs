@@ -143,7 +143,11 @@ async fn killed_between_answer_and_send_the_answer_is_sent_once_without_asking_a
     }
     p.kill_consumer(0).await;
     let sends = get(&p, "/sim/sends").await;
-    assert_eq!(sends.as_array().map(Vec::len), Some(0), "killed before the send");
+    assert_eq!(
+        sends.as_array().map(Vec::len),
+        Some(0),
+        "killed before the send"
+    );
     assert_eq!(get(&p, "/sim/chat").await["answered"], 1);
     say("consumer killed between the answer and the send; starting another");
 
@@ -166,16 +170,23 @@ async fn killed_between_answer_and_send_the_answer_is_sent_once_without_asking_a
     {
         deadline.tick().await;
     }
-    let sends = get(&p, "/sim/sends").await.as_array().cloned().unwrap_or_else(|| {
-        panic!("sends: {sends}")
-    });
+    let sends = get(&p, "/sim/sends")
+        .await
+        .as_array()
+        .cloned()
+        .unwrap_or_else(|| panic!("sends: {sends}"));
     assert_eq!(sends.len(), 1, "one send: {sends:?}");
     assert!(sends[0]["body"]["text"]["content"]
         .as_str()
         .is_some_and(|c| c.starts_with("Echo: ")));
-    assert_eq!(get(&p, "/sim/chat").await["calls"], 1, "the model was not asked again");
     assert_eq!(
-        p.consumer_metric(0, "consumer_ask_total", "outcome=\"reused\"").await,
+        get(&p, "/sim/chat").await["calls"],
+        1,
+        "the model was not asked again"
+    );
+    assert_eq!(
+        p.consumer_metric(0, "consumer_ask_total", "outcome=\"reused\"")
+            .await,
         1.0
     );
 }
