@@ -106,8 +106,23 @@ export INGEST_CONFIG_DIR=$ROOT/config CONSUMER_CONFIG_DIR=$ROOT/config
 # --warn-only: topics left by an earlier run with other settings are reported, not fatal.
 target/release/consumer setup --warn-only
 
-# WeChat's API, simulated: tokens for the demo app, 30 ms per call, every send recorded.
+# The example rules, with a bot answering what no other rule does: the [default] rule asks the
+# simulated chat model (config/consumer.local.toml, [ask.backends.assistant]) instead of echoing.
+RULES_FILE=$RUN_DIR/rules.toml
+sed '/^\[default\]$/,$d' config/rules.toml >"$RULES_FILE"
+cat >>"$RULES_FILE" <<'TOML'
+[default]
+[[default.actions]]
+type = "ask"
+backend = "assistant"
+fallback_text = "Sorry, I cannot answer right now; a colleague will reply soon."
+TOML
+export CONSUMER__RULES__PATH=$RULES_FILE
+
+# WeChat's API, simulated: tokens for the demo app, 30 ms per call, every send recorded; and the
+# chat model the bot asks, thinking 300 ms per answer.
 start wechat-api target/release/wechat-sim api --listen 127.0.0.1:8081 --latency 30ms \
+  --chat-latency 300ms \
   --app wxba5fad812f8e6fb9=local-development-secret --record "$LOG_DIR/sends.jsonl"
 wait_http wechat-api http://127.0.0.1:8081/sim/stats
 start ingest target/release/ingest
@@ -121,7 +136,8 @@ target/release/wechat-sim push --url http://127.0.0.1:8080/wechat/demo --count 4
   --user-prefix "demo-$(date +%s)" --mode mixed --format mixed
 for _ in $(seq 1 50); do
   sends=$(curl -fsS http://127.0.0.1:8081/sim/stats 2>/dev/null | grep -o '"sends_recorded":[0-9]*' | cut -d: -f2 || true)
-  [ "${sends:-0}" -gt 0 ] && break
+  bot=$(curl -fsS http://127.0.0.1:8081/sim/sends 2>/dev/null | grep -o '"content":"Echo: [^"]*"' | head -1 || true)
+  [ "${sends:-0}" -gt 0 ] && [ -n "$bot" ] && break
   sleep 0.2
 done
 
@@ -136,6 +152,8 @@ The pipeline runs:
   redis        $REDIS_SHOWN
   logs         $LOG_DIR   (replies also in $LOG_DIR/sends.jsonl)
 Replies the simulated WeChat API has accepted so far: ${sends:-0}
+A bot's answer among them (the [default] rule asks the simulated chat model): ${bot:-none yet}
+  rules in use: $RULES_FILE; bot calls: curl 127.0.0.1:8081/sim/chat
 Push more:   target/release/wechat-sim push --count 100 --users 10
 Dry-run the rules over recorded records: target/release/consumer explain --help
 Stop it all with: scripts/run-local.sh down$([ "$TOPOLOGY" = cluster ] && echo "

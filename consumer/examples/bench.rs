@@ -6,10 +6,15 @@
 //! example) against the real Redis, and reads the consumer's own `/metrics` until every record is
 //! replied: replies per second, CPU seconds per record and resident memory.
 //!
+//! With `BENCH_ASK_MS` set, the rule is an `ask` instead of a text: the fake API also serves a
+//! chat-completions endpoint that answers after that many milliseconds, and every reply is the
+//! model's answer (the ask's limits at their defaults unless `BENCH_ASK_CONCURRENCY` is set).
+//!
 //! ```text
 //! scripts/services.sh up
 //! cargo build --release -p consumer --bin consumer --example bench
 //! target/release/examples/bench            # BENCH_USERS, BENCH_LATENCY_MS, BENCH_KEYS to vary
+//! BENCH_ASK_MS=500 target/release/examples/bench
 //! ```
 //!
 //! On a Redis Cluster instead of the single Redis: `BENCH_REDIS_CLUSTER` with its node URLs
@@ -42,9 +47,11 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-/// The fake API: tokens at once, every send and typing after `latency`.
+/// The fake API: tokens at once, every send and typing after `latency`; the chat model's
+/// answers after `thinking`.
 fn fake_wechat(
     latency: Duration,
+    thinking: Duration,
     sends: Arc<AtomicU64>,
 ) -> anyhow::Result<(u16, actix_web::dev::Server)> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
@@ -57,6 +64,22 @@ fn fake_wechat(
                 web::post().to(|| async {
                     HttpResponse::Ok()
                         .json(serde_json::json!({"access_token": "BENCH", "expires_in": 7200}))
+                }),
+            )
+            .route(
+                "/cgi-bin/message/custom/typing",
+                web::post().to(move || async move {
+                    tokio::time::sleep(latency).await;
+                    HttpResponse::Ok().json(serde_json::json!({"errcode": 0, "errmsg": "ok"}))
+                }),
+            )
+            .route(
+                "/v1/chat/completions",
+                web::post().to(move || async move {
+                    tokio::time::sleep(thinking).await;
+                    HttpResponse::Ok().json(serde_json::json!({
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi from the bench model"}}]
+                    }))
                 }),
             )
             .route(
@@ -117,6 +140,12 @@ async fn main() -> anyhow::Result<()> {
     let users: usize = env_or("BENCH_USERS", 10_000);
     let latency = Duration::from_millis(env_or("BENCH_LATENCY_MS", 50));
     let keys: usize = env_or("BENCH_KEYS", 256);
+    let ask_ms: Option<u64> = std::env::var("BENCH_ASK_MS")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let ask_concurrency: Option<usize> = std::env::var("BENCH_ASK_CONCURRENCY")
+        .ok()
+        .and_then(|v| v.parse().ok());
     let brokers = std::env::var("WXKF_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into());
     let redis =
         std::env::var("WXKF_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into());
@@ -136,7 +165,8 @@ async fn main() -> anyhow::Result<()> {
     let run = uuid::Uuid::new_v4().simple().to_string();
 
     let sends = Arc::new(AtomicU64::new(0));
-    let (api_port, server) = fake_wechat(latency, Arc::clone(&sends))?;
+    let thinking = Duration::from_millis(ask_ms.unwrap_or(0));
+    let (api_port, server) = fake_wechat(latency, thinking, Arc::clone(&sends))?;
     tokio::spawn(server);
 
     let mut settings = Settings::load_from(&repo.join("config"), "bench")?;
@@ -149,9 +179,14 @@ async fn main() -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("consumer-bench-{run}"));
     std::fs::create_dir_all(&dir)?;
     let rules = dir.join("rules.toml");
+    let action = if ask_ms.is_some() {
+        "type = \"ask\"\nbackend = \"bench\"\n"
+    } else {
+        "type = \"text\"\ncontent = \"Hi {openid}\"\n"
+    };
     std::fs::write(
         &rules,
-        "[[rule]]\nname = \"reply\"\n[[rule.actions]]\ntype = \"text\"\ncontent = \"Hi {openid}\"\n",
+        format!("[[rule]]\nname = \"reply\"\n[[rule.actions]]\n{action}"),
     )?;
 
     let producer: FutureProducer = ClientConfig::new()
@@ -191,7 +226,7 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|p| p.parent())
         .map(|p| p.join("consumer"))
         .ok_or_else(|| anyhow::anyhow!("cannot locate the consumer binary"))?;
-    let vars = [
+    let mut vars = vec![
         ("SERVER__PORT", metrics_port.to_string()),
         ("KAFKA__BROKERS", brokers.clone()),
         ("KAFKA__GROUP_ID", format!("bench-{run}")),
@@ -208,6 +243,19 @@ async fn main() -> anyhow::Result<()> {
         ("APPS__DEMO__APPID", "wxbench".to_owned()),
         ("APPS__DEMO__SECRET", "bench-secret".to_owned()),
     ];
+    if ask_ms.is_some() {
+        vars.extend([
+            ("ASK__BACKENDS__BENCH__KIND", "chat".to_owned()),
+            (
+                "ASK__BACKENDS__BENCH__BASE_URL",
+                format!("http://127.0.0.1:{api_port}/v1"),
+            ),
+            ("ASK__BACKENDS__BENCH__MODEL", "bench".to_owned()),
+        ]);
+    }
+    if let Some(concurrency) = ask_concurrency {
+        vars.push(("ASK__MAX_CONCURRENCY", concurrency.to_string()));
+    }
     let mut child = Command::new(&exe)
         .env("CONSUMER_CONFIG_DIR", repo.join("config"))
         .env("APP_ENVIRONMENT", "bench")
@@ -251,10 +299,11 @@ async fn main() -> anyhow::Result<()> {
 
     let per_second = users as f64 / elapsed.as_secs_f64();
     println!(
-        "redis={} sent_replicas={} users={users} latency={}ms max_in_flight_keys={keys} sends={} elapsed={:.2}s replies/s={per_second:.0} cpu/record={:.0}µs rss={:.0}MiB",
+        "redis={} sent_replicas={} users={users} latency={}ms ask={} max_in_flight_keys={keys} sends={} elapsed={:.2}s replies/s={per_second:.0} cpu/record={:.0}µs rss={:.0}MiB",
         if cluster.is_some() { "cluster" } else { "single" },
         sent_replicas.as_deref().unwrap_or("default"),
         latency.as_millis(),
+        ask_ms.map_or("-".to_owned(), |ms| format!("{ms}ms")),
         sends.load(Ordering::Relaxed),
         elapsed.as_secs_f64(),
         cpu / users as f64 * 1e6,

@@ -44,6 +44,9 @@ pub struct Settings {
     pub quota: QuotaSettings,
     #[serde(default)]
     pub app_files: AppFilesSettings,
+    /// The `ask` action's backends and limits (`crate::ask::config`).
+    #[serde(default)]
+    pub ask: crate::ask::config::AskSettings,
     #[serde(default)]
     pub apps: BTreeMap<String, AppSettings>,
 }
@@ -734,6 +737,7 @@ impl Settings {
         if self.app_files.reload_interval.is_zero() {
             invalid("app_files.reload_interval must be above zero".into());
         }
+        problems.extend(self.ask.problems());
         if problems.is_empty() {
             Ok(())
         } else {

@@ -57,11 +57,13 @@ pub enum Reason {
     Superseded(String),
     /// Processing the record panicked (a defect): not retried, since it would panic again.
     Panic(String),
+    /// An `ask` backend gave no usable answer and the action has no fallback.
+    AskFailed(String),
 }
 
 impl Reason {
     /// Every value [`Reason::kind`] can return.
-    pub const KINDS: [&'static str; 14] = [
+    pub const KINDS: [&'static str; 15] = [
         "undecodable",
         "unknown_version",
         "unknown_app",
@@ -76,6 +78,7 @@ impl Reason {
         "webhook_rejected",
         "superseded",
         "panic",
+        "ask_failed",
     ];
 
     pub fn kind(&self) -> &'static str {
@@ -94,6 +97,7 @@ impl Reason {
             Reason::WebhookRejected { .. } => "webhook_rejected",
             Reason::Superseded(_) => "superseded",
             Reason::Panic(_) => "panic",
+            Reason::AskFailed(_) => "ask_failed",
         }
     }
 
@@ -115,7 +119,8 @@ impl Reason {
             | Reason::Ambiguous(d)
             | Reason::MediaUnavailable(d)
             | Reason::Superseded(d)
-            | Reason::Panic(d) => d.clone(),
+            | Reason::Panic(d)
+            | Reason::AskFailed(d) => d.clone(),
             Reason::UnknownVersion(v) => format!("unknown envelope version {v}"),
             Reason::UnknownApp(app) => format!("app `{app}` is not configured"),
             Reason::WindowClosed => {
@@ -337,6 +342,7 @@ mod tests {
             },
             Reason::Superseded(String::new()),
             Reason::Panic(String::new()),
+            Reason::AskFailed(String::new()),
         ];
         let kinds: Vec<&str> = reasons.iter().map(Reason::kind).collect();
         assert_eq!(kinds, Reason::KINDS);

@@ -36,6 +36,7 @@ pub mod telemetry;
 // Per-record work, bottom up.
 pub mod actions;
 pub mod apps;
+pub mod ask;
 pub mod dead_letter;
 pub mod error;
 pub(crate) mod ledger;

@@ -6,7 +6,7 @@
 //! partitions are bounded by the topic. No openid, errmsg or URL ever becomes a label.
 
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 use crate::dead_letter::Reason;
@@ -15,6 +15,9 @@ use crate::dead_letter::Reason;
 const API_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
+
+/// Ask-backend latency buckets in seconds: chat models answer in seconds, not milliseconds.
+const ASK_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0];
 
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -59,6 +62,14 @@ pub struct Metrics {
     pub quota_held: IntCounterVec,
     /// Held records this process finished (replied, skipped or dead-lettered) after the pause.
     pub quota_released: IntCounterVec,
+    /// `ask` actions, by outcome (`crate::ask::OUTCOMES`).
+    pub asks: IntCounterVec,
+    /// Calls to ask backends, by result (`crate::ask::CALL_RESULTS`).
+    pub ask_calls: IntCounterVec,
+    /// Fallbacks taken by `ask` actions, by reason (`crate::ask::FALLBACK_REASONS`).
+    pub ask_fallbacks: IntCounterVec,
+    /// Duration of each call to an ask backend, the wait for the limits included.
+    pub ask_duration: Histogram,
 }
 
 impl Metrics {
@@ -188,6 +199,31 @@ impl Metrics {
                 ),
                 &["app"],
             )?,
+            asks: IntCounterVec::new(
+                Opts::new("consumer_ask_total", "Ask actions, by outcome."),
+                &["outcome"],
+            )?,
+            ask_calls: IntCounterVec::new(
+                Opts::new(
+                    "consumer_ask_calls_total",
+                    "Calls to ask backends, by result.",
+                ),
+                &["result"],
+            )?,
+            ask_fallbacks: IntCounterVec::new(
+                Opts::new(
+                    "consumer_ask_fallbacks_total",
+                    "Ask actions that took their fallback, by reason.",
+                ),
+                &["reason"],
+            )?,
+            ask_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "consumer_ask_duration_seconds",
+                    "Duration of calls to ask backends, waits for the limits included.",
+                )
+                .buckets(ASK_BUCKETS.to_vec()),
+            )?,
         };
         metrics.zero_known_series();
         registry.register(Box::new(metrics.records.clone()))?;
@@ -213,6 +249,10 @@ impl Metrics {
         registry.register(Box::new(metrics.quota_pauses.clone()))?;
         registry.register(Box::new(metrics.quota_held.clone()))?;
         registry.register(Box::new(metrics.quota_released.clone()))?;
+        registry.register(Box::new(metrics.asks.clone()))?;
+        registry.register(Box::new(metrics.ask_calls.clone()))?;
+        registry.register(Box::new(metrics.ask_fallbacks.clone()))?;
+        registry.register(Box::new(metrics.ask_duration.clone()))?;
         Ok(metrics)
     }
 
@@ -250,6 +290,15 @@ impl Metrics {
         }
         for event in ["assign", "revoke"] {
             self.rebalances.with_label_values(&[event]);
+        }
+        for outcome in crate::ask::OUTCOMES {
+            self.asks.with_label_values(&[outcome]);
+        }
+        for result in crate::ask::CALL_RESULTS {
+            self.ask_calls.with_label_values(&[result]);
+        }
+        for reason in crate::ask::FALLBACK_REASONS {
+            self.ask_fallbacks.with_label_values(&[reason]);
         }
     }
 

@@ -151,6 +151,13 @@ impl Processor {
             match self.actions.run(env, &action, owner).await? {
                 Done::Sent => sent += 1,
                 Done::AlreadySent => already_sent += 1,
+                Done::Replies {
+                    sent: now,
+                    already_sent: before,
+                } => {
+                    sent += now;
+                    already_sent += before;
+                }
                 Done::Handed | Done::Nothing => {}
                 // The steps before it are in the ledger: the record's later run skips them.
                 Done::DailyQuotaSpent => return Ok(Ran::DailyQuotaSpent),

@@ -18,6 +18,8 @@ use crate::actions::media::MediaCache;
 use crate::actions::sinks::Sinks;
 use crate::actions::Actions;
 use crate::apps::{AppsHandle, AppsWatcher};
+use crate::ask::store::AskStore;
+use crate::ask::Asker;
 use crate::config::Settings;
 use crate::dead_letter::DeadLetterWriter;
 use crate::ledger::Ledger;
@@ -40,6 +42,7 @@ pub fn rules_context(settings: &Settings) -> RulesContext {
     RulesContext {
         apps: fixed_apps.then(|| settings.apps.keys().cloned().collect::<BTreeSet<_>>()),
         handoff_available: settings.handoff.publish || !settings.handoff.webhook.is_empty(),
+        ask_backends: Some(settings.ask.backends.keys().cloned().collect()),
     }
 }
 
@@ -93,6 +96,17 @@ impl Services {
             h.publish.then(|| settings.kafka.handoff_topic.clone()),
             (!h.webhook.is_empty()).then(|| h.webhook.clone()),
         )?;
+        let ask = Asker::new(
+            &settings.ask,
+            AskStore::new(
+                store.clone(),
+                settings.ask.answer_ttl,
+                settings.ledger.entry_ttl,
+                settings.ask.memory.turns,
+                settings.ask.memory.ttl,
+            ),
+            metrics.clone(),
+        )?;
         let actions = Actions {
             api: api.clone(),
             tokens: Arc::clone(&tokens),
@@ -104,6 +118,7 @@ impl Services {
             metrics: metrics.clone(),
             show_typing: true,
             shutdown: CancellationToken::new(),
+            ask,
         };
         let processor = Processor {
             rules: watcher.handle.clone(),

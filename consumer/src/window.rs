@@ -205,6 +205,34 @@ impl ReplyWindows {
         }
     }
 
+    /// Whether a reply could be taken now, without taking it: the end of the user's window (ms
+    /// since the epoch; `i64::MAX` when windows are not tracked), or why WeChat would refuse.
+    /// For work that must not start when no reply can follow it (asking a backend).
+    pub async fn peek(&self, env: &EnvelopeV1) -> Result<Result<i64, Refusal>, StoreError> {
+        if !self.enabled {
+            return Ok(Ok(i64::MAX));
+        }
+        let mut conn = self.store.conn();
+        let (remaining, expires): (Option<i64>, Option<i64>) = self
+            .store
+            .bounded(
+                redis::cmd("HMGET")
+                    .arg(self.key(env))
+                    .arg("remaining")
+                    .arg("expires_ms")
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let expires = expires.unwrap_or(0);
+        Ok(if expires <= now_ms() {
+            Err(Refusal::WindowClosed)
+        } else if remaining.unwrap_or(0) <= 0 {
+            Err(Refusal::QuotaExhausted)
+        } else {
+            Ok(expires)
+        })
+    }
+
     /// The reply was definitely not delivered: give it back.
     pub async fn refund(&self, allowance: &Allowance) -> Result<(), StoreError> {
         self.adjust(allowance, "1").await

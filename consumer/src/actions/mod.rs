@@ -17,10 +17,12 @@
 //! ([`send`] for replies, [`sinks`] for hand-off and forward).
 //!
 //! Delivery guarantees by step: replies (text, image, link, card) are **at most once** (ledger
-//! `sending` → `sent`); forwards and hand-offs are **at least once** (retried until acknowledged,
+//! `sending` → `sent`); an `ask` ([`ask`]) decides its answer once (kept in Redis until sent) and
+//! sends each of its replies as such a reply; forwards and hand-offs are **at least once** (retried until acknowledged,
 //! marked `done` after, carrying the idempotency key so receivers can drop repeats); typing is
 //! best effort (cosmetic, failures logged and counted, never fatal); drop does nothing.
 
+pub mod ask;
 pub mod calls;
 pub mod media;
 pub mod send;
@@ -31,11 +33,12 @@ use std::sync::Arc;
 
 use common::envelope::EnvelopeV1;
 
+use crate::ask::Asker;
 use crate::dead_letter::Reason;
 use crate::error::ProcessError;
 use crate::ledger::{ClaimOwner, Ledger};
 use crate::metrics::Metrics;
-use crate::rules::{field, Action, ForwardTarget, MediaSource, RuleMatch, Template};
+use crate::rules::{field, Action, Fallback, ForwardTarget, MediaSource, RuleMatch, Template};
 use crate::token_broker::TokenBroker;
 use crate::wechat_api::body::{CardBody, ImageBody, LinkBody, TextBody};
 use crate::wechat_api::{OutgoingMessage, SendRequest, TypingRequest, WechatApi};
@@ -71,7 +74,21 @@ pub enum Step {
         note: Option<String>,
     },
     Forward(ForwardTarget),
+    /// Ask `backend` for the replies to send to `touser` (see [`ask`]).
+    Ask {
+        backend: String,
+        touser: String,
+        fallback: AskFallback,
+    },
     Drop,
+}
+
+/// An `ask`'s fallback with its text rendered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AskFallback {
+    Nothing,
+    Text(String),
+    Handoff,
 }
 
 /// What running one step did.
@@ -83,6 +100,8 @@ pub enum Done {
     AlreadySent,
     /// A forward or hand-off was acknowledged (now or before).
     Handed,
+    /// An `ask` ended: `sent` replies went out now, `already_sent` before a redelivery.
+    Replies { sent: usize, already_sent: usize },
     /// Nothing to record (typing, drop).
     Nothing,
     /// The step cannot complete; the record is dead-lettered with this reason.
@@ -173,6 +192,15 @@ pub fn plan(env: &EnvelopeV1, matches: &[RuleMatch<'_>]) -> Vec<PlannedAction> {
                 }),
                 Action::Handoff { note } => Step::Handoff { note: note.clone() },
                 Action::Forward { target } => Step::Forward(target.clone()),
+                Action::Ask { backend, fallback } => Step::Ask {
+                    backend: backend.clone(),
+                    touser: touser.clone(),
+                    fallback: match fallback {
+                        Fallback::Nothing => AskFallback::Nothing,
+                        Fallback::Text(text) => AskFallback::Text(render(text)),
+                        Fallback::Handoff => AskFallback::Handoff,
+                    },
+                },
                 Action::Drop => Step::Drop,
             };
             let identity = match m.rule.action_ids.get(index).cloned().flatten() {
@@ -217,6 +245,10 @@ fn content_of(step: &Step) -> String {
         Step::Handoff { note } => format!("handoff\n{}", note.as_deref().unwrap_or("")),
         Step::Forward(ForwardTarget::Webhook(url)) => format!("forward-url\n{url}"),
         Step::Forward(ForwardTarget::Topic(topic)) => format!("forward-topic\n{topic}"),
+        // Not the fallback: editing it must not make the ask new (and ask again).
+        Step::Ask {
+            backend, touser, ..
+        } => format!("ask\n{backend}\n{touser}"),
         Step::Drop => "drop".into(),
     }
 }
@@ -256,6 +288,8 @@ pub struct Actions {
     /// is given back (see [`send`]). A record's own run may end sooner (its partition revoked):
     /// see [`ClaimOwner`].
     pub shutdown: CancellationToken,
+    /// The `ask` backends, their limits and what is kept for them.
+    pub ask: Asker,
 }
 
 impl Actions {
@@ -297,6 +331,14 @@ impl Actions {
                 let sink = self.sinks.forward(env, target, &action.idempotency_key);
                 self.at_least_once(action, sink).await
             }
+            Step::Ask {
+                backend,
+                touser,
+                fallback,
+            } => {
+                self.ask(env, action, backend, touser, fallback, owner)
+                    .await
+            }
             Step::Drop => Ok(Done::Nothing),
         }
     }
@@ -329,7 +371,7 @@ impl Actions {
     }
 
     /// Typing is cosmetic: one attempt, any failure logged and counted, never fatal.
-    async fn typing(&self, env: &EnvelopeV1, request: &TypingRequest) {
+    pub(crate) async fn typing(&self, env: &EnvelopeV1, request: &TypingRequest) {
         let api = &self.api;
         let result = self
             .caller()

@@ -9,7 +9,12 @@
 //!
 //! What it cannot know without Redis, it says: whether a reply was already sent (ledger), whether
 //! the user's window still allows it, and whether a local image is already uploaded.
+//!
+//! An `ask` is shown as the backend and the request it would get. With `--call-ask` the backend
+//! is really called (once, without memory, limits or retries) and its answer printed: still
+//! nothing is sent to WeChat and nothing is kept.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -22,7 +27,9 @@ use rdkafka::message::Message as _;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use crate::actions::{plan, Step};
+use crate::actions::{plan, AskFallback, PlannedAction, Step};
+use crate::ask::backend::{AskRequest, Backend, BackendSetupError};
+use crate::ask::config::BackendSettings;
 use crate::config::Settings;
 use crate::rules::{ForwardTarget, RuleSet};
 use crate::wechat_api::{WechatApi, PATH_SEND, PATH_TYPING, PATH_UPLOAD};
@@ -47,6 +54,9 @@ pub struct ExplainArgs {
     /// A rules file other than the configured one (e.g. a candidate before deploying it).
     #[arg(long)]
     pub rules: Option<PathBuf>,
+    /// Call the backend of every `ask` and print its answer (nothing is sent or kept).
+    #[arg(long)]
+    pub call_ask: bool,
 }
 
 impl ExplainArgs {
@@ -83,7 +93,7 @@ pub(crate) fn command(settings: &Settings, args: &ExplainArgs) -> anyhow::Result
         }
     };
     let mut out = std::io::stdout().lock();
-    explain(settings, &rules, &source, &mut out)?;
+    explain_calling(settings, &rules, &source, args.call_ask, &mut out)?;
     Ok(0)
 }
 
@@ -108,7 +118,27 @@ pub fn explain(
     source: &Source,
     out: &mut dyn Write,
 ) -> anyhow::Result<usize> {
-    let explainer = Explainer::new(settings, rules)?;
+    explain_calling(settings, rules, source, false, out)
+}
+
+/// [`explain`]; with `call_ask`, every `ask`'s backend is called and its answer shown.
+pub fn explain_calling(
+    settings: &Settings,
+    rules: &RuleSet,
+    source: &Source,
+    call_ask: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<usize> {
+    let mut explainer = Explainer::new(settings, rules)?;
+    if call_ask {
+        let backends = settings
+            .ask
+            .backends
+            .iter()
+            .map(|(name, b)| Ok((name.clone(), Backend::new(name, b)?)))
+            .collect::<Result<BTreeMap<_, _>, BackendSetupError>>()?;
+        explainer.backends = Some(backends);
+    }
     match source {
         Source::File(path) => explainer.file(path, out),
         Source::Topic {
@@ -128,6 +158,8 @@ pub struct Explainer<'a> {
     api: WechatApi,
     /// The apps configured (static and app files), by name.
     apps: std::collections::BTreeSet<String>,
+    /// The `ask` backends to call (`--call-ask`); `None`: show the request only.
+    backends: Option<BTreeMap<String, Backend>>,
 }
 
 impl std::fmt::Debug for Explainer<'_> {
@@ -148,6 +180,7 @@ impl<'a> Explainer<'a> {
             settings,
             rules,
             api,
+            backends: None,
         })
     }
 
@@ -225,6 +258,73 @@ impl<'a> Explainer<'a> {
     }
 
     /// Explains one record value, headed by `label` (where it was read).
+    /// An `ask`: the backend it would call and the request, without calling it.
+    fn ask(
+        &self,
+        tag: &str,
+        env: &common::envelope::EnvelopeV1,
+        action: &PlannedAction,
+        backend: &str,
+        fallback: &AskFallback,
+        out: &mut dyn Write,
+    ) -> anyhow::Result<()> {
+        let place = match self.settings.ask.backends.get(backend) {
+            Some(BackendSettings::Http { url, .. }) => format!("http bot: POST {url}"),
+            Some(BackendSettings::Chat {
+                base_url, model, ..
+            }) => format!(
+                "chat model `{model}`: POST {}/chat/completions",
+                base_url.trim_end_matches('/')
+            ),
+            None => "not configured".into(),
+        };
+        writeln!(out, "{tag} ask `{backend}` ({place})")?;
+        let request = AskRequest::new(env, &action.rule, &action.idempotency_key, &[]);
+        writeln!(out, "{tag}   {}", serde_json::to_string(&request)?)?;
+        writeln!(
+            out,
+            "{tag}   (history: the user's last {} turns from Redis; the answer's replies are sent \
+             at most once under {}#1, #2, ...; not asked if the reply window is closed or used up)",
+            self.settings.ask.memory.turns, action.idempotency_key
+        )?;
+        let fallback = match fallback {
+            AskFallback::Nothing => "none".to_owned(),
+            AskFallback::Text(text) => format!("text {}", serde_json::to_string(text)?),
+            AskFallback::Handoff => "hand-off".to_owned(),
+        };
+        writeln!(out, "{tag}   fallback: {fallback}")?;
+        if let Some(backend) = self.backends.as_ref().and_then(|b| b.get(backend)) {
+            // The explanation is written synchronously (it also reads Kafka that way): the call
+            // runs on a runtime of its own, on a thread of its own, whoever called us.
+            let answered = std::thread::scope(|scope| {
+                scope
+                    .spawn(|| {
+                        tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                            .map(|rt| rt.block_on(backend.ask(env, &request)))
+                    })
+                    .join()
+            });
+            match answered {
+                Ok(Ok(Ok(answer))) => writeln!(
+                    out,
+                    "{tag}   answer (not sent): {}",
+                    serde_json::to_string(&answer.fit_text(
+                        self.settings.ask.text_limit_bytes,
+                        self.settings.ask.max_text_parts
+                    ))?
+                )?,
+                Ok(Ok(Err(e))) => {
+                    writeln!(out, "{tag}   no answer: {e} (the fallback would apply)")?
+                }
+                Ok(Err(e)) => writeln!(out, "{tag}   cannot call: {e}")?,
+                Err(_) => writeln!(out, "{tag}   cannot call: the call stopped")?,
+            }
+        }
+        Ok(())
+    }
+
     pub fn record(&self, label: &str, value: &[u8], out: &mut dyn Write) -> anyhow::Result<()> {
         let envelope = match Envelope::from_bytes(value) {
             Ok(envelope) => envelope,
@@ -321,6 +421,9 @@ impl<'a> Explainer<'a> {
                 Step::Forward(ForwardTarget::Webhook(url)) => {
                     writeln!(out, "{tag} forward: POST {url} (the envelope as JSON)")?;
                 }
+                Step::Ask {
+                    backend, fallback, ..
+                } => self.ask(&tag, env, &action, backend, fallback, out)?,
                 Step::Drop => writeln!(out, "{tag} drop")?,
             }
         }

@@ -11,7 +11,7 @@ use regex::Regex;
 use super::condition::{parse_utc_offset, Conditions, TimeWindow};
 use super::file::{ActionDef, FileDef, OneOrMany, RulesContext, RulesError, WhenDef};
 use super::template::{Template, MESSAGE_FIELDS};
-use super::{Action, ForwardTarget, MediaSource, Rule, RuleSet, DEFAULT_RULE};
+use super::{Action, Fallback, ForwardTarget, MediaSource, Rule, RuleSet, DEFAULT_RULE};
 
 /// Reads and compiles the rules file at `path`.
 pub fn load_file(path: &Path, ctx: &RulesContext) -> Result<RuleSet, RulesError> {
@@ -315,6 +315,40 @@ impl Compiler<'_> {
                         }
                     },
                 },
+                ActionDef::Ask {
+                    backend,
+                    fallback,
+                    fallback_text,
+                    ..
+                } => {
+                    if let Some(known) = &self.ctx.ask_backends {
+                        if !known.contains(&backend) {
+                            return Err(fail(
+                                i,
+                                format!("ask backend `{backend}` is not configured ([ask.backends.{backend}] in consumer.toml)"),
+                            ));
+                        }
+                    }
+                    let fallback = match (fallback.as_deref(), fallback_text) {
+                        (None | Some("none"), None) => Fallback::Nothing,
+                        (None | Some("text"), Some(text)) if !text.trim().is_empty() => {
+                            Fallback::Text(template(i, &text)?)
+                        }
+                        (Some("handoff"), None) => {
+                            if !self.ctx.handoff_available {
+                                return Err(fail(i, "fallback = \"handoff\" has nowhere to go: enable [handoff] publish or set a webhook in consumer.toml".into()));
+                            }
+                            Fallback::Handoff
+                        }
+                        _ => {
+                            return Err(fail(
+                                i,
+                                "fallback is \"none\", \"handoff\", or \"text\" with a non-empty fallback_text (fallback_text alone means \"text\")".into(),
+                            ))
+                        }
+                    };
+                    Action::Ask { backend, fallback }
+                }
                 ActionDef::Drop => Action::Drop,
             };
             actions.push(action);

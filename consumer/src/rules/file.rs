@@ -23,6 +23,8 @@ pub struct RulesContext {
     pub apps: Option<BTreeSet<String>>,
     /// Whether the `handoff` action has somewhere to go.
     pub handoff_available: bool,
+    /// Configured `ask` backends (`[ask.backends.*]`); `None` accepts any.
+    pub ask_backends: Option<BTreeSet<String>>,
 }
 
 /// A refused rules file: `path:line:column: message`.
@@ -159,6 +161,18 @@ pub(super) enum ActionDef {
         url: Option<String>,
         topic: Option<String>,
     },
+    Ask {
+        /// Stable identity of the ask in the send ledger (see docs/architecture.md).
+        #[serde(default)]
+        id: Option<String>,
+        backend: String,
+        /// What happens when the backend fails or answers nothing usable: `none`, `text`
+        /// (with `fallback_text`) or `handoff`.
+        #[serde(default)]
+        fallback: Option<String>,
+        #[serde(default)]
+        fallback_text: Option<String>,
+    },
     Drop,
 }
 
@@ -171,7 +185,8 @@ impl ActionDef {
             | ActionDef::Link { id, .. }
             | ActionDef::MiniProgramPage { id, .. }
             | ActionDef::Handoff { id, .. }
-            | ActionDef::Forward { id, .. } => id.as_deref(),
+            | ActionDef::Forward { id, .. }
+            | ActionDef::Ask { id, .. } => id.as_deref(),
             ActionDef::Typing { .. } | ActionDef::Drop => None,
         }
     }

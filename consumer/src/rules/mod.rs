@@ -78,7 +78,23 @@ pub enum Action {
     Forward {
         target: ForwardTarget,
     },
+    /// Ask a bot or a chat model for the reply (see [`crate::actions::ask`]).
+    Ask {
+        backend: String,
+        fallback: Fallback,
+    },
     Drop,
+}
+
+/// What an `ask` does when its backend fails or answers nothing usable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fallback {
+    /// Nothing: a failure dead-letters the record (`ask_failed`), an empty answer sends nothing.
+    Nothing,
+    /// This text (a template of the message's fields).
+    Text(Template),
+    /// Hand the user off to a human.
+    Handoff,
 }
 
 /// One compiled rule.

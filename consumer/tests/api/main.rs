@@ -7,6 +7,7 @@ const ON_REDIS_CLUSTER: bool = false;
 
 mod actions;
 mod app_files;
+mod ask;
 mod credentials;
 mod errors;
 mod explain;

@@ -12,6 +12,7 @@ fn ctx() -> RulesContext {
     RulesContext {
         apps: Some(BTreeSet::from([APP.to_owned()])),
         handoff_available: true,
+        ask_backends: None,
     }
 }
 

@@ -15,6 +15,7 @@
 //! is `#[ignore]`d; see `ingest/src/bin/wechat-sim/README.md`.
 
 mod app_files;
+mod ask;
 mod audit;
 mod cluster;
 mod outages;

@@ -88,13 +88,15 @@ pub struct Pipeline {
     consumer_overrides: Vec<(String, String)>,
     consumer_seq: usize,
     ingest_starts: usize,
+    /// The consumers have an `ask` backend `assistant`: the simulator's chat model.
+    ask_backend: bool,
 }
 
 impl Pipeline {
     /// Starts the simulator API, creates the topics (`consumer setup`), starts ingest and
     /// `consumers` consumer processes, and waits until each answers.
     pub async fn start(name: &str, consumers: usize, sim_args: &[&str]) -> Pipeline {
-        Pipeline::start_with(Redis::Single, name, consumers, sim_args, &[]).await
+        Pipeline::launch(Redis::Single, name, consumers, sim_args, &[], RULES, false).await
     }
 
     /// As [`Pipeline::start`], with consumer settings of the scenario's own over the defaults
@@ -105,7 +107,16 @@ impl Pipeline {
         sim_args: &[&str],
         consumer_overrides: &[(&str, &str)],
     ) -> Pipeline {
-        Pipeline::start_with(Redis::Single, name, consumers, sim_args, consumer_overrides).await
+        Pipeline::launch(
+            Redis::Single,
+            name,
+            consumers,
+            sim_args,
+            consumer_overrides,
+            RULES,
+            false,
+        )
+        .await
     }
 
     /// As [`Pipeline::start`], with ingest and the consumers on `redis`.
@@ -115,15 +126,38 @@ impl Pipeline {
         consumers: usize,
         sim_args: &[&str],
     ) -> Pipeline {
-        Pipeline::start_with(redis, name, consumers, sim_args, &[]).await
+        Pipeline::launch(redis, name, consumers, sim_args, &[], RULES, false).await
     }
 
-    async fn start_with(
+    /// As [`Pipeline::start`], with other rules, and (`ask_backend`) the simulator's chat model
+    /// as the consumers' `ask` backend `assistant`.
+    pub async fn start_with(
+        name: &str,
+        consumers: usize,
+        sim_args: &[&str],
+        rules: &str,
+        ask_backend: bool,
+    ) -> Pipeline {
+        Pipeline::launch(
+            Redis::Single,
+            name,
+            consumers,
+            sim_args,
+            &[],
+            rules,
+            ask_backend,
+        )
+        .await
+    }
+
+    async fn launch(
         redis: Redis,
         name: &str,
         consumers: usize,
         sim_args: &[&str],
         consumer_overrides: &[(&str, &str)],
+        rules: &str,
+        ask_backend: bool,
     ) -> Pipeline {
         let id = format!(
             "e2e-{name}-{}",
@@ -136,7 +170,7 @@ impl Pipeline {
             .join("e2e")
             .join(&id);
         std::fs::create_dir_all(&dir).expect("log directory");
-        std::fs::write(dir.join("rules.toml"), RULES).expect("rules file");
+        std::fs::write(dir.join("rules.toml"), rules).expect("rules file");
         std::fs::create_dir_all(dir.join("apps")).expect("app files directory");
         let mut args = vec!["--app".to_owned(), format!("{APPID}={SECRET}")];
         args.extend(sim_args.iter().map(|a| (*a).to_owned()));
@@ -166,6 +200,7 @@ impl Pipeline {
                 .collect(),
             consumer_seq: 0,
             ingest_starts: 0,
+            ask_backend,
             id,
             dir,
         };
@@ -302,6 +337,24 @@ impl Pipeline {
             ),
         ]
         .into_iter()
+        .chain(
+            [
+                (
+                    "CONSUMER__ASK__BACKENDS__ASSISTANT__KIND",
+                    "chat".to_owned(),
+                ),
+                (
+                    "CONSUMER__ASK__BACKENDS__ASSISTANT__BASE_URL",
+                    format!("{}/v1", self.sim_url),
+                ),
+                (
+                    "CONSUMER__ASK__BACKENDS__ASSISTANT__MODEL",
+                    "sim-echo".into(),
+                ),
+            ]
+            .into_iter()
+            .filter(|_| self.ask_backend),
+        )
         .map(|(k, v)| (k.to_owned(), v))
         .chain(self.redis.env("CONSUMER"))
         .filter(|(k, _)| !self.consumer_overrides.iter().any(|(o, _)| o == k))

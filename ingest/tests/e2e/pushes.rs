@@ -13,6 +13,16 @@ impl Pipeline {
     /// Starts the push side: `count` pushes at `rate`/s from `users` users, every mode and
     /// format, the test's message mix; WeChat's 5 s attempts and three retries.
     pub fn push(&self, count: u64, rate: f64, users: u64) -> PushRun {
+        self.push_mix(
+            count,
+            rate,
+            users,
+            "text=50,image=15,card=15,enter=10,other=10",
+        )
+    }
+
+    /// As [`Pipeline::push`], with another mix of message kinds (`wechat-sim push --mix`).
+    pub fn push_mix(&self, count: u64, rate: f64, users: u64, mix: &str) -> PushRun {
         let record = self.dir.join("pushes.jsonl");
         let args: Vec<String> = [
             "push",
@@ -27,7 +37,7 @@ impl Pipeline {
             "--user-prefix",
             &format!("{}-user", self.id),
             "--mix",
-            "text=50,image=15,card=15,enter=10,other=10",
+            mix,
             "--count",
             &count.to_string(),
             "--rate",

@@ -7,6 +7,9 @@
 //!   `/cgi-bin/media/upload` — checked as WeChat checks them ([`requests`]): 41001 without a
 //!   token, 40001 for an unknown or replaced one, 42001 for an expired one, then the body.
 //!
+//! Not WeChat's, but what a bot behind the consumer's `ask` action calls: a fake
+//! OpenAI-compatible `POST /v1/chat/completions` ([`chat`]; its calls at `GET /sim/chat`).
+//!
 //! Control endpoints for tests and demos (not WeChat's):
 //! - `GET /sim/sends?after=SEQ&touser=OPENID&limit=N` — accepted sends, in arrival order;
 //! - `GET /sim/stats` — calls by endpoint and errcode, sends recorded, repeated bodies, slow answers;
@@ -20,6 +23,7 @@
 //! The bound address is printed on stdout as `listening on http://ADDR` (with `--listen
 //! 127.0.0.1:0` a free port is picked), so a test starting this process can read it.
 
+mod chat;
 mod control;
 mod faults;
 mod recorder;
@@ -92,6 +96,18 @@ pub struct Args {
     /// Seed of the fault dice (0: random).
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// The fake chat model's answers, used in turn; without any it echoes the user's message.
+    #[arg(long = "chat-answer")]
+    chat_answers: Vec<String>,
+    /// How long the fake chat model thinks before each answer.
+    #[arg(long, default_value = "300ms", value_parser = humantime::parse_duration)]
+    chat_latency: Duration,
+    /// Share of chat calls (0..1) answered 429 with Retry-After: 1.
+    #[arg(long = "chat-429-rate", default_value_t = 0.0)]
+    chat_429_rate: f64,
+    /// Share of chat calls (0..1) answered 500.
+    #[arg(long = "chat-500-rate", default_value_t = 0.0)]
+    chat_500_rate: f64,
 }
 
 fn parse_app(s: &str) -> Result<(String, String), String> {
@@ -112,6 +128,7 @@ struct State {
     faults: Faults,
     recorder: Recorder,
     media_seq: std::sync::atomic::AtomicU64,
+    chat: chat::Chat,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -133,6 +150,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         if !(0.0..=1.0).contains(&rate) {
             anyhow::bail!("--error-rate and --slow-rate are shares between 0 and 1");
         }
+    }
+    let (r429, r500) = (args.chat_429_rate, args.chat_500_rate);
+    if !(0.0..=1.0).contains(&r429) || !(0.0..=1.0).contains(&r500) || r429 + r500 > 1.0 {
+        anyhow::bail!(
+            "--chat-429-rate and --chat-500-rate are shares between 0 and 1, together at most 1"
+        );
     }
     if args.token_ttl.is_zero() {
         anyhow::bail!("--token-ttl must be above zero");
@@ -157,6 +180,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         recorder: Recorder::new(args.record.as_deref())
             .with_context(|| format!("opening --record {:?}", args.record))?,
         media_seq: Default::default(),
+        chat: chat::Chat::new(chat::ChatSettings {
+            latency: args.chat_latency,
+            answers: args.chat_answers.clone(),
+            rate_429: r429,
+            rate_500: r500,
+        }),
     });
     actix_web::rt::System::new().block_on(async move {
         let data = web::Data::from(state);
@@ -190,6 +219,7 @@ fn routes(cfg: &mut web::ServiceConfig) {
         .route("/cgi-bin/message/custom/typing", web::post().to(typing))
         .route("/cgi-bin/media/upload", web::post().to(upload))
         .route("/healthz", web::get().to(|| async { "ok" }))
+        .configure(chat::routes)
         .configure(control::routes);
 }
 
