@@ -44,6 +44,10 @@ pub struct TopicPlan {
     pub replication_factor: i32,
     pub min_insync_replicas: i32,
     pub retention_ms: i64,
+    /// Whether an existing topic's partition count must match. Not for a hold topic: it keeps
+    /// the count it was created with, since its records are keyed by user (any count keeps each
+    /// user's order) and adding partitions while it holds records would break that order.
+    pub partitions_fixed_at_creation: bool,
 }
 
 /// One setting of an existing topic that is not what the configuration says.
@@ -271,11 +275,12 @@ pub fn plan(kafka: &KafkaSettings, brokers: usize) -> anyhow::Result<Vec<TopicPl
         replication_factor,
         min_insync_replicas,
         retention_ms,
+        partitions_fixed_at_creation: false,
     })
     .collect())
 }
 
-/// The hold topics of `apps`: keyed like the inbound topic, so with its partition count (one
+/// The hold topics of `apps`: keyed like the inbound topic, and created with its partition count (one
 /// user's records in one partition, in order), and its replication settings.
 pub fn hold_plans(
     kafka: &KafkaSettings,
@@ -290,6 +295,7 @@ pub fn hold_plans(
         .map(|app| TopicPlan {
             name: crate::quota::hold_topic(&kafka.hold_topic_prefix, app),
             retention_ms: kafka.topics.hold_retention.as_millis() as i64,
+            partitions_fixed_at_creation: true,
             ..inbound.clone()
         })
         .collect())
@@ -316,7 +322,7 @@ async fn compare(
         .collect();
     let mut differences = Vec::new();
     let name = &plan.name;
-    if partitions != plan.partitions {
+    if partitions != plan.partitions && !plan.partitions_fixed_at_creation {
         let fix = if partitions < plan.partitions {
             format!(
                 "kafka-topics.sh --bootstrap-server {bootstrap} --alter --topic {name} \
