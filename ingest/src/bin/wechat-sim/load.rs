@@ -168,7 +168,13 @@ impl Requests {
 }
 
 /// Plans and seals pushes `0..count`, all signed at `stamp`, on every core.
-fn seal_all(args: &Args, key: &AesKey, target: &Target, count: u64, stamp: i64) -> Requests {
+fn seal_all(
+    args: &Args,
+    key: &AesKey,
+    target: &Target,
+    count: u64,
+    stamp: i64,
+) -> anyhow::Result<Requests> {
     let seed = if args.shape.seed == 0 {
         rand::random()
     } else {
@@ -206,14 +212,17 @@ fn seal_all(args: &Args, key: &AesKey, target: &Target, count: u64, stamp: i64) 
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_default())
-            .collect()
-    });
-    Requests {
+            .map(|h| {
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("a sealing thread panicked"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+    })?;
+    Ok(Requests {
         chunks,
         per_chunk,
         count,
-    }
+    })
 }
 
 /// What one connection (and then one thread, and the run) saw.
@@ -295,7 +304,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     let stamp = push::unix_now();
     let sealing = std::time::Instant::now();
-    let requests = seal_all(&args, &key, &target, count, stamp);
+    let requests = seal_all(&args, &key, &target, count, stamp)?;
     let seal_time = sealing.elapsed();
     // The last push may go out at the end of the span, and be answered an attempt timeout later.
     let signed_for = seal_time + args.duration + args.attempt_timeout;
