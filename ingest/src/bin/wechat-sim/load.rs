@@ -13,7 +13,8 @@
 //!
 //! - Open loop (`--rate R`): push *i* is due at `start + i / R` and goes out on connection
 //!   `i mod N`; its latency counts from when it was due, so a late send (a slow answer ahead of it
-//!   on that connection, a busy generator) is charged as waiting instead of hidden.
+//!   on that connection, a busy generator) is charged as waiting instead of hidden. (A push may go
+//!   out up to a millisecond early, the timer's resolution; its latency then counts from the send.)
 //! - Closed loop (`--saturate`): every connection sends its next push as soon as the previous one
 //!   is answered, for `--duration` or until the sealed pushes run out: the rate the server
 //!   sustains when the generator is not the limit.
@@ -442,7 +443,10 @@ async fn drive(
                     break;
                 }
                 let due = start + Duration::from_secs_f64(seq as f64 / rate);
-                tokio::time::sleep_until(due).await;
+                // Tokio's timer ticks in whole milliseconds and rounds a deadline up to the next
+                // tick, which would send up to a tick late and charge that to the server. Aiming a
+                // tick early sends at most that much early; latency then counts from the send.
+                tokio::time::sleep_until(due.checked_sub(TIMER_TICK).unwrap_or(due)).await;
                 (seq, Some(due))
             }
             None => {
@@ -484,7 +488,8 @@ async fn drive(
                 if answer.acknowledged {
                     tally.acknowledged += 1;
                     let service = answered.duration_since(written);
-                    let latency = answered.duration_since(due.unwrap_or(written));
+                    // From when it was due, or from the send if that came (a little) earlier.
+                    let latency = answered.duration_since(due.map_or(written, |d| d.min(written)));
                     let _ = tally.service_us.record(micros(service));
                     let _ = tally.latency_us.record(micros(latency));
                 } else {
@@ -509,6 +514,9 @@ async fn drive(
     }
     Ok(tally)
 }
+
+/// The resolution of tokio's timer.
+const TIMER_TICK: Duration = Duration::from_millis(1);
 
 fn micros(d: Duration) -> u64 {
     d.as_micros().clamp(1, 120_000_000) as u64
