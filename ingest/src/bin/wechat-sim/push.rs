@@ -31,34 +31,8 @@ pub struct Args {
     /// The app's push URL.
     #[arg(long, default_value = "http://127.0.0.1:8080/wechat/demo")]
     url: String,
-    /// The push configuration's Token.
-    #[arg(long, default_value = "AAAAA")]
-    token: String,
-    /// The 43-character EncodingAESKey.
-    #[arg(long, default_value = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")]
-    aes_key: String,
-    /// The mini program's AppID (sealed into every ciphertext).
-    #[arg(long, default_value = "wxba5fad812f8e6fb9")]
-    appid: String,
-    /// The mini program's original id (ToUserName).
-    #[arg(long, default_value = "gh_97417a04a28d")]
-    original_id: String,
-    /// Encryption mode of the pushes; `mixed` picks one per push.
-    #[arg(long, value_enum, default_value = "safe")]
-    mode: ModeArg,
-    /// Data format of the pushes; `mixed` picks one per push (the app must then sniff).
-    #[arg(long, value_enum, default_value = "json")]
-    format: FormatArg,
-    /// Distinct users (openids) the pushes come from, round robin.
-    #[arg(long, default_value_t = 100)]
-    users: u64,
-    /// Prefix of the simulated openids.
-    #[arg(long, default_value = "sim-user")]
-    user_prefix: String,
-    /// Weights of the kinds of push: text, image, card (miniprogrampage), enter
-    /// (user_enter_tempsession), other (a platform event the pipeline only stores).
-    #[arg(long, default_value = "text=85,image=5,card=3,enter=5,other=2", value_parser = parse_mix)]
-    mix: Mix,
+    #[command(flatten)]
+    shape: Shape,
     /// Number of pushes. Without --rate they go out as fast as --max-in-flight allows.
     #[arg(long)]
     count: Option<u64>,
@@ -80,15 +54,49 @@ pub struct Args {
     /// Pause before retrying an attempt that was answered with a failure.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     retry_delay: Duration,
-    /// Seed of the message mix (0: random).
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
     /// Write every push and its outcome as JSON lines to this file.
     #[arg(long)]
     record: Option<PathBuf>,
     /// Print the summary as one JSON object instead of text.
     #[arg(long)]
     json: bool,
+}
+
+/// What the pushes are: the app they are sealed for, their mode, format, users and kinds. Shared
+/// with the load generator (`load.rs`), which seals the same pushes ahead of time.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Shape {
+    /// The push configuration's Token.
+    #[arg(long, default_value = "AAAAA")]
+    pub(crate) token: String,
+    /// The 43-character EncodingAESKey.
+    #[arg(long, default_value = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")]
+    pub(crate) aes_key: String,
+    /// The mini program's AppID (sealed into every ciphertext).
+    #[arg(long, default_value = "wxba5fad812f8e6fb9")]
+    pub(crate) appid: String,
+    /// The mini program's original id (ToUserName).
+    #[arg(long, default_value = "gh_97417a04a28d")]
+    original_id: String,
+    /// Encryption mode of the pushes; `mixed` picks one per push.
+    #[arg(long, value_enum, default_value = "safe")]
+    mode: ModeArg,
+    /// Data format of the pushes; `mixed` picks one per push (the app must then sniff).
+    #[arg(long, value_enum, default_value = "json")]
+    format: FormatArg,
+    /// Distinct users (openids) the pushes come from, round robin.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) users: u64,
+    /// Prefix of the simulated openids.
+    #[arg(long, default_value = "sim-user")]
+    user_prefix: String,
+    /// Weights of the kinds of push: text, image, card (miniprogrampage), enter
+    /// (user_enter_tempsession), other (a platform event the pipeline only stores).
+    #[arg(long, default_value = "text=85,image=5,card=3,enter=5,other=2", value_parser = parse_mix)]
+    mix: Mix,
+    /// Seed of the message mix (0: random).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) seed: u64,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -221,27 +229,26 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 async fn run_async(args: Args) -> anyhow::Result<()> {
-    let key = AesKey::from_encoding_aes_key(&args.aes_key).context("--aes-key")?;
+    let key = AesKey::from_encoding_aes_key(&args.shape.aes_key).context("--aes-key")?;
     let total = match (args.count, args.rate, args.duration) {
         (Some(n), _, _) => n,
         (None, Some(rate), Some(d)) => (rate * d.as_secs_f64()).round() as u64,
         _ => anyhow::bail!("give --count, or --rate with --duration"),
     };
-    if args.users == 0 {
+    if args.shape.users == 0 {
         anyhow::bail!("--users must be at least 1");
     }
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.max_in_flight)
         .build()?;
-    let seed = if args.seed == 0 {
+    let seed = if args.shape.seed == 0 {
         rand::random()
     } else {
-        args.seed
+        args.shape.seed
     };
     // The CreateTime of each user's latest push (see `next_create_time`).
     let mut last_create_time: std::collections::HashMap<u64, i64> = Default::default();
-    // Unique per run and above 2^53, as real MsgIds are.
-    let msg_id_base = (1u64 << 60) | (StdRng::seed_from_u64(seed).random::<u64>() >> 8);
+    let msg_id_base = msg_id_base(seed);
     let shared = Arc::new(Shared {
         client,
         key,
@@ -266,10 +273,10 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
         };
         let permit = permits.clone().acquire_owned().await?;
         let last = last_create_time
-            .entry(seq % shared.args.users)
+            .entry(seq % shared.args.shape.users)
             .or_insert(i64::MIN);
         let create_time = next_create_time(last, unix_now());
-        let planned = plan(&shared.args, seed, seq, msg_id_base, create_time);
+        let planned = plan(&shared.args.shape, seed, seq, msg_id_base, create_time);
         let shared = shared.clone();
         tasks.spawn(async move {
             let outcome = deliver(&shared, planned, due).await;
@@ -343,9 +350,39 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
 }
 
 /// A push as WeChat would send it: the message, its plaintext, and how it is sealed.
-struct Planned {
+pub(crate) struct Planned {
     outcome: Outcome,
     plain: String,
+}
+
+impl Planned {
+    /// Seals the push as WeChat does, signed at `timestamp` with `nonce`.
+    pub(crate) fn seal(
+        &self,
+        shape: &Shape,
+        key: &AesKey,
+        timestamp: i64,
+        nonce: &str,
+    ) -> common::seal::SealedPush {
+        let creds = AppCredentials {
+            token: &shape.token,
+            aes_key: Some(key),
+            appid: &shape.appid,
+        };
+        common::seal::seal(
+            &self.plain,
+            self.outcome.format,
+            self.outcome.mode,
+            &creds,
+            timestamp,
+            nonce,
+        )
+    }
+}
+
+/// The first MsgId of a run: unique per run and above 2^53, as real MsgIds are.
+pub(crate) fn msg_id_base(seed: u64) -> u64 {
+    (1u64 << 60) | (StdRng::seed_from_u64(seed).random::<u64>() >> 8)
 }
 
 /// WeChat stamps a message with the time the user acted: now, but strictly after the same user's
@@ -358,20 +395,26 @@ fn next_create_time(last: &mut i64, now: i64) -> i64 {
     create_time
 }
 
-fn plan(args: &Args, seed: u64, seq: u64, msg_id_base: u64, create_time: i64) -> Planned {
+pub(crate) fn plan(
+    shape: &Shape,
+    seed: u64,
+    seq: u64,
+    msg_id_base: u64,
+    create_time: i64,
+) -> Planned {
     let mut rng = StdRng::seed_from_u64(seed ^ seq.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    let user = seq % args.users;
-    let user_seq = seq / args.users;
-    let openid = format!("{}-{user:06}", args.user_prefix);
-    let kind = args.mix.pick(rng.random());
+    let user = seq % shape.users;
+    let user_seq = seq / shape.users;
+    let openid = format!("{}-{user:06}", shape.user_prefix);
+    let kind = shape.mix.pick(rng.random());
     let msg_id = MsgId::new((msg_id_base + seq).to_string());
-    let format = match args.format {
+    let format = match shape.format {
         FormatArg::Xml => Format::Xml,
         FormatArg::Json => Format::Json,
         FormatArg::Mixed if rng.random_bool(0.5) => Format::Xml,
         FormatArg::Mixed => Format::Json,
     };
-    let mode = match args.mode {
+    let mode = match shape.mode {
         ModeArg::Plaintext => Mode::Plaintext,
         ModeArg::Compatible => Mode::Compatible,
         ModeArg::Safe => Mode::Safe,
@@ -395,7 +438,7 @@ fn plan(args: &Args, seed: u64, seq: u64, msg_id_base: u64, create_time: i64) ->
         Kind::Card => MessageBody::MiniProgramPage {
             msg_id: msg_id.clone(),
             title: "Order details".into(),
-            app_id: args.appid.clone(),
+            app_id: shape.appid.clone(),
             page_path: format!("pages/order/index?id={seq}"),
             thumb_url: String::new(),
             thumb_media_id: String::new(),
@@ -411,7 +454,7 @@ fn plan(args: &Args, seed: u64, seq: u64, msg_id_base: u64, create_time: i64) ->
         },
     };
     let message = Message {
-        to_user_name: args.original_id.clone(),
+        to_user_name: shape.original_id.clone(),
         from_user_name: OpenId::new(openid.clone()),
         create_time,
         body,
@@ -441,23 +484,11 @@ fn plan(args: &Args, seed: u64, seq: u64, msg_id_base: u64, create_time: i64) ->
 
 /// Delivers one push with WeChat's timeout and retries; its latency counts from `due`.
 async fn deliver(shared: &Shared, planned: Planned, due: Instant) -> Outcome {
-    let Planned { mut outcome, plain } = planned;
     let args = &shared.args;
-    let creds = AppCredentials {
-        token: &args.token,
-        aes_key: Some(&shared.key),
-        appid: &args.appid,
-    };
     let nonce = rand::random::<u32>().to_string();
     // WeChat re-sends the same push; sealed once, it is byte-identical on every attempt.
-    let sealed = common::seal::seal(
-        &plain,
-        outcome.format,
-        outcome.mode,
-        &creds,
-        unix_now(),
-        &nonce,
-    );
+    let sealed = planned.seal(&args.shape, &shared.key, unix_now(), &nonce);
+    let mut outcome = planned.outcome;
     let url = format!("{}?{}", args.url, sealed.query);
     for attempt in 0..=args.retries {
         outcome.attempts = attempt + 1;
@@ -508,7 +539,7 @@ async fn deliver(shared: &Shared, planned: Planned, due: Instant) -> Outcome {
 }
 
 /// What WeChat takes as a timely, valid answer: `success`, an empty body, or a transfer packet.
-fn is_acknowledgement(body: &str) -> bool {
+pub(crate) fn is_acknowledgement(body: &str) -> bool {
     let body = body.trim();
     body.is_empty()
         || body == "success"
@@ -516,7 +547,7 @@ fn is_acknowledgement(body: &str) -> bool {
         || body.contains("Encrypt")
 }
 
-fn unix_now() -> i64 {
+pub(crate) fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
