@@ -167,8 +167,16 @@ impl Quota {
         Ok(())
     }
 
-    /// Sets the gauges of `app` from what Redis holds.
+    /// Sets the gauges of `app` from what Redis holds, and makes its counters exist (at zero
+    /// until the first event), so dashboards and alerts see `0` rather than no data.
     pub(crate) fn show(&self, app: &str, quota: &AppQuota) {
+        for counter in [
+            &self.metrics.quota_pauses,
+            &self.metrics.quota_held,
+            &self.metrics.quota_released,
+        ] {
+            counter.with_label_values(&[app]);
+        }
         let paused = quota.paused(now_ms());
         self.metrics
             .quota_paused

@@ -164,7 +164,8 @@ def consumer_subcommands(root: Path) -> set[str]:
 def clap_long_flags(source: str) -> set[str]:
     """--flags of the `#[arg(long ...)]` fields in `source`."""
     flags = set()
-    for m in re.finditer(r"#\[arg\(([^\]]*)\)\]\s*(?:#\[[^\]]*\]\s*)*(?:pub\s+)?(\w+)\s*:", source):
+    # A field may be `pub`, `pub(crate)` or private.
+    for m in re.finditer(r"#\[arg\(([^\]]*)\)\]\s*(?:#\[[^\]]*\]\s*)*(?:pub(?:\([^)]*\))?\s+)?(\w+)\s*:", source):
         attrs, field = m.group(1), m.group(2)
         custom = re.search(r'long\s*=\s*"([^"]+)"', attrs)
         if custom:

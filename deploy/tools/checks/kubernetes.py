@@ -395,9 +395,17 @@ def check_rules_files(root: Path, rendered: dict[str, list[dict]], report: Repor
                     continue
                 label = f"{directory}: ConfigMap {cm['metadata']['name']} {key}"
                 try:
-                    tomllib.loads(text)
+                    document = tomllib.loads(text)
                 except tomllib.TOMLDecodeError as error:
                     report.fail(f"{label}: not TOML: {error}")
+                    continue
+                if key != "rules.toml":
+                    # An app file (the wxkf-apps ConfigMap, config/app-example.toml): the services
+                    # check it when they load it; here, that it names its appid.
+                    if "appid" in document:
+                        report.ok(f"{label}: an app file with its appid")
+                    else:
+                        report.fail(f"{label}: neither the rules file nor an app file (no appid)")
                     continue
                 checked += 1
                 if binary is None:
