@@ -16,7 +16,8 @@
 //! failover loses the marks the dead primary had not yet replicated; the effect is described in
 //! docs/redis-keys.md.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use redis::Script;
@@ -72,6 +73,29 @@ pub enum DedupError {
     Target(#[from] TargetError),
 }
 
+/// Owner values for this process's claims: a random process prefix, then a counter. Unique across
+/// processes and restarts like a random value per claim, without asking the kernel for randomness
+/// on every push (one `getrandom` system call each, on the hot path).
+#[derive(Debug)]
+struct ClaimOwners {
+    process: String,
+    next: AtomicU64,
+}
+
+impl ClaimOwners {
+    fn new() -> ClaimOwners {
+        ClaimOwners {
+            process: uuid::Uuid::new_v4().simple().to_string(),
+            next: AtomicU64::new(0),
+        }
+    }
+
+    fn next(&self) -> String {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        format!("pending:{}:{n:x}", self.process)
+    }
+}
+
 /// A lost connection to one server is retried once, quickly: a push waiting on it fails open
 /// instead (docs/architecture.md).
 const RECONNECT: Reconnect = Reconnect {
@@ -80,6 +104,7 @@ const RECONNECT: Reconnect = Reconnect {
 };
 
 pub struct DedupStore {
+    owners: Arc<ClaimOwners>,
     client: RedisClient,
     connection: OnceCell<RedisConnection>,
     last_connect_failure: Mutex<Option<Instant>>,
@@ -110,6 +135,7 @@ impl DedupStore {
             settings.ca_file.as_deref(),
         )?;
         Ok(DedupStore {
+            owners: Arc::new(ClaimOwners::new()),
             client,
             connection: OnceCell::new(),
             last_connect_failure: Mutex::new(None),
@@ -147,6 +173,7 @@ impl DedupStore {
     /// the runtime that uses it): one per worker, so no worker drives another's connection.
     pub fn with_own_connection(&self) -> DedupStore {
         DedupStore {
+            owners: self.owners.clone(),
             client: self.client.clone(),
             connection: OnceCell::new(),
             last_connect_failure: Mutex::new(None),
@@ -165,7 +192,7 @@ impl DedupStore {
     /// Takes the claim on `dedup_key`, or says who holds it.
     pub async fn claim(&self, dedup_key: &str) -> Result<Claim, DedupError> {
         let key = self.redis_key(dedup_key);
-        let value = format!("pending:{}", uuid::Uuid::new_v4().simple());
+        let value = self.owners.next();
         let lease_ms = self.settings.claim_lease.as_millis() as u64;
         let mut conn = self.connection().await?;
         let mut invocation = self.claim_script.key(&key);
@@ -283,5 +310,22 @@ impl DedupStore {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .is_some_and(|at| at.elapsed() < RECONNECT_BACKOFF)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claim_owners_are_unique_within_and_across_processes() {
+        let first = ClaimOwners::new();
+        let second = ClaimOwners::new();
+        let values: std::collections::HashSet<String> = (0..1000)
+            .map(|_| first.next())
+            .chain((0..1000).map(|_| second.next()))
+            .collect();
+        assert_eq!(values.len(), 2000);
+        assert!(values.iter().all(|v| v.starts_with("pending:")));
     }
 }

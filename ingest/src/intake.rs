@@ -5,8 +5,11 @@
 //! 1. **Claim** the push's dedup key in Redis ([`DedupStore::claim`], `SET NX` with a lease).
 //! 2. **Write** the record durably ([`DurableLog::write`]: Kafka, or the spool).
 //! 3. **Complete** the claim (`done`, a TTL beyond WeChat's retry horizon), so WeChat's retries
-//!    are answered `success` without a second record — or, when the write failed, **release** it,
-//!    so WeChat's retry is not mistaken for a duplicate of a push that was never stored.
+//!    are answered `success` without a second record. The answer does not wait for this mark: the
+//!    record is durable, and until the mark lands the claim reads `pending`, which makes a
+//!    concurrent delivery wait rather than write. When the write failed, the claim is
+//!    **released** instead, before the 503, so WeChat's retry is not mistaken for a duplicate of a
+//!    push that was never stored.
 //!
 //! A claim found `pending` means another delivery of the same push is being written right now:
 //! wait for its outcome (polling), never write beside it. A claim found `done` is a duplicate.
@@ -21,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use common::envelope::{record_key, DedupStatus, Envelope, EnvelopeV1};
 
-use crate::dedup::{Claim, DedupStore};
+use crate::dedup::{Claim, ClaimToken, DedupStore};
 use crate::durable::{Durability, DurableLog, WriteError, ANSWER_RESERVE};
 use crate::metrics::Metrics;
 
@@ -46,7 +49,7 @@ pub enum IntakeError {
 /// One worker's intake: its own Redis connection, the shared durable log.
 #[derive(Debug)]
 pub struct Intake {
-    dedup: DedupStore,
+    dedup: Arc<DedupStore>,
     log: Arc<DurableLog>,
     metrics: Metrics,
     /// How often a delivery that found a `pending` claim looks again.
@@ -61,7 +64,7 @@ impl Intake {
         pending_poll: Duration,
     ) -> Intake {
         Intake {
-            dedup,
+            dedup: Arc::new(dedup),
             log,
             metrics,
             pending_poll,
@@ -90,12 +93,7 @@ impl Intake {
                     record.dedup = DedupStatus::Checked;
                     return match self.write(record, deadline).await {
                         Ok(durability) => {
-                            // Stored. If marking it done fails, a retry may store a duplicate,
-                            // which the consumer's send ledger absorbs; the push itself is safe.
-                            if let Err(e) = self.dedup.complete(&token).await {
-                                metrics.dedup_errors.with_label_values(&["complete"]).inc();
-                                tracing::warn!(error = %e, "could not mark the push done");
-                            }
+                            self.complete_in_background(token);
                             Ok(Accepted::Stored(durability))
                         }
                         Err(e) => {
@@ -141,6 +139,22 @@ impl Intake {
                 }
             }
         }
+    }
+
+    /// Marks a stored push `done` without holding its answer back: the record is durable, so
+    /// `success` may go out at once, one Redis round trip sooner. Meanwhile the claim stays
+    /// `pending`, so a concurrent delivery of the same push waits for the mark instead of storing
+    /// a second record. If the mark fails (or the process stops before it lands), a later retry
+    /// may store a duplicate, which the consumer's send ledger absorbs; the push itself is safe.
+    fn complete_in_background(&self, token: ClaimToken) {
+        let dedup = Arc::clone(&self.dedup);
+        let metrics = self.metrics.clone();
+        tokio::spawn(async move {
+            if let Err(e) = dedup.complete(&token).await {
+                metrics.dedup_errors.with_label_values(&["complete"]).inc();
+                tracing::warn!(error = %e, "could not mark the push done");
+            }
+        });
     }
 
     async fn write(&self, record: EnvelopeV1, deadline: Instant) -> Result<Durability, WriteError> {
