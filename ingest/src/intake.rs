@@ -5,9 +5,10 @@
 //! 1. **Claim** the push's dedup key in Redis ([`DedupStore::claim`], `SET NX` with a lease).
 //! 2. **Write** the record durably ([`DurableLog::write`]: Kafka, or the spool).
 //! 3. **Complete** the claim (`done`, a TTL beyond WeChat's retry horizon), so WeChat's retries
-//!    are answered `success` without a second record. The answer does not wait for this mark: the
-//!    record is durable, and until the mark lands the claim reads `pending`, which makes a
-//!    concurrent delivery wait rather than write. When the write failed, the claim is
+//!    are answered `success` without a second record. The answer does not wait for this mark
+//!    (`done_marks.rs` writes the marks in gathered rounds): the record is durable, and until the
+//!    mark lands the claim reads `pending`, which makes a concurrent delivery wait rather than
+//!    write. When the write failed, the claim is
 //!    **released** instead, before the 503, so WeChat's retry is not mistaken for a duplicate of a
 //!    push that was never stored.
 //!
@@ -24,7 +25,8 @@ use std::time::{Duration, Instant};
 
 use common::envelope::{record_key, DedupStatus, Envelope, EnvelopeV1};
 
-use crate::dedup::{Claim, ClaimToken, DedupStore};
+use crate::dedup::{Claim, DedupStore};
+use crate::done_marks::DoneMarks;
 use crate::durable::{Durability, DurableLog, WriteError, ANSWER_RESERVE};
 use crate::metrics::Metrics;
 
@@ -50,6 +52,8 @@ pub enum IntakeError {
 #[derive(Debug)]
 pub struct Intake {
     dedup: Arc<DedupStore>,
+    /// Marks stored pushes `done` after their answers went out.
+    done: DoneMarks,
     log: Arc<DurableLog>,
     metrics: Metrics,
     /// How often a delivery that found a `pending` claim looks again.
@@ -63,8 +67,10 @@ impl Intake {
         metrics: Metrics,
         pending_poll: Duration,
     ) -> Intake {
+        let dedup = Arc::new(dedup);
         Intake {
-            dedup: Arc::new(dedup),
+            done: DoneMarks::new(Arc::clone(&dedup), metrics.clone()),
+            dedup,
             log,
             metrics,
             pending_poll,
@@ -93,7 +99,7 @@ impl Intake {
                     record.dedup = DedupStatus::Checked;
                     return match self.write(record, deadline).await {
                         Ok(durability) => {
-                            self.complete_in_background(token);
+                            self.done.push(token);
                             Ok(Accepted::Stored(durability))
                         }
                         Err(e) => {
@@ -139,22 +145,6 @@ impl Intake {
                 }
             }
         }
-    }
-
-    /// Marks a stored push `done` without holding its answer back: the record is durable, so
-    /// `success` may go out at once, one Redis round trip sooner. Meanwhile the claim stays
-    /// `pending`, so a concurrent delivery of the same push waits for the mark instead of storing
-    /// a second record. If the mark fails (or the process stops before it lands), a later retry
-    /// may store a duplicate, which the consumer's send ledger absorbs; the push itself is safe.
-    fn complete_in_background(&self, token: ClaimToken) {
-        let dedup = Arc::clone(&self.dedup);
-        let metrics = self.metrics.clone();
-        tokio::spawn(async move {
-            if let Err(e) = dedup.complete(&token).await {
-                metrics.dedup_errors.with_label_values(&["complete"]).inc();
-                tracing::warn!(error = %e, "could not mark the push done");
-            }
-        });
     }
 
     async fn write(&self, record: EnvelopeV1, deadline: Instant) -> Result<Durability, WriteError> {

@@ -83,3 +83,56 @@ async fn the_same_msg_id_for_two_apps_is_two_messages() {
     assert_eq!(app.post("sniff", &p).await.status(), 200);
     assert_eq!(record_count(app.topic()), 2);
 }
+
+#[tokio::test]
+async fn every_stored_push_is_marked_done_after_its_answer() {
+    let app = spawn_app().await;
+    let messages: Vec<_> = (0..24)
+        .map(|i| text_message(&format!("u-done-{i}"), &format!("mark {i}")))
+        .collect();
+    let pushes: Vec<_> = messages
+        .iter()
+        .map(|m| push(m, Format::Json, PushMode::Safe, now()))
+        .collect();
+    let answers = futures::future::join_all(pushes.iter().map(|p| app.post("json", p))).await;
+    assert!(answers.iter().all(|a| a.status() == 200));
+
+    // The marks are written after the answers, gathered in rounds: each claim reads `done`
+    // shortly after, never stays `pending`.
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = messages
+        .iter()
+        .map(|m| {
+            format!(
+                "{}{}",
+                app.settings.redis.key_prefix,
+                common::dedup::DedupKey::for_message("json", m)
+            )
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let values: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if values.iter().all(|v| v.as_deref() == Some("done")) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "claims not marked done: {values:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        app.metric("ingest_dedup_errors_total", &[("op", "complete")]),
+        0.0
+    );
+    // A retry now finds the mark and publishes nothing.
+    let retry = app.post("json", &pushes[0]).await;
+    assert_eq!(retry.status(), 200);
+    assert_eq!(record_count(app.topic()), 24);
+}
