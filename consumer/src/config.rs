@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use common::app_file::AppFilesSettings;
 use common::kafka_properties;
 use common::redis::{RedisTarget, TargetError};
 use common::AppName;
@@ -42,6 +43,7 @@ pub struct Settings {
     pub forward: ForwardSettings,
     pub telemetry: TelemetrySettings,
     pub quota: QuotaSettings,
+    /// Apps defined one file per app in a directory, reloaded while running (`crate::apps`).
     #[serde(default)]
     pub app_files: AppFilesSettings,
     /// The `ask` action's backends and limits (`crate::ask::config`).
@@ -49,38 +51,6 @@ pub struct Settings {
     pub ask: crate::ask::config::AskSettings,
     #[serde(default)]
     pub apps: BTreeMap<String, AppSettings>,
-}
-
-/// Apps defined one file per app in a directory, reloaded while running (`crate::apps`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AppFilesSettings {
-    /// The directory of `<name>.toml` app files; empty: none (only `[apps.<name>]`).
-    #[serde(default)]
-    pub dir: PathBuf,
-    /// How often the files, and the secret files they name, are read again.
-    #[serde(with = "humantime_serde", default = "default_reload_interval")]
-    pub reload_interval: Duration,
-}
-
-fn default_reload_interval() -> Duration {
-    Duration::from_secs(5)
-}
-
-impl Default for AppFilesSettings {
-    fn default() -> Self {
-        AppFilesSettings {
-            dir: PathBuf::new(),
-            reload_interval: default_reload_interval(),
-        }
-    }
-}
-
-impl AppFilesSettings {
-    /// The app directory, when one is configured.
-    pub fn dir(&self) -> Option<&Path> {
-        (!self.dir.as_os_str().is_empty()).then_some(self.dir.as_path())
-    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -734,8 +704,8 @@ impl Settings {
                 invalid(format!("apps.{name}: appid and secret must not be empty"));
             }
         }
-        if self.app_files.reload_interval.is_zero() {
-            invalid("app_files.reload_interval must be above zero".into());
+        for problem in self.app_files.problems() {
+            invalid(problem);
         }
         problems.extend(self.ask.problems());
         if problems.is_empty() {

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use common::app_file::AppFilesSettings;
 use common::codec::Format;
 use common::crypto::AesKey;
 use common::kafka_properties;
@@ -55,42 +56,11 @@ pub struct Settings {
     pub redis: RedisSettings,
     pub telemetry: TelemetrySettings,
     pub spool: SpoolSettings,
+    /// Apps defined one file per app in a directory, reloaded while running (`crate::apps`).
     #[serde(default)]
     pub app_files: AppFilesSettings,
     #[serde(default)]
     pub apps: BTreeMap<String, AppSettings>,
-}
-
-/// Apps defined one file per app in a directory, reloaded while running (`crate::apps`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AppFilesSettings {
-    /// The directory of `<name>.toml` app files; empty: none (only `[apps.<name>]`).
-    #[serde(default)]
-    pub dir: PathBuf,
-    /// How often the files, and the secret files they name, are read again.
-    #[serde(with = "humantime_serde", default = "default_reload_interval")]
-    pub reload_interval: Duration,
-}
-
-fn default_reload_interval() -> Duration {
-    Duration::from_secs(5)
-}
-
-impl Default for AppFilesSettings {
-    fn default() -> Self {
-        AppFilesSettings {
-            dir: PathBuf::new(),
-            reload_interval: default_reload_interval(),
-        }
-    }
-}
-
-impl AppFilesSettings {
-    /// The app directory, when one is configured.
-    pub fn dir(&self) -> Option<&Path> {
-        (!self.dir.as_os_str().is_empty()).then_some(self.dir.as_path())
-    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -486,8 +456,8 @@ impl Settings {
         for (name, app) in &self.apps {
             app.validate(name, &mut invalid);
         }
-        if self.app_files.reload_interval.is_zero() {
-            invalid("app_files.reload_interval must be above zero".into());
+        for problem in self.app_files.problems() {
+            invalid(problem);
         }
         if problems.is_empty() {
             Ok(())
