@@ -21,6 +21,8 @@ use common::AppName;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+use crate::http_url::HttpUrl;
+
 /// WeChat's reply window after a user message (docs/wechat-protocol.md §6.3). A send ledger entry never needs
 /// to outlive it by much: any send after the window fails with 45015 anyway.
 pub const REPLY_WINDOW: Duration = Duration::from_secs(48 * 3600);
@@ -317,7 +319,8 @@ pub enum TokenEndpoint {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WechatSettings {
-    pub base_url: String,
+    /// Where WeChat's API is (`https://api.weixin.qq.com`; the simulator in tests).
+    pub base_url: HttpUrl,
     /// Bound on one HTTP call to the API.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
@@ -391,8 +394,8 @@ pub struct HandoffSettings {
     /// Publish hand-offs to `kafka.handoff_topic`.
     pub publish: bool,
     /// Also POST each hand-off here; empty for none.
-    #[serde(default)]
-    pub webhook: String,
+    #[serde(default, deserialize_with = "crate::http_url::optional")]
+    pub webhook: Option<HttpUrl>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -592,12 +595,6 @@ impl Settings {
             invalid("processing: retry_initial_backoff must be > 0 and ≤ retry_max_backoff".into());
         }
         let w = &self.wechat;
-        if !(w.base_url.starts_with("http://") || w.base_url.starts_with("https://")) {
-            invalid(format!(
-                "wechat.base_url ({}) must be an http(s) URL",
-                w.base_url
-            ));
-        }
         if w.timeout.is_zero() || w.max_attempts == 0 {
             invalid("wechat.timeout must be > 0 and wechat.max_attempts ≥ 1".into());
         }
@@ -662,9 +659,6 @@ impl Settings {
         if self.rules.reload_interval.is_zero() {
             invalid("rules.reload_interval must be above zero".into());
         }
-        if !self.handoff.webhook.is_empty() && !self.handoff.webhook.starts_with("http") {
-            invalid("handoff.webhook must be an http(s) URL or empty".into());
-        }
         if self.redis.command_timeout.is_zero() {
             invalid("redis.command_timeout must be above zero".into());
         }
@@ -713,5 +707,92 @@ impl Settings {
         } else {
             Err(ConfigError::Invalid(problems.join("; ")))
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn load(env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config");
+        let env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Settings::load_layers(&dir, "none", Some(env))
+    }
+
+    /// Refused at load, naming `key`, without repeating the value (it may hold a password).
+    fn assert_refused(env: &[(&str, &str)], key: &str) {
+        let refused = load(env).unwrap_err().to_string();
+        assert!(
+            refused.contains(&format!("for key `{key}`")),
+            "{key} missing from: {refused}"
+        );
+        assert!(!refused.contains("hunter2"), "{refused}");
+    }
+
+    #[test]
+    fn a_bad_wechat_base_url_is_refused_with_its_key() {
+        assert_refused(
+            &[("CONSUMER__WECHAT__BASE_URL", "api.weixin.qq.com")],
+            "wechat.base_url",
+        );
+        assert_refused(
+            &[("CONSUMER__WECHAT__BASE_URL", "ftp://u:hunter2@example.com")],
+            "wechat.base_url",
+        );
+        let settings = load(&[("CONSUMER__WECHAT__BASE_URL", "http://127.0.0.1:8081/")]).unwrap();
+        assert_eq!(settings.wechat.base_url.base(), "http://127.0.0.1:8081");
+    }
+
+    #[test]
+    fn a_bad_handoff_webhook_is_refused_with_its_key_and_empty_is_none() {
+        assert_refused(
+            &[("CONSUMER__HANDOFF__WEBHOOK", "hooks.example.com/handoff")],
+            "handoff.webhook",
+        );
+        assert!(load(&[]).unwrap().handoff.webhook.is_none());
+        let hook = load(&[(
+            "CONSUMER__HANDOFF__WEBHOOK",
+            "https://hook:hunter2@example.com/h",
+        )])
+        .unwrap()
+        .handoff
+        .webhook
+        .unwrap();
+        assert_eq!(hook.as_str(), "https://hook:hunter2@example.com/h");
+        assert!(!format!("{hook} {hook:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn a_bad_ask_backend_url_is_refused_with_its_key() {
+        assert_refused(
+            &[
+                ("CONSUMER__ASK__BACKENDS__BOT__KIND", "http"),
+                ("CONSUMER__ASK__BACKENDS__BOT__URL", "bot.internal/answer"),
+            ],
+            "ask.backends.bot",
+        );
+        let refused = load(&[
+            ("CONSUMER__ASK__BACKENDS__BOT__KIND", "http"),
+            ("CONSUMER__ASK__BACKENDS__BOT__URL", "bot.internal/answer"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            refused.contains("url: not a URL"),
+            "the field too: {refused}"
+        );
+        assert_refused(
+            &[
+                ("CONSUMER__ASK__BACKENDS__LLM__KIND", "chat"),
+                ("CONSUMER__ASK__BACKENDS__LLM__MODEL", "m"),
+                ("CONSUMER__ASK__BACKENDS__LLM__BASE_URL", "mailto:hunter2@x"),
+            ],
+            "ask.backends.llm",
+        );
     }
 }

@@ -14,6 +14,7 @@ use common::ids::{AppId, MsgId, OpenId};
 use common::message::{Message, MessageBody};
 use common::push::Mode;
 use consumer::config::{AppSettings, Settings};
+use consumer::http_url::HttpUrl;
 use consumer::metrics::Metrics;
 use consumer::processor::Outcome;
 use consumer::startup::Services;
@@ -131,7 +132,7 @@ impl Harness {
         s.processing.retry_max_backoff = Duration::from_millis(200);
         use_test_redis(&mut s);
         s.redis.key_prefix = format!("{}:", unique("test"));
-        s.wechat.base_url = wechat.uri();
+        s.wechat.base_url = HttpUrl::parse(&wechat.uri()).expect("a URL");
         s.wechat.timeout = Duration::from_secs(2);
         s.wechat.token_wait = Duration::from_secs(3);
         s.wechat.retry_initial_backoff = Duration::from_millis(10);
