@@ -35,6 +35,16 @@ pub const TYPING: &str = "/cgi-bin/message/custom/typing";
 pub const UPLOAD: &str = "/cgi-bin/media/upload";
 pub const STABLE_TOKEN: &str = "/cgi-bin/stable_token";
 
+/// The configuration of `config/` (no environment file), with `env` for the process environment.
+pub fn load_settings(env: &[(&str, &str)]) -> Result<Settings, consumer::config::ConfigError> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config");
+    let env = env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    Settings::load_layers(&dir, "none", Some(env))
+}
+
 pub fn kafka_brokers() -> String {
     std::env::var("WXKF_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }
