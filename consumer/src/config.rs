@@ -17,7 +17,7 @@ use std::time::Duration;
 use common::app_file::AppFilesSettings;
 use common::kafka_properties;
 use common::redis::{RedisTarget, TargetError};
-use common::AppName;
+use common::{AppId, AppName};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
@@ -694,8 +694,11 @@ impl Settings {
             if let Err(e) = AppName::parse(name) {
                 invalid(format!("apps.{name}: {e}"));
             }
-            if app.appid.is_empty() || app.secret.expose_secret().is_empty() {
-                invalid(format!("apps.{name}: appid and secret must not be empty"));
+            if let Err(e) = AppId::parse(&app.appid) {
+                invalid(format!("apps.{name}: {e}"));
+            }
+            if app.secret.expose_secret().is_empty() {
+                invalid(format!("apps.{name}: secret must not be empty"));
             }
         }
         for problem in self.app_files.problems() {

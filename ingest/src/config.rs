@@ -15,7 +15,7 @@ use common::codec::Format;
 use common::crypto::AesKey;
 use common::kafka_properties;
 use common::redis::{RedisTarget, TargetError};
-use common::AppName;
+use common::{AppId, AppName};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
@@ -502,8 +502,8 @@ impl AppSettings {
         if let Err(e) = AppName::parse(name) {
             invalid(e.to_string());
         }
-        if self.appid.is_empty() {
-            invalid("appid is empty".into());
+        if let Err(e) = AppId::parse(&self.appid) {
+            invalid(e.to_string());
         }
         if self.original_id.is_empty() {
             invalid(
@@ -696,7 +696,10 @@ mod tests {
         ])
         .unwrap_err()
         .to_string();
-        assert!(settings.contains("appid is empty"), "{settings}");
+        assert!(
+            settings.contains("apps.shop: the appid `` must not be empty"),
+            "{settings}"
+        );
         let mut broken = load(&[]).unwrap();
         broken.redis.claim_lease = Duration::from_secs(20);
         broken.kafka.topic.clear();
@@ -705,6 +708,31 @@ mod tests {
         for part in ["claim_lease", "kafka.topic", "spool.segment_bytes"] {
             assert!(settings.contains(part), "{part} missing from: {settings}");
         }
+    }
+
+    #[test]
+    fn one_start_names_a_bad_setting_and_every_problem_of_a_static_app() {
+        let refused = load(&[
+            ("INGEST__REDIS__CLAIM_LEASE", "1s"),
+            ("INGEST__APPS__SHOP__APPID", "wx 1"),
+            ("INGEST__APPS__SHOP__ORIGINAL_ID", "gh_1"),
+            ("INGEST__APPS__SHOP__TOKEN", "t"),
+            ("INGEST__APPS__OUTLET__APPID", "wx2"),
+            ("INGEST__APPS__OUTLET__ORIGINAL_ID", "gh_2"),
+            ("INGEST__APPS__OUTLET__TOKEN", ""),
+            ("INGEST__APPS__OUTLET__ENCODING_AES_KEY", "short-hunter2"),
+        ])
+        .unwrap_err()
+        .to_string();
+        for part in [
+            "redis.claim_lease",
+            "apps.shop: the appid `wx 1` must not be empty nor hold whitespace",
+            "apps.outlet: token is empty",
+            "apps.outlet: encoding_aes_key is not usable",
+        ] {
+            assert!(refused.contains(part), "{part} missing from: {refused}");
+        }
+        assert!(!refused.contains("hunter2"), "{refused}");
     }
 
     #[test]

@@ -45,7 +45,7 @@ pub struct MiniProgram {
 
 impl MiniProgram {
     /// An app of the main configuration (`[apps.<name>]`): one token, at most one key.
-    /// Validation already proved the key decodes and the token is not empty.
+    /// Validation already proved the appid, the token and the key usable.
     pub fn from_settings(name: &str, settings: &AppSettings) -> Option<MiniProgram> {
         use secrecy::ExposeSecret;
         let token = Token::new(settings.token.expose_secret()).ok()?;
@@ -59,7 +59,7 @@ impl MiniProgram {
             .collect();
         Some(MiniProgram {
             name: name.to_owned(),
-            appid: AppId::new(settings.appid.clone()),
+            appid: AppId::parse(&settings.appid).ok()?,
             original_id: settings.original_id.clone(),
             tokens: vec![Live {
                 value: token,

@@ -46,9 +46,11 @@ fn read_and_check(settings: &Settings) -> (Result<Apps, String>, Sources) {
     let mut apps = Apps::new();
     for (name, app) in &settings.apps {
         use secrecy::ExposeSecret;
-        // Validated with the settings: neither is empty.
-        if let Ok(secret) = AppSecret::new(app.secret.expose_secret()) {
-            let appid = AppId::new(app.appid.clone());
+        // Validated with the settings: both are usable.
+        if let (Ok(appid), Ok(secret)) = (
+            AppId::parse(&app.appid),
+            AppSecret::new(app.secret.expose_secret()),
+        ) {
             apps.insert(name.clone(), Arc::new(AppCredentials { appid, secret }));
         }
     }

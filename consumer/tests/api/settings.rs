@@ -1,5 +1,5 @@
 //! The configuration as loaded: values of the wrong type (a URL that is not one) refused with
-//! their key, never repeating a secret.
+//! their key, never repeating a secret; every problem, static apps' included, named at once.
 #![allow(clippy::unwrap_used)]
 
 use crate::helpers::load_settings as load;
@@ -74,4 +74,24 @@ fn a_bad_ask_backend_url_is_refused_with_its_key() {
         ],
         "ask.backends.llm",
     );
+}
+
+#[test]
+fn one_start_names_a_bad_setting_and_every_problem_of_a_static_app() {
+    let refused = load(&[
+        ("CONSUMER__REDIS__KEY_PREFIX", ""),
+        ("CONSUMER__APPS__SHOP__APPID", "wx 1"),
+        ("CONSUMER__APPS__SHOP__SECRET", "s"),
+        ("CONSUMER__APPS__OUTLET__APPID", "wx2"),
+        ("CONSUMER__APPS__OUTLET__SECRET", ""),
+    ])
+    .unwrap_err()
+    .to_string();
+    for part in [
+        "redis.key_prefix must not be empty",
+        "apps.shop: the appid `wx 1` must not be empty nor hold whitespace",
+        "apps.outlet: secret must not be empty",
+    ] {
+        assert!(refused.contains(part), "{part} missing from: {refused}");
+    }
 }
