@@ -1,8 +1,8 @@
 //! The wire contract shared by `ingest` and `consumer`, and the WeChat protocol they speak.
 //!
 //! This crate owns everything both services must agree on, and nothing else: no I/O, no Kafka,
-//! Redis or HTTP dependency — apart from `redis`, the one Redis client both services share,
-//! compiled only with the feature of that name. One concept per module:
+//! Redis or HTTP dependency — apart from `redis`, the one Redis client both services share, and
+//! `app_file`, the app files both services read, each compiled only with its feature. One concept per module:
 //!
 //! - [`ids`] — `AppId`, `OpenId`, `MsgId` newtypes (`MsgId` is an opaque string: ids exceed 2^53)
 //!   and the deployment's `AppName`;
@@ -22,6 +22,8 @@
 //! - [`kafka_properties`] — the extra librdkafka properties both services take from a
 //!   deployment (a mounted file, `_` for `.` in environment variables), with their secrets
 //!   redacted when printed;
+//! - `app_file` (feature `app-files`) — the app file both services read, one per mini program:
+//!   its shared shape, secret references, the directory listing and the change detection;
 //! - `redis` (feature `redis`) — one Redis server or a Redis Cluster behind one connection type,
 //!   and the check at start that the nodes are what the configuration says.
 //!
@@ -37,6 +39,8 @@
 //! **Rule:** a published version is frozen. Changing any field, its meaning, or the serde form of
 //! a type inside it (including [`Message`]) requires a new envelope version, never an edit.
 
+#[cfg(feature = "app-files")]
+pub mod app_file;
 pub mod codec;
 pub mod crypto;
 pub mod dedup;

@@ -14,11 +14,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use common::app_file::AppFilesSettings;
 use common::kafka_properties;
 use common::redis::{RedisTarget, TargetError};
-use common::AppName;
+use common::{AppId, AppName};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
+
+use crate::http_url::HttpUrl;
 
 /// WeChat's reply window after a user message (docs/wechat-protocol.md §6.3). A send ledger entry never needs
 /// to outlive it by much: any send after the window fails with 45015 anyway.
@@ -42,6 +45,7 @@ pub struct Settings {
     pub forward: ForwardSettings,
     pub telemetry: TelemetrySettings,
     pub quota: QuotaSettings,
+    /// Apps defined one file per app in a directory, reloaded while running (`crate::apps`).
     #[serde(default)]
     pub app_files: AppFilesSettings,
     /// The `ask` action's backends and limits (`crate::ask::config`).
@@ -49,38 +53,6 @@ pub struct Settings {
     pub ask: crate::ask::config::AskSettings,
     #[serde(default)]
     pub apps: BTreeMap<String, AppSettings>,
-}
-
-/// Apps defined one file per app in a directory, reloaded while running (`crate::apps`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AppFilesSettings {
-    /// The directory of `<name>.toml` app files; empty: none (only `[apps.<name>]`).
-    #[serde(default)]
-    pub dir: PathBuf,
-    /// How often the files, and the secret files they name, are read again.
-    #[serde(with = "humantime_serde", default = "default_reload_interval")]
-    pub reload_interval: Duration,
-}
-
-fn default_reload_interval() -> Duration {
-    Duration::from_secs(5)
-}
-
-impl Default for AppFilesSettings {
-    fn default() -> Self {
-        AppFilesSettings {
-            dir: PathBuf::new(),
-            reload_interval: default_reload_interval(),
-        }
-    }
-}
-
-impl AppFilesSettings {
-    /// The app directory, when one is configured.
-    pub fn dir(&self) -> Option<&Path> {
-        (!self.dir.as_os_str().is_empty()).then_some(self.dir.as_path())
-    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -347,7 +319,8 @@ pub enum TokenEndpoint {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WechatSettings {
-    pub base_url: String,
+    /// Where WeChat's API is (`https://api.weixin.qq.com`; the simulator in tests).
+    pub base_url: HttpUrl,
     /// Bound on one HTTP call to the API.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
@@ -421,8 +394,8 @@ pub struct HandoffSettings {
     /// Publish hand-offs to `kafka.handoff_topic`.
     pub publish: bool,
     /// Also POST each hand-off here; empty for none.
-    #[serde(default)]
-    pub webhook: String,
+    #[serde(default, deserialize_with = "crate::http_url::optional")]
+    pub webhook: Option<HttpUrl>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -622,12 +595,6 @@ impl Settings {
             invalid("processing: retry_initial_backoff must be > 0 and ≤ retry_max_backoff".into());
         }
         let w = &self.wechat;
-        if !(w.base_url.starts_with("http://") || w.base_url.starts_with("https://")) {
-            invalid(format!(
-                "wechat.base_url ({}) must be an http(s) URL",
-                w.base_url
-            ));
-        }
         if w.timeout.is_zero() || w.max_attempts == 0 {
             invalid("wechat.timeout must be > 0 and wechat.max_attempts ≥ 1".into());
         }
@@ -692,9 +659,6 @@ impl Settings {
         if self.rules.reload_interval.is_zero() {
             invalid("rules.reload_interval must be above zero".into());
         }
-        if !self.handoff.webhook.is_empty() && !self.handoff.webhook.starts_with("http") {
-            invalid("handoff.webhook must be an http(s) URL or empty".into());
-        }
         if self.redis.command_timeout.is_zero() {
             invalid("redis.command_timeout must be above zero".into());
         }
@@ -730,12 +694,15 @@ impl Settings {
             if let Err(e) = AppName::parse(name) {
                 invalid(format!("apps.{name}: {e}"));
             }
-            if app.appid.is_empty() || app.secret.expose_secret().is_empty() {
-                invalid(format!("apps.{name}: appid and secret must not be empty"));
+            if let Err(e) = AppId::parse(&app.appid) {
+                invalid(format!("apps.{name}: {e}"));
+            }
+            if app.secret.expose_secret().is_empty() {
+                invalid(format!("apps.{name}: secret must not be empty"));
             }
         }
-        if self.app_files.reload_interval.is_zero() {
-            invalid("app_files.reload_interval must be above zero".into());
+        for problem in self.app_files.problems() {
+            invalid(problem);
         }
         problems.extend(self.ask.problems());
         if problems.is_empty() {

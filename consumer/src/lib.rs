@@ -26,6 +26,7 @@
 pub(crate) mod backoff;
 pub(crate) mod clock;
 pub mod config;
+pub mod http_url;
 pub mod metrics;
 pub(crate) mod outbound;
 pub(crate) mod record;

@@ -41,7 +41,7 @@ pub fn rules_context(settings: &Settings) -> RulesContext {
     let fixed_apps = settings.app_files.dir().is_none();
     RulesContext {
         apps: fixed_apps.then(|| settings.apps.keys().cloned().collect::<BTreeSet<_>>()),
-        handoff_available: settings.handoff.publish || !settings.handoff.webhook.is_empty(),
+        handoff_available: settings.handoff.publish || settings.handoff.webhook.is_some(),
         ask_backends: Some(settings.ask.backends.keys().cloned().collect()),
     }
 }
@@ -80,7 +80,7 @@ impl Services {
         let r = &settings.redis;
         let store = Store::connect(r).await?;
         let w = &settings.wechat;
-        let api = WechatApi::new(&w.base_url, w.timeout, metrics.clone())?;
+        let api = WechatApi::new(w.base_url.base(), w.timeout, metrics.clone())?;
         let tokens = Arc::new(TokenBroker::new(
             settings,
             apps.clone(),
@@ -94,7 +94,7 @@ impl Services {
             outbound.clone(),
             settings.forward.timeout,
             h.publish.then(|| settings.kafka.handoff_topic.clone()),
-            (!h.webhook.is_empty()).then(|| h.webhook.clone()),
+            h.webhook.as_ref().map(|url| url.as_str().to_owned()),
         )?;
         let ask = Asker::new(
             &settings.ask,

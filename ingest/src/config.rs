@@ -10,11 +10,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use common::app_file::AppFilesSettings;
 use common::codec::Format;
 use common::crypto::AesKey;
 use common::kafka_properties;
 use common::redis::{RedisTarget, TargetError};
-use common::AppName;
+use common::{AppId, AppName};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
@@ -55,42 +56,11 @@ pub struct Settings {
     pub redis: RedisSettings,
     pub telemetry: TelemetrySettings,
     pub spool: SpoolSettings,
+    /// Apps defined one file per app in a directory, reloaded while running (`crate::apps`).
     #[serde(default)]
     pub app_files: AppFilesSettings,
     #[serde(default)]
     pub apps: BTreeMap<String, AppSettings>,
-}
-
-/// Apps defined one file per app in a directory, reloaded while running (`crate::apps`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AppFilesSettings {
-    /// The directory of `<name>.toml` app files; empty: none (only `[apps.<name>]`).
-    #[serde(default)]
-    pub dir: PathBuf,
-    /// How often the files, and the secret files they name, are read again.
-    #[serde(with = "humantime_serde", default = "default_reload_interval")]
-    pub reload_interval: Duration,
-}
-
-fn default_reload_interval() -> Duration {
-    Duration::from_secs(5)
-}
-
-impl Default for AppFilesSettings {
-    fn default() -> Self {
-        AppFilesSettings {
-            dir: PathBuf::new(),
-            reload_interval: default_reload_interval(),
-        }
-    }
-}
-
-impl AppFilesSettings {
-    /// The app directory, when one is configured.
-    pub fn dir(&self) -> Option<&Path> {
-        (!self.dir.as_os_str().is_empty()).then_some(self.dir.as_path())
-    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -486,8 +456,8 @@ impl Settings {
         for (name, app) in &self.apps {
             app.validate(name, &mut invalid);
         }
-        if self.app_files.reload_interval.is_zero() {
-            invalid("app_files.reload_interval must be above zero".into());
+        for problem in self.app_files.problems() {
+            invalid(problem);
         }
         if problems.is_empty() {
             Ok(())
@@ -532,8 +502,8 @@ impl AppSettings {
         if let Err(e) = AppName::parse(name) {
             invalid(e.to_string());
         }
-        if self.appid.is_empty() {
-            invalid("appid is empty".into());
+        if let Err(e) = AppId::parse(&self.appid) {
+            invalid(e.to_string());
         }
         if self.original_id.is_empty() {
             invalid(
@@ -726,7 +696,10 @@ mod tests {
         ])
         .unwrap_err()
         .to_string();
-        assert!(settings.contains("appid is empty"), "{settings}");
+        assert!(
+            settings.contains("apps.shop: the appid `` must not be empty"),
+            "{settings}"
+        );
         let mut broken = load(&[]).unwrap();
         broken.redis.claim_lease = Duration::from_secs(20);
         broken.kafka.topic.clear();
@@ -735,6 +708,31 @@ mod tests {
         for part in ["claim_lease", "kafka.topic", "spool.segment_bytes"] {
             assert!(settings.contains(part), "{part} missing from: {settings}");
         }
+    }
+
+    #[test]
+    fn one_start_names_a_bad_setting_and_every_problem_of_a_static_app() {
+        let refused = load(&[
+            ("INGEST__REDIS__CLAIM_LEASE", "1s"),
+            ("INGEST__APPS__SHOP__APPID", "wx 1"),
+            ("INGEST__APPS__SHOP__ORIGINAL_ID", "gh_1"),
+            ("INGEST__APPS__SHOP__TOKEN", "t"),
+            ("INGEST__APPS__OUTLET__APPID", "wx2"),
+            ("INGEST__APPS__OUTLET__ORIGINAL_ID", "gh_2"),
+            ("INGEST__APPS__OUTLET__TOKEN", ""),
+            ("INGEST__APPS__OUTLET__ENCODING_AES_KEY", "short-hunter2"),
+        ])
+        .unwrap_err()
+        .to_string();
+        for part in [
+            "redis.claim_lease",
+            "apps.shop: the appid `wx 1` must not be empty nor hold whitespace",
+            "apps.outlet: token is empty",
+            "apps.outlet: encoding_aes_key is not usable",
+        ] {
+            assert!(refused.contains(part), "{part} missing from: {refused}");
+        }
+        assert!(!refused.contains("hunter2"), "{refused}");
     }
 
     #[test]

@@ -4,8 +4,6 @@
 //! the other. The apps are behind an [`AppsHandle`], swapped whole by the app-file watcher
 //! (`apps/`); a request takes one snapshot of its app at its start.
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use common::codec::Format;
@@ -47,7 +45,7 @@ pub struct MiniProgram {
 
 impl MiniProgram {
     /// An app of the main configuration (`[apps.<name>]`): one token, at most one key.
-    /// Validation already proved the key decodes and the token is not empty.
+    /// Validation already proved the appid, the token and the key usable.
     pub fn from_settings(name: &str, settings: &AppSettings) -> Option<MiniProgram> {
         use secrecy::ExposeSecret;
         let token = Token::new(settings.token.expose_secret()).ok()?;
@@ -61,7 +59,7 @@ impl MiniProgram {
             .collect();
         Some(MiniProgram {
             name: name.to_owned(),
-            appid: AppId::new(settings.appid.clone()),
+            appid: AppId::parse(&settings.appid).ok()?,
             original_id: settings.original_id.clone(),
             tokens: vec![Live {
                 value: token,
@@ -102,47 +100,10 @@ impl MiniProgram {
 }
 
 /// The apps served, by name.
-pub type Apps = HashMap<String, Arc<MiniProgram>>;
+pub type Apps = common::app_file::Apps<MiniProgram>;
 
 /// Shared access to the apps in force; cloned into every worker.
-#[derive(Debug, Clone)]
-pub struct AppsHandle {
-    current: Arc<RwLock<Arc<Apps>>>,
-}
-
-impl AppsHandle {
-    pub fn new(apps: Apps) -> AppsHandle {
-        AppsHandle {
-            current: Arc::new(RwLock::new(Arc::new(apps))),
-        }
-    }
-
-    /// The app `name` as configured now.
-    pub fn get(&self, name: &str) -> Option<Arc<MiniProgram>> {
-        // A poisoned lock still holds a complete Arc (the writer only assigns), so use it.
-        let guard = match self.current.read() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        guard.get(name).cloned()
-    }
-
-    /// A snapshot of every app.
-    pub fn all(&self) -> Arc<Apps> {
-        match self.current.read() {
-            Ok(guard) => Arc::clone(&guard),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
-        }
-    }
-
-    pub(crate) fn replace(&self, apps: Apps) {
-        let apps = Arc::new(apps);
-        match self.current.write() {
-            Ok(mut guard) => *guard = apps,
-            Err(poisoned) => *poisoned.into_inner() = apps,
-        }
-    }
-}
+pub type AppsHandle = common::app_file::AppsHandle<MiniProgram>;
 
 /// Everything a request handler needs. Each worker has its own: the Redis connection is opened on
 /// the worker's thread and driven there, so a dedup round trip never wakes another thread; the

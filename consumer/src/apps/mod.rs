@@ -2,8 +2,8 @@
 //!
 //! Two sources, combined: `[apps.<name>]` of the main configuration (fixed for the life of the
 //! process, as before) and, when `app_files.dir` is set, one file per app in that directory
-//! (`file.rs`, the same files as ingest's), re-read every `app_files.reload_interval` together
-//! with the secret files they name. A change is loaded and checked completely, then swapped in at
+//! (read by `common::app_file`, the same files as ingest's; this service's section by `file.rs`),
+//! re-read every `app_files.reload_interval` together with the secret files they name. A change is loaded and checked completely, then swapped in at
 //! once ([`AppsHandle`]): a new app is served from its next record, a removed one's records get
 //! the `unknown_app` outcome, and an app whose credentials changed has its cached access token
 //! replaced at once ([`TokenBroker::replace_token`], under the one-refresher lock), since after an
@@ -13,11 +13,9 @@
 
 mod file;
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::Arc;
 
+use common::app_file::{self, Sources};
 use common::{AppId, AppSecret};
 use tokio_util::sync::CancellationToken;
 
@@ -33,65 +31,10 @@ pub struct AppCredentials {
 }
 
 /// The apps served, by name.
-pub type Apps = HashMap<String, Arc<AppCredentials>>;
+pub type Apps = app_file::Apps<AppCredentials>;
 
 /// Shared access to the apps in force.
-#[derive(Debug, Clone)]
-pub struct AppsHandle {
-    current: Arc<RwLock<Arc<Apps>>>,
-}
-
-impl AppsHandle {
-    pub fn new(apps: Apps) -> AppsHandle {
-        AppsHandle {
-            current: Arc::new(RwLock::new(Arc::new(apps))),
-        }
-    }
-
-    /// A snapshot of every app in force now.
-    pub fn all(&self) -> Arc<Apps> {
-        // A poisoned lock still holds a complete Arc (the writer only assigns), so use it.
-        match self.current.read() {
-            Ok(guard) => Arc::clone(&guard),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
-        }
-    }
-
-    pub fn get(&self, name: &str) -> Option<Arc<AppCredentials>> {
-        self.all().get(name).cloned()
-    }
-
-    pub fn contains(&self, name: &str) -> bool {
-        self.all().contains_key(name)
-    }
-
-    fn replace(&self, apps: Apps) {
-        let apps = Arc::new(apps);
-        match self.current.write() {
-            Ok(mut guard) => *guard = apps,
-            Err(poisoned) => *poisoned.into_inner() = apps,
-        }
-    }
-}
-
-/// Every file read for one load, as digests: what tells the watcher whether anything changed.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Sources(Vec<(PathBuf, Option<u64>)>);
-
-impl Sources {
-    fn read(&mut self, path: &Path) -> std::io::Result<String> {
-        let text = std::fs::read_to_string(path);
-        // A digest, not the text: secrets are not kept around for comparison.
-        let digest = text.as_ref().ok().map(|t| {
-            use std::hash::{Hash, Hasher};
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            t.hash(&mut h);
-            h.finish()
-        });
-        self.0.push((path.to_path_buf(), digest));
-        text
-    }
-}
+pub type AppsHandle = app_file::AppsHandle<AppCredentials>;
 
 /// The apps of `settings` and of its app directory, checked together; every problem at once.
 pub fn load(settings: &Settings) -> Result<(Apps, Sources), String> {
@@ -100,45 +43,23 @@ pub fn load(settings: &Settings) -> Result<(Apps, Sources), String> {
 }
 
 fn read_and_check(settings: &Settings) -> (Result<Apps, String>, Sources) {
-    let mut problems = Vec::new();
     let mut apps = Apps::new();
     for (name, app) in &settings.apps {
         use secrecy::ExposeSecret;
-        // Validated with the settings: neither is empty.
-        if let Ok(secret) = AppSecret::new(app.secret.expose_secret()) {
-            let appid = AppId::new(app.appid.clone());
+        // Validated with the settings: both are usable.
+        if let (Ok(appid), Ok(secret)) = (
+            AppId::parse(&app.appid),
+            AppSecret::new(app.secret.expose_secret()),
+        ) {
             apps.insert(name.clone(), Arc::new(AppCredentials { appid, secret }));
         }
     }
-    let mut sources = Sources::default();
-    if let Some(dir) = settings.app_files.dir() {
-        for (name, path) in app_files(dir, &mut problems) {
-            let source = match sources.read(&path) {
-                Ok(source) => source,
-                Err(e) => {
-                    problems.push(format!("{}: cannot read: {e}", path.display()));
-                    continue;
-                }
-            };
-            let Some(app) = file::parse(&name, &path, &source, &mut sources, &mut problems) else {
-                continue;
-            };
-            if apps.contains_key(&name) {
-                problems.push(format!(
-                    "{}: the app `{name}` is also configured as [apps.{name}]; keep one",
-                    path.display()
-                ));
-                continue;
-            }
-            apps.insert(name, Arc::new(app));
-        }
-    }
-    let result = if problems.is_empty() {
-        Ok(apps)
-    } else {
-        Err(problems.join("; "))
-    };
-    (result, sources)
+    app_file::load(
+        &settings.app_files,
+        apps,
+        |name| settings.apps.contains_key(name),
+        file::build,
+    )
 }
 
 /// The names of the apps configured now, without reading any secret: for the operator's tools
@@ -146,32 +67,13 @@ fn read_and_check(settings: &Settings) -> (Result<Apps, String>, Sources) {
 pub fn names(settings: &Settings) -> std::collections::BTreeSet<String> {
     let mut names: std::collections::BTreeSet<String> = settings.apps.keys().cloned().collect();
     if let Some(dir) = settings.app_files.dir() {
-        names.extend(app_files(dir, &mut Vec::new()).into_iter().map(|(n, _)| n));
+        names.extend(
+            app_file::list(dir, &mut Vec::new())
+                .into_iter()
+                .map(|(n, _)| n),
+        );
     }
     names
-}
-
-/// The `*.toml` files of `dir`, by app name (the file name without `.toml`), sorted. Hidden
-/// files are skipped: Kubernetes keeps a mounted volume's real files under `..data/`.
-fn app_files(dir: &Path, problems: &mut Vec<String>) -> Vec<(String, PathBuf)> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) => {
-            problems.push(format!("app_files.dir {}: {e}", dir.display()));
-            return Vec::new();
-        }
-    };
-    let mut files: Vec<(String, PathBuf)> = entries
-        .flatten()
-        .filter_map(|entry| {
-            let path = entry.path();
-            let name = path.file_name()?.to_str()?;
-            let app = name.strip_suffix(".toml")?;
-            (!name.starts_with('.')).then(|| (app.to_owned(), path.clone()))
-        })
-        .collect();
-    files.sort();
-    files
 }
 
 /// Watches the app files; swaps in each complete, valid change and replaces the access token of
@@ -188,49 +90,25 @@ pub struct AppsWatcher {
 impl AppsWatcher {
     /// Polls until `shutdown`. Without `app_files.dir` there is nothing to watch.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        if self.settings.app_files.dir().is_none() {
-            return;
-        }
-        let interval = self.settings.app_files.reload_interval;
-        let mut ticker = tokio::time::interval(interval.max(Duration::from_millis(10)));
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut refused: Option<Sources> = None;
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = ticker.tick() => {}
-            }
-            let settings = self.settings.clone();
-            let Ok((result, sources)) =
-                tokio::task::spawn_blocking(move || read_and_check(&settings)).await
-            else {
-                continue;
-            };
-            if sources == self.seen || refused.as_ref() == Some(&sources) {
-                continue;
-            }
-            match result {
-                Ok(apps) => {
-                    self.apply(apps).await;
-                    self.seen = sources;
-                    refused = None;
-                }
-                Err(problems) => {
-                    tracing::error!(
-                        problems = %problems,
-                        "changed app files refused; the running apps stay"
-                    );
-                    self.metrics
-                        .app_reloads
-                        .with_label_values(&["refused"])
-                        .inc();
-                    refused = Some(sources);
-                }
-            }
-        }
+        let settings = self.settings.app_files.clone();
+        let seen = std::mem::take(&mut self.seen);
+        app_file::watch(self, &settings, seen, shutdown.cancelled()).await;
+    }
+}
+
+impl app_file::Reload for AppsWatcher {
+    type App = AppCredentials;
+
+    fn loader(&self) -> impl FnOnce() -> (Result<Apps, String>, Sources) + Send + 'static {
+        let settings = self.settings.clone();
+        move || read_and_check(&settings)
     }
 
-    async fn apply(&self, apps: Apps) {
+    fn count(&mut self, result: &'static str) {
+        self.metrics.app_reloads.with_label_values(&[result]).inc();
+    }
+
+    async fn apply(&mut self, apps: Apps) {
         let before = self.handle.all();
         let changed: Vec<String> = apps
             .iter()
@@ -265,10 +143,6 @@ impl AppsWatcher {
         );
         self.metrics.apps.set(apps.len() as i64);
         self.handle.replace(apps);
-        self.metrics
-            .app_reloads
-            .with_label_values(&["applied"])
-            .inc();
         for app in changed {
             // The old token was fetched with credentials that may be dead already (an AppSecret
             // reset); a failure here is logged, and the next send refreshes the usual way.
@@ -287,6 +161,8 @@ impl AppsWatcher {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
 
     #[test]

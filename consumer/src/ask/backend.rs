@@ -221,7 +221,9 @@ impl Backend {
             (None, None) => None,
         };
         let kind = match settings {
-            BackendSettings::Http { url, .. } => Kind::Http { url: url.clone() },
+            BackendSettings::Http { url, .. } => Kind::Http {
+                url: url.as_str().to_owned(),
+            },
             BackendSettings::Chat {
                 base_url,
                 model,
@@ -231,7 +233,7 @@ impl Backend {
                 handoff_marker,
                 ..
             } => Kind::Chat {
-                url: format!("{}/chat/completions", base_url.trim_end_matches('/')),
+                url: format!("{}/chat/completions", base_url.base()),
                 model: model.clone(),
                 system_prompt: Template::parse(system_prompt, &|f| MESSAGE_FIELDS.contains(&f))
                     .map_err(|message| BackendSetupError::Prompt {

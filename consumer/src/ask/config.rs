@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::http_url::HttpUrl;
+
 /// WeChat's documented bound on one text message: 2048 bytes of UTF-8.
 pub const WECHAT_TEXT_LIMIT: usize = 2048;
 
@@ -93,7 +95,8 @@ impl Default for MemorySettings {
 pub enum BackendSettings {
     /// A bot of our own: the request and answer of docs/ask.md.
     Http {
-        url: String,
+        #[serde(deserialize_with = "url")]
+        url: HttpUrl,
         #[serde(with = "humantime_serde", default = "default_timeout")]
         timeout: Duration,
         /// The name of an environment variable holding a key, sent as `Authorization: Bearer`.
@@ -106,7 +109,8 @@ pub enum BackendSettings {
     /// An OpenAI-compatible `POST {base_url}/chat/completions`.
     Chat {
         /// Up to and including the API version, e.g. `https://api.example.com/v1`.
-        base_url: String,
+        #[serde(deserialize_with = "base_url")]
+        base_url: HttpUrl,
         model: String,
         /// Where the API key comes from, as for `http`.
         #[serde(default)]
@@ -127,6 +131,16 @@ pub enum BackendSettings {
         #[serde(default)]
         handoff_marker: String,
     },
+}
+
+// A backend's fields reach serde buffered (the enum is tagged by `kind`), so an error names the
+// backend, not the field: these name it.
+fn url<'de, D: serde::Deserializer<'de>>(d: D) -> Result<HttpUrl, D::Error> {
+    HttpUrl::deserialize(d).map_err(|e| serde::de::Error::custom(format!("url: {e}")))
+}
+
+fn base_url<'de, D: serde::Deserializer<'de>>(d: D) -> Result<HttpUrl, D::Error> {
+    HttpUrl::deserialize(d).map_err(|e| serde::de::Error::custom(format!("base_url: {e}")))
 }
 
 fn default_timeout() -> Duration {
@@ -196,13 +210,6 @@ impl AskSettings {
             problems.push("ask.memory.ttl must be above zero".into());
         }
         for (name, backend) in &self.backends {
-            let url = match backend {
-                BackendSettings::Http { url, .. } => url,
-                BackendSettings::Chat { base_url, .. } => base_url,
-            };
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                problems.push(format!("ask.backends.{name}: the URL must be http(s)"));
-            }
             if backend.timeout().is_zero() {
                 problems.push(format!("ask.backends.{name}.timeout must be above zero"));
             }

@@ -171,7 +171,7 @@ impl std::fmt::Debug for Explainer<'_> {
 impl<'a> Explainer<'a> {
     pub fn new(settings: &'a Settings, rules: &'a RuleSet) -> anyhow::Result<Explainer<'a>> {
         let api = WechatApi::new(
-            &settings.wechat.base_url,
+            settings.wechat.base_url.base(),
             settings.wechat.timeout,
             crate::metrics::Metrics::unregistered(),
         )?;
@@ -274,7 +274,7 @@ impl<'a> Explainer<'a> {
                 base_url, model, ..
             }) => format!(
                 "chat model `{model}`: POST {}/chat/completions",
-                base_url.trim_end_matches('/')
+                base_url.to_string().trim_end_matches('/')
             ),
             None => "not configured".into(),
         };
@@ -403,12 +403,8 @@ impl<'a> Explainer<'a> {
                             self.settings.kafka.handoff_topic
                         )?;
                     }
-                    if !h.webhook.is_empty() {
-                        writeln!(
-                            out,
-                            "{tag} hand-off: POST {} (JSON, note: {note})",
-                            h.webhook
-                        )?;
+                    if let Some(webhook) = &h.webhook {
+                        writeln!(out, "{tag} hand-off: POST {webhook} (JSON, note: {note})")?;
                     }
                 }
                 Step::Forward(ForwardTarget::Topic(topic)) => {

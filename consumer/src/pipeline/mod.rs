@@ -42,7 +42,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::backoff::exponential_jitter;
+use crate::backoff::retry_until_stopped;
 use crate::config::Settings;
 use crate::dead_letter::{DeadLetter, DeadLetterWriter, Reason};
 use crate::error::ProcessError;
@@ -365,40 +365,39 @@ impl Shared {
             offset = record.offset
         );
         async {
-            let mut attempt = 0;
             // One owner for every retry of this run: a retry recognises the ledger marks its
             // earlier tries wrote, even those whose answers were lost. The run ends with the
             // partition's assignment (or shutdown): its sends stop waiting and give claims back.
             let owner = ClaimOwner::until(end.clone());
-            let outcome = loop {
-                // Revoked meanwhile: the new owner will redeliver it; do nothing twice.
-                if !self
-                    .tracker
-                    .is_current(&record.topic, record.partition, generation)
-                {
-                    return;
-                }
-                match self.outcome_of(&record, &owner).await {
-                    Ok(outcome) => break outcome,
-                    // Stopping or revoked: the claim was given back; the record is redelivered
-                    // later, here after a restart or at the partition's new owner.
-                    Err(_) if end.is_cancelled() => return,
-                    // Transient: back off and retry the same record. Its offset stays unstored,
-                    // so even a crash now redelivers it.
-                    Err(e) => {
-                        attempt += 1;
-                        self.metrics
-                            .process_retries
-                            .with_label_values(&[e.kind()])
-                            .inc();
-                        tracing::warn!(error = %e, attempt, "record failed transiently; retrying");
-                        let wait = exponential_jitter(attempt, self.retry_initial, self.retry_max);
-                        tokio::select! {
-                            _ = end.cancelled() => return,
-                            _ = tokio::time::sleep(wait) => {}
-                        }
+            let outcome = retry_until_stopped(
+                &end,
+                self.retry_initial,
+                self.retry_max,
+                || async {
+                    // Revoked meanwhile: the new owner will redeliver it; do nothing twice.
+                    if !self
+                        .tracker
+                        .is_current(&record.topic, record.partition, generation)
+                    {
+                        return Ok(None);
                     }
-                }
+                    self.outcome_of(&record, &owner).await.map(Some)
+                },
+                // Transient: back off and retry the same record. Its offset stays unstored, so
+                // even a crash now redelivers it.
+                |e: &ProcessError, attempt| {
+                    self.metrics
+                        .process_retries
+                        .with_label_values(&[e.kind()])
+                        .inc();
+                    tracing::warn!(error = %e, attempt, "record failed transiently; retrying");
+                },
+            )
+            .await;
+            // Stopping or revoked (`None`: the claim was given back; the record is redelivered
+            // later, here after a restart or at the partition's new owner), or no longer ours.
+            let Some(Some(outcome)) = outcome else {
+                return;
             };
             self.metrics
                 .records

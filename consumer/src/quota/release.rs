@@ -30,7 +30,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use super::Quota;
-use crate::backoff::exponential_jitter;
+use crate::backoff::retry_until_stopped;
 use crate::clock::now_ms;
 use crate::config::Settings;
 use crate::dead_letter::{DeadLetter, DeadLetterWriter, Reason};
@@ -204,37 +204,34 @@ impl Releaser {
         // A send waiting in a backoff or on another sender's mark ends on shutdown and gives its
         // claim back, as an inbound record's does.
         let owner = ClaimOwner::until(self.shutdown.child_token());
-        let mut attempt = 0;
-        loop {
-            match self.release(&record, &app, &owner).await {
-                Ok(Some(outcome)) => {
-                    self.metrics
-                        .records
-                        .with_label_values(&[outcome.label()])
-                        .inc();
-                    self.finish(&record, &app).await;
-                    return;
-                }
-                Ok(None) => {
-                    self.hold_back(&record);
-                    waiting.insert((record.topic.clone(), record.partition), app);
-                    return;
-                }
-                Err(_) if self.shutdown.is_cancelled() => return,
-                Err(e) => {
-                    attempt += 1;
-                    self.metrics
-                        .process_retries
-                        .with_label_values(&[e.kind()])
-                        .inc();
-                    tracing::warn!(error = %e, attempt, "held record failed transiently; retrying");
-                    let wait = exponential_jitter(attempt, self.retry_initial, self.retry_max);
-                    tokio::select! {
-                        _ = self.shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(wait) => {}
-                    }
-                }
+        let released = retry_until_stopped(
+            &self.shutdown,
+            self.retry_initial,
+            self.retry_max,
+            || self.release(&record, &app, &owner),
+            |e: &ProcessError, attempt| {
+                self.metrics
+                    .process_retries
+                    .with_label_values(&[e.kind()])
+                    .inc();
+                tracing::warn!(error = %e, attempt, "held record failed transiently; retrying");
+            },
+        )
+        .await;
+        match released {
+            Some(Some(outcome)) => {
+                self.metrics
+                    .records
+                    .with_label_values(&[outcome.label()])
+                    .inc();
+                self.finish(&record, &app).await;
             }
+            Some(None) => {
+                self.hold_back(&record);
+                waiting.insert((record.topic.clone(), record.partition), app);
+            }
+            // Stopping: the claim was given back; the record is released after the restart.
+            None => {}
         }
     }
 
@@ -278,20 +275,19 @@ impl Releaser {
 
     /// Marks the release (retrying until Redis takes it, or shutdown), then stores the offset.
     async fn finish(&self, record: &KafkaRecord, app: &str) {
-        let mut attempt = 0;
-        while let Err(e) = self
-            .quota
-            .released(app, record.partition, record.offset)
-            .await
-        {
-            attempt += 1;
-            tracing::warn!(error = %e, attempt, "cannot mark a held record released; retrying");
-            let wait = exponential_jitter(attempt, self.retry_initial, self.retry_max);
-            tokio::select! {
-                // Not stored: redelivered after the restart, and the ledger answers it.
-                _ = self.shutdown.cancelled() => return,
-                _ = tokio::time::sleep(wait) => {}
-            }
+        let marked = retry_until_stopped(
+            &self.shutdown,
+            self.retry_initial,
+            self.retry_max,
+            || self.quota.released(app, record.partition, record.offset),
+            |e, attempt| {
+                tracing::warn!(error = %e, attempt, "cannot mark a held record released; retrying");
+            },
+        )
+        .await;
+        if marked.is_none() {
+            // Not stored: redelivered after the restart, and the ledger answers it.
+            return;
         }
         let mut list = TopicPartitionList::new();
         let stored = list

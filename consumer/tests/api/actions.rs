@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use consumer::http_url::HttpUrl;
 use consumer::processor::{Outcome, Skip};
 use serde_json::json;
 use wiremock::matchers::{body_json, header, method, path, query_param};
@@ -191,7 +192,8 @@ topic = "{1}"
     );
     let mut h = h0;
     std::fs::write(&h.settings.rules.path, rules).expect("rules");
-    h.settings.handoff.webhook = format!("{}/handoff", h.wechat.uri());
+    h.settings.handoff.webhook =
+        Some(HttpUrl::parse(&format!("{}/handoff", h.wechat.uri())).expect("a URL"));
     h.create_topics().await;
     let mut forward_settings = h.settings.kafka.clone();
     forward_settings.inbound_topic = forward_topic.clone();

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use consumer::ask::config::BackendSettings;
 use consumer::dead_letter::Reason;
+use consumer::http_url::HttpUrl;
 use consumer::processor::Outcome;
 use serde_json::json;
 use wiremock::matchers::{body_partial_json, header, method, path};
@@ -47,7 +48,7 @@ async fn harness(rules: &str, server: &MockServer, timeout: Duration) -> Harness
     h.settings.ask.backends.insert(
         "model".into(),
         BackendSettings::Chat {
-            base_url: format!("{}/v1", server.uri()),
+            base_url: HttpUrl::parse(&format!("{}/v1", server.uri())).expect("a URL"),
             model: "test-model".into(),
             api_key_env: None,
             api_key_file: Some(key_file),
@@ -61,7 +62,7 @@ async fn harness(rules: &str, server: &MockServer, timeout: Duration) -> Harness
     h.settings.ask.backends.insert(
         "bot".into(),
         BackendSettings::Http {
-            url: format!("{}{BOT}", server.uri()),
+            url: HttpUrl::parse(&format!("{}{BOT}", server.uri())).expect("a URL"),
             timeout,
             api_key_env: None,
             api_key_file: None,

@@ -5,26 +5,16 @@
 
 use std::path::PathBuf;
 
-use consumer::config::Settings;
 use consumer::startup::Services;
 use secrecy::ExposeSecret;
 
-use crate::helpers::*;
+use crate::helpers::{load_settings as load, *};
 use crate::redis_server::RedisServer;
 
 const REPLY: &str =
     "[[rule]]\nname = \"r\"\n[[rule.actions]]\ntype = \"text\"\ncontent = \"answer\"\n";
 const PASSWORD: &str = "store-test-p4ss";
 const WRONG: &str = "not-the-p4ss";
-
-fn load(env: &[(&str, &str)]) -> Result<Settings, consumer::config::ConfigError> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config");
-    let env = env
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    Settings::load_layers(&dir, "none", Some(env))
-}
 
 #[test]
 fn kafka_properties_come_from_a_file_and_the_environment_for_every_client() {

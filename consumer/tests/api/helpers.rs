@@ -14,6 +14,7 @@ use common::ids::{AppId, MsgId, OpenId};
 use common::message::{Message, MessageBody};
 use common::push::Mode;
 use consumer::config::{AppSettings, Settings};
+use consumer::http_url::HttpUrl;
 use consumer::metrics::Metrics;
 use consumer::processor::Outcome;
 use consumer::startup::Services;
@@ -33,6 +34,16 @@ pub const SEND: &str = "/cgi-bin/message/custom/send";
 pub const TYPING: &str = "/cgi-bin/message/custom/typing";
 pub const UPLOAD: &str = "/cgi-bin/media/upload";
 pub const STABLE_TOKEN: &str = "/cgi-bin/stable_token";
+
+/// The configuration of `config/` (no environment file), with `env` for the process environment.
+pub fn load_settings(env: &[(&str, &str)]) -> Result<Settings, consumer::config::ConfigError> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config");
+    let env = env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    Settings::load_layers(&dir, "none", Some(env))
+}
 
 pub fn kafka_brokers() -> String {
     std::env::var("WXKF_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into())
@@ -131,7 +142,7 @@ impl Harness {
         s.processing.retry_max_backoff = Duration::from_millis(200);
         use_test_redis(&mut s);
         s.redis.key_prefix = format!("{}:", unique("test"));
-        s.wechat.base_url = wechat.uri();
+        s.wechat.base_url = HttpUrl::parse(&wechat.uri()).expect("a URL");
         s.wechat.timeout = Duration::from_secs(2);
         s.wechat.token_wait = Duration::from_secs(3);
         s.wechat.retry_initial_backoff = Duration::from_millis(10);

@@ -24,6 +24,7 @@ mod reload;
 mod replay;
 mod rules_file;
 mod send_path;
+mod settings;
 mod setup;
 mod tokens;
 mod windows;

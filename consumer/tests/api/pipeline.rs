@@ -193,7 +193,7 @@ fn child_env(h: &Harness) -> Vec<(String, String)> {
         ),
         ("REDIS__URL", redis_url()),
         ("REDIS__KEY_PREFIX", s.redis.key_prefix.clone()),
-        ("WECHAT__BASE_URL", s.wechat.base_url.clone()),
+        ("WECHAT__BASE_URL", s.wechat.base_url.as_str().to_owned()),
         ("WECHAT__TIMEOUT", dur(s.wechat.timeout)),
         ("WECHAT__TOKEN_WAIT", dur(s.wechat.token_wait)),
         ("LEDGER__SENDING_LEASE", dur(s.ledger.sending_lease)),
