@@ -504,13 +504,15 @@ impl Settings {
             let hold = format!("{}{app}", k.hold_topic_prefix);
             if [&k.inbound_topic, &k.dead_letter_topic, &k.handoff_topic].contains(&&hold) {
                 invalid(format!(
-                    "the hold topic of app `{app}` ({hold}) is another topic of the consumer;                      change kafka.hold_topic_prefix"
+                    "the hold topic of app `{app}` ({hold}) is another topic of the consumer; \
+                     change kafka.hold_topic_prefix"
                 ));
             }
         }
         if k.topics.hold_retention < REPLY_WINDOW {
             invalid(format!(
-                "kafka.topics.hold_retention ({}) must be at least the 48 h reply window: a                  record held through a pause must still be there when it ends",
+                "kafka.topics.hold_retention ({}) must be at least the 48 h reply window: a \
+                 record held through a pause must still be there when it ends",
                 humantime::format_duration(k.topics.hold_retention)
             ));
         }

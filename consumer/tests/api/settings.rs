@@ -95,3 +95,24 @@ fn one_start_names_a_bad_setting_and_every_problem_of_a_static_app() {
         assert!(refused.contains(part), "{part} missing from: {refused}");
     }
 }
+
+#[test]
+fn validation_messages_read_as_one_sentence_each() {
+    // Two problems whose messages are split over source lines: a continuation without its
+    // backslash printed a run of spaces in the middle of the sentence.
+    let refused = load(&[
+        ("CONSUMER__KAFKA__TOPICS__HOLD_RETENTION", "1h"),
+        ("CONSUMER__KAFKA__HOLD_TOPIC_PREFIX", "wxkf.dead"),
+        ("CONSUMER__KAFKA__DEAD_LETTER_TOPIC", "wxkf.deadshop"),
+        ("CONSUMER__APPS__SHOP__APPID", "wx1"),
+        ("CONSUMER__APPS__SHOP__SECRET", "s"),
+    ])
+    .unwrap_err()
+    .to_string();
+    assert!(refused.contains("hold_retention"), "{refused}");
+    assert!(
+        refused.contains("another topic of the consumer"),
+        "{refused}"
+    );
+    assert!(!refused.contains("  "), "a run of spaces in: {refused}");
+}
