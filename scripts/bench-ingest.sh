@@ -22,8 +22,11 @@
 # run's load average.
 #
 #   scripts/bench-ingest.sh [--repeat 3] [--seconds 5] [--fixed-seconds 20] [--fixed-rate 2000]
-#                           [--connections 128] [--partitions 12] [--fixed-only]
+#                           [--connections 128] [--partitions 12] [--fixed-only] [--baseline REV]
 # --partitions sets the benchmark topic's partition count; --fixed-only skips the saturation runs.
+# --baseline REV builds ingest as it was at git revision REV (in a worktree under the target
+# directory) and measures it in every run too, beside the current build, against the same Kafka,
+# Redis and generator, the two in alternating order; a last table sets them side by side.
 # Services: scripts/services.sh with the caller's WXKF_* variables (their ports reach ingest);
 # ingest listens on $BENCH_INGEST_PORT (18080), the bare handler on $BENCH_BARE_PORT (18090).
 # Traffic goes to 127.0.0.1 only; every run is bounded in count and time.
@@ -38,6 +41,7 @@ FIXED_RATE=2000
 CONNECTIONS=128
 PARTITIONS=12
 FIXED_ONLY=0
+BASELINE=
 while [ $# -gt 0 ]; do
   case "$1" in
     --repeat) REPEAT=$2; shift 2 ;;
@@ -47,6 +51,7 @@ while [ $# -gt 0 ]; do
     --connections) CONNECTIONS=$2; shift 2 ;;
     --partitions) PARTITIONS=$2; shift 2 ;;
     --fixed-only) FIXED_ONLY=1; shift ;;
+    --baseline) BASELINE=$2; shift 2 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -71,6 +76,23 @@ scripts/services.sh up
 cargo build --release --locked -p ingest --features sim --bins
 BIN=${CARGO_TARGET_DIR:-target}/release
 SIM=$BIN/wechat-sim
+INGEST_BIN=$BIN/ingest
+BASE_BIN=
+if [ -n "$BASELINE" ]; then
+  # The baseline's own worktree and target directory (seeded from this one, so only what changed
+  # since REV is compiled again).
+  BASE_TREE=${CARGO_TARGET_DIR:-target}/bench-baseline/tree
+  BASE_TARGET=${CARGO_TARGET_DIR:-target}/bench-baseline/target
+  git worktree remove --force "$BASE_TREE" 2>/dev/null || rm -rf "$BASE_TREE"
+  git worktree add --detach "$BASE_TREE" "$BASELINE" >/dev/null
+  if [ ! -d "$BASE_TARGET/release" ]; then
+    mkdir -p "$BASE_TARGET" && cp -a "$BIN" "$BASE_TARGET/release"
+  fi
+  (cd "$BASE_TREE" && CARGO_TARGET_DIR="$PWD/../target" cargo build --release --locked -p ingest --bin ingest)
+  BASE_BIN=$BASE_TARGET/release/ingest-baseline
+  cp "$BASE_TARGET/release/ingest" "$BASE_BIN"
+  git worktree remove --force "$BASE_TREE"
+fi
 TOPIC=wxkf.bench-$(date +%s)
 scripts/services.sh topic "$TOPIC" "$PARTITIONS"
 KAFKA_PID=$(cat "$STATE_DIR/run/kafka.pid")
@@ -83,7 +105,7 @@ start_services() {
     INGEST__KAFKA__BROKERS=127.0.0.1:$KAFKA_PORT INGEST__REDIS__URL=redis://127.0.0.1:$REDIS_PORT/ \
     INGEST__REDIS__KEY_PREFIX="wxkf:bench:$(date +%s%N):" \
     INGEST__SPOOL__DIR="$(mktemp -d "$WORK/spool.XXXXXX")" \
-    "$BIN/ingest" >>"$WORK/ingest.log" 2>&1 &
+    "$INGEST_BIN" >>"$WORK/ingest.log" 2>&1 &
   INGEST_PID=$!; PIDS+=("$INGEST_PID")
   $SIM bare --listen 127.0.0.1:$BARE_PORT >>"$WORK/bare.log" 2>&1 &
   BARE_PID=$!; PIDS+=("$BARE_PID")
@@ -113,11 +135,29 @@ load() {
 watch_ingest() { echo --watch "ingest=$INGEST_PID" --watch "kafka=$KAFKA_PID" --watch "redis=$REDIS_PID"; }
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 
+# The baseline build, the same two ingest measurements (the bare handler is not measured again).
+measure_baseline() {
+  INGEST_BIN=$BASE_BIN
+  start_services
+  # shellcheck disable=SC2046
+  base_fixed=$(load "$INGEST_PORT" --rate "$FIXED_RATE" --duration "${FIXED_SECONDS}s" --connections 64 $(watch_ingest))
+  if [ "$FIXED_ONLY" = 0 ]; then
+    # shellcheck disable=SC2046
+    base_sat=$(load "$INGEST_PORT" --saturate --duration "${SECONDS_SAT}s" --count "$INGEST_COUNT" \
+      --connections "$CONNECTIONS" $(watch_ingest))
+  fi
+  stop_services
+}
+
 RESULTS=$WORK/results.jsonl
 for run in $(seq 1 "$REPEAT"); do
   echo "run $run of $REPEAT ($(uptime | sed 's/.*load average/load average/'))" >&2
-  start_services
   load_before=$(cut -d' ' -f1 /proc/loadavg)
+  base_fixed='null' base_sat='null'
+  # The baseline first in odd runs, second in even ones, so neither always meets a warmer machine.
+  if [ -n "$BASE_BIN" ] && [ $((run % 2)) = 1 ]; then measure_baseline; fi
+  INGEST_BIN=$BIN/ingest
+  start_services
   # shellcheck disable=SC2046
   fixed=$(load "$INGEST_PORT" --rate "$FIXED_RATE" --duration "${FIXED_SECONDS}s" --connections 64 $(watch_ingest))
   rss=$(rss_kib "$INGEST_PID")
@@ -136,16 +176,18 @@ for run in $(seq 1 "$REPEAT"); do
     sat=$(load "$INGEST_PORT" --saturate --duration "${SECONDS_SAT}s" --count "$INGEST_COUNT" \
       --connections "$CONNECTIONS" $(watch_ingest))
   fi
-  load_after=$(cut -d' ' -f1 /proc/loadavg)
   stop_services
+  if [ -n "$BASE_BIN" ] && [ $((run % 2)) = 0 ]; then measure_baseline; fi
+  load_after=$(cut -d' ' -f1 /proc/loadavg)
   echo "{\"run\": $run, \"load_before\": $load_before, \"load_after\": $load_after, \"rss_kib\": $rss," \
     "\"fixed\": ${fixed:-null}, \"bare_fixed\": ${bare_fixed:-null}," \
-    "\"bare_sat\": ${bare_sat:-null}, \"sat\": ${sat:-null}, \"wrk_bare\": ${wrk_rate:-null}}" >>"$RESULTS"
+    "\"bare_sat\": ${bare_sat:-null}, \"sat\": ${sat:-null}, \"wrk_bare\": ${wrk_rate:-null}," \
+    "\"base_fixed\": ${base_fixed:-null}, \"base_sat\": ${base_sat:-null}}" >>"$RESULTS"
   echo "  $(tail -n 1 "$RESULTS" | python3 -c 'import json,sys; r=json.load(sys.stdin); print("saturation: bare", r["bare_sat"] and round(r["bare_sat"]["achieved_rate"]), "/s, ingest", r["sat"] and round(r["sat"]["achieved_rate"]), "/s")')" >&2
 done
 
-python3 - "$RESULTS" "$FIXED_RATE" "$PARTITIONS" "$CONNECTIONS" "$SECONDS_SAT" <<'PY'
-import collections, json, re, statistics, sys
+BENCH_BASELINE=$BASELINE python3 - "$RESULTS" "$FIXED_RATE" "$PARTITIONS" "$CONNECTIONS" "$SECONDS_SAT" <<'PY'
+import collections, json, os, re, statistics, sys
 path, fixed_rate, partitions, connections, seconds = sys.argv[1], int(sys.argv[2]), *sys.argv[3:]
 runs = [json.loads(line) for line in open(path)]
 
@@ -251,6 +293,32 @@ for k, values in sorted(roles.items(), key=lambda kv: -statistics.median(v[1] fo
         continue
     print(f"| {k} | {stat([v[0] for v in values], '{:.2f}')} | {stat([v[1] for v in values], '{:.0f}')} |")
 print()
+if any(r.get("base_fixed") for r in runs):
+    def ratio_of(*keys):
+        values = []
+        for r in runs:
+            b, c = get(r, "base_" + keys[0], *keys[1:]), get(r, keys[0], *keys[1:])
+            values.append(c / b if b and c else None)
+        return stat(values, "{:.2f}")
+    print(f"baseline ({os.environ.get('BENCH_BASELINE', 'baseline')}) and this build, in the same runs:")
+    print("| | baseline | this build | this / baseline (per run) |")
+    print("|---|---|---|---|")
+    rows = [
+        ("pushes/s at saturation", ("sat", "achieved_rate"), "{:,.0f}"),
+        ("ingest CPU per push at saturation (µs)", ("sat", "watched", "ingest", "us_per_push"), "{:.1f}"),
+        ("Kafka CPU per push at saturation (µs)", ("sat", "watched", "kafka", "us_per_push"), "{:.1f}"),
+        ("Redis CPU per push at saturation (µs)", ("sat", "watched", "redis", "us_per_push"), "{:.1f}"),
+        (f"ingest CPU per push at {fixed_rate:,}/s (µs)", ("fixed", "watched", "ingest", "us_per_push"), "{:.1f}"),
+        (f"Kafka CPU per push at {fixed_rate:,}/s (µs)", ("fixed", "watched", "kafka", "us_per_push"), "{:.1f}"),
+        (f"Redis CPU per push at {fixed_rate:,}/s (µs)", ("fixed", "watched", "redis", "us_per_push"), "{:.1f}"),
+        (f"p50 at {fixed_rate:,}/s (ms)", ("fixed", "latency_ms", "p50"), "{:.2f}"),
+        (f"p99 at {fixed_rate:,}/s (ms)", ("fixed", "latency_ms", "p99"), "{:.2f}"),
+    ]
+    for label, keys, fmt in rows:
+        if get(runs[0], keys[0]) is None:
+            continue
+        print(f"| {label} | {col('base_' + keys[0], *keys[1:], fmt=fmt)} | {col(*keys, fmt=fmt)} | {ratio_of(*keys)} |")
+    print()
 print("per run:", json.dumps([{
     "run": r["run"], "load": [r["load_before"], r["load_after"]],
     "bare_sat": get(r, "bare_sat", "achieved_rate"), "wrk_bare": r.get("wrk_bare"), "ingest_sat": get(r, "sat", "achieved_rate"),
