@@ -9,6 +9,22 @@ use serde::{Deserialize, Serialize};
 use crate::wechat_api::body::{CardBody, ImageBody, LinkBody, TextBody};
 use crate::wechat_api::OutgoingMessage;
 
+/// What made an answer unusable (or, for a rule naming a backend that is not configured, why
+/// there was none to ask).
+#[derive(Debug, thiserror::Error)]
+pub enum Unusable {
+    #[error("not a bot answer: {0}")]
+    NotBotJson(#[source] serde_json::Error),
+    #[error("not a chat-completions answer: {0}")]
+    NotChatJson(#[source] serde_json::Error),
+    #[error("reply {0} is empty or lacks a required field")]
+    BadReply(usize),
+    #[error("no choice with content")]
+    NoContent,
+    #[error("the backend is not configured")]
+    NotConfigured,
+}
+
 /// One reply, as the HTTP bot writes it (docs/ask.md) and as it is kept.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -133,12 +149,9 @@ impl Answer {
     }
 
     /// Checks a bot's answer: `Err` names what is unusable in it.
-    pub fn from_bot(bot: BotAnswer) -> Result<Answer, String> {
+    pub fn from_bot(bot: BotAnswer) -> Result<Answer, Unusable> {
         if let Some(bad) = bot.replies.iter().position(|r| !r.usable()) {
-            return Err(format!(
-                "reply {} is empty or lacks a required field",
-                bad + 1
-            ));
+            return Err(Unusable::BadReply(bad + 1));
         }
         Ok(Answer {
             source: Source::Backend,
@@ -244,6 +257,15 @@ mod tests {
             handoff: false,
             handoff_note: None,
         };
-        assert!(Answer::from_bot(bot).is_err());
+        assert!(matches!(Answer::from_bot(bot), Err(Unusable::BadReply(1))));
+    }
+
+    #[test]
+    fn an_answer_that_is_not_json_keeps_the_parser_error_as_its_source() {
+        let parse = serde_json::from_slice::<BotAnswer>(b"<html>").unwrap_err();
+        let unusable = Unusable::NotBotJson(parse);
+        let source = std::error::Error::source(&unusable).expect("a source");
+        assert!(source.downcast_ref::<serde_json::Error>().is_some());
+        assert!(unusable.to_string().starts_with("not a bot answer: "));
     }
 }

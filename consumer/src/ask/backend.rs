@@ -15,7 +15,7 @@ use reqwest::header::{HeaderMap, RETRY_AFTER};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-use super::answer::{Answer, BotAnswer, Reply, Source};
+use super::answer::{Answer, BotAnswer, Reply, Source, Unusable};
 use super::config::BackendSettings;
 use super::store::Turn;
 use crate::rules::template::{Template, MESSAGE_FIELDS};
@@ -37,7 +37,7 @@ pub enum BackendError {
         detail: String,
     },
     #[error("answered something unusable: {0}")]
-    Malformed(String),
+    Malformed(#[source] Unusable),
 }
 
 fn detail_suffix(detail: &str) -> String {
@@ -283,7 +283,7 @@ impl Backend {
             Kind::Http { url } => {
                 let body = self.post(url, &request.idempotency_key, request).await?;
                 let bot: BotAnswer = serde_json::from_slice(&body)
-                    .map_err(|e| BackendError::Malformed(format!("not a bot answer: {e}")))?;
+                    .map_err(|e| BackendError::Malformed(Unusable::NotBotJson(e)))?;
                 Answer::from_bot(bot).map_err(BackendError::Malformed)
             }
             Kind::Chat {
@@ -316,15 +316,14 @@ impl Backend {
                     max_tokens: *max_tokens,
                 };
                 let raw = self.post(url, &request.idempotency_key, &body).await?;
-                let answer: ChatAnswer = serde_json::from_slice(&raw).map_err(|e| {
-                    BackendError::Malformed(format!("not a chat-completions answer: {e}"))
-                })?;
+                let answer: ChatAnswer = serde_json::from_slice(&raw)
+                    .map_err(|e| BackendError::Malformed(Unusable::NotChatJson(e)))?;
                 let content = answer
                     .choices
                     .into_iter()
                     .next()
                     .and_then(|c| c.message.content)
-                    .ok_or_else(|| BackendError::Malformed("no choice with content".into()))?;
+                    .ok_or(BackendError::Malformed(Unusable::NoContent))?;
                 let (content, handoff) =
                     if !handoff_marker.is_empty() && content.contains(handoff_marker.as_str()) {
                         (content.replace(handoff_marker.as_str(), ""), true)

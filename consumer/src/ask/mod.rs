@@ -21,6 +21,7 @@ use crate::backoff::exponential_jitter;
 use crate::clock::now_ms;
 use crate::metrics::Metrics;
 use answer::Answer;
+use answer::Unusable;
 use backend::{AskRequest, Backend, BackendError, BackendSetupError};
 use config::AskSettings;
 use limits::Limits;
@@ -142,7 +143,7 @@ impl Asker {
             return Ok(Err(AskFailure::Backend {
                 backend: backend_name.into(),
                 attempts: 0,
-                error: BackendError::Malformed("the backend is not configured".into()),
+                error: BackendError::Malformed(Unusable::NotConfigured),
             }));
         };
         let s = &self.settings;
