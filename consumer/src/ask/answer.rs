@@ -262,7 +262,7 @@ mod tests {
 
     #[test]
     fn an_answer_that_is_not_json_keeps_the_parser_error_as_its_source() {
-        let parse = serde_json::from_slice::<BotAnswer>(b"<html>").unwrap_err();
+        let parse = serde_json::from_slice::<BotAnswer>(b"<html>").expect_err("not JSON");
         let unusable = Unusable::NotBotJson(parse);
         let source = std::error::Error::source(&unusable).expect("a source");
         assert!(source.downcast_ref::<serde_json::Error>().is_some());
