@@ -63,18 +63,40 @@ pub struct Settings {
     pub apps: BTreeMap<String, AppSettings>,
 }
 
+/// The worker count for `workers = 0` on a machine with `cores` cores: half of them, at least one.
+/// A worker spends most of a push's CPU waking up (for the request, Redis's answer and Kafka's
+/// acknowledgement); the rest goes to librdkafka's threads and the kernel's network stack, which
+/// need cores of their own. On two cores one worker took about a fifth less CPU per push at
+/// saturation than two, and sustained more (BENCHMARKS.md).
+pub fn default_workers(cores: usize) -> usize {
+    (cores / 2).max(1)
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSettings {
     pub host: String,
     pub port: u16,
     pub max_body_bytes: usize,
+    /// HTTP worker threads; 0: [`ServerSettings::effective_workers`] decides.
     pub workers: usize,
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
     /// Serve HTTPS directly (for deployments without a TLS-terminating proxy).
     #[serde(default)]
     pub tls: Option<TlsSettings>,
+}
+
+impl ServerSettings {
+    /// The workers to start: `workers`, or for 0 [`default_workers`] of the cores this process
+    /// may use (its CPU quota included).
+    pub fn effective_workers(&self) -> usize {
+        if self.workers > 0 {
+            return self.workers;
+        }
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        default_workers(cores)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -548,6 +570,23 @@ impl AppSettings {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zero_workers_is_half_the_cores_and_at_least_one() {
+        assert_eq!(default_workers(1), 1);
+        assert_eq!(default_workers(2), 1);
+        assert_eq!(default_workers(3), 1);
+        assert_eq!(default_workers(8), 4);
+        let mut settings = load(&[]).unwrap();
+        assert_eq!(settings.server.workers, 0, "the defaults file's value");
+        assert!(settings.server.effective_workers() >= 1);
+        settings.server.workers = 3;
+        assert_eq!(
+            settings.server.effective_workers(),
+            3,
+            "a set count is kept"
+        );
+    }
 
     fn load(env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config");

@@ -97,7 +97,7 @@ impl Application {
         };
         let handle_for_tests = apps.clone();
         let worker_settings = settings.clone();
-        let mut server = HttpServer::new(move || {
+        let server = HttpServer::new(move || {
             let state = web::Data::new(AppState {
                 settings: worker_settings.clone(),
                 apps: apps.clone(),
@@ -112,10 +112,8 @@ impl Application {
             });
             App::new().app_data(state).configure(routes::configure)
         })
-        .shutdown_timeout(settings.server.shutdown_timeout.as_secs().max(1));
-        if settings.server.workers > 0 {
-            server = server.workers(settings.server.workers);
-        }
+        .shutdown_timeout(settings.server.shutdown_timeout.as_secs().max(1))
+        .workers(settings.server.effective_workers());
         let server = match &settings.server.tls {
             Some(tls) => server.listen_rustls_0_23(listener, tls_config(tls)?)?,
             None => server.listen(listener)?,
