@@ -2,6 +2,9 @@
 //!
 //! - **Assign**: each partition gets a fresh generation in the [`OffsetTracker`], and the process
 //!   counts as joined (for `/readyz`).
+//! - **Assign and revoke** both make the process forget the quota gates it remembers
+//!   ([`Gates::forget_all`]): records of a partition that just arrived must see its app's
+//!   backlog as Redis holds it now.
 //! - **Revoke**: the partitions leave the tracker first (records still running for them will
 //!   store nothing, and their runs end: a send waiting in a backoff or on another sender's mark
 //!   stops and gives its claim back), then the offsets stored so far are committed
@@ -22,10 +25,13 @@ use rdkafka::{ClientContext, TopicPartitionList};
 
 use super::offsets::OffsetTracker;
 use crate::metrics::Metrics;
+use crate::quota::gates::Gates;
 
 #[derive(Debug)]
 pub struct PipelineContext {
     pub tracker: Arc<OffsetTracker>,
+    /// The quota gates this process remembers: forgotten whenever its partitions change.
+    pub(crate) gates: Arc<Gates>,
     pub metrics: Metrics,
     pub topic: String,
     /// Set at the first assignment (possibly empty: more processes than partitions): the process
@@ -58,6 +64,7 @@ impl ConsumerContext for PipelineContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(partitions) => {
+                self.gates.forget_all();
                 for p in partitions.elements() {
                     self.tracker.assign(p.topic(), p.partition());
                 }
@@ -66,6 +73,7 @@ impl ConsumerContext for PipelineContext {
                 tracing::info!(partitions = ?names(partitions), "partitions assigned");
             }
             Rebalance::Revoke(partitions) => {
+                self.gates.forget_all();
                 self.metrics.rebalances.with_label_values(&["revoke"]).inc();
                 for p in partitions.elements() {
                     self.tracker.revoke(p.topic(), p.partition());

@@ -132,6 +132,7 @@ impl Pipeline {
         let joined = Arc::new(AtomicBool::new(false));
         let context = PipelineContext {
             tracker: Arc::clone(&tracker),
+            gates: processor.quota.gates(),
             metrics: metrics.clone(),
             topic: settings.kafka.inbound_topic.clone(),
             joined: Arc::clone(&joined),

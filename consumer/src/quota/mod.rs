@@ -6,7 +6,8 @@
 //! `consumer quota resume <app>`. Meanwhile:
 //!
 //! - **Pause, shared.** The pause is a time in Redis ([`state`]), so every process of the group
-//!   sees it before its next record of the app.
+//!   sees it within half a second ([`gates`]: what a process remembers of a gate, and why that
+//!   keeps each user's records in order).
 //! - **Park, in order.** A record of a paused app — and of an app whose held backlog is not
 //!   empty yet — is not processed: it is published to the app's hold topic
 //!   (`<kafka.hold_topic_prefix><app>`), keyed like the inbound topic so one user's records stay
@@ -22,9 +23,12 @@
 //!
 //! docs/quota.md has the design and its reasons; `consumer/OPERATIONS.md` the runbook.
 
+pub(crate) mod gates;
 pub(crate) mod release;
 pub(crate) mod reset;
 pub mod state;
+
+use std::sync::Arc;
 
 use common::envelope::{record_key, Envelope, EnvelopeV1};
 
@@ -34,6 +38,7 @@ use crate::error::ProcessError;
 use crate::metrics::Metrics;
 use crate::outbound::Outbound;
 use crate::store::{Store, StoreError};
+use gates::Gates;
 use reset::ResetPolicy;
 use state::{AppQuota, Mark, QuotaState};
 
@@ -60,6 +65,8 @@ pub fn hold_topic(prefix: &str, app: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct Quota {
     state: QuotaState,
+    /// Gates read recently, so that most records cost no Redis read.
+    gates: Arc<Gates>,
     outbound: Outbound,
     hold_prefix: String,
     reset: ResetPolicy,
@@ -75,6 +82,7 @@ impl Quota {
     ) -> Quota {
         Quota {
             state: QuotaState::new(store),
+            gates: Arc::default(),
             outbound,
             hold_prefix: settings.kafka.hold_topic_prefix.clone(),
             reset: ResetPolicy::from_settings(&settings.quota),
@@ -91,21 +99,35 @@ impl Quota {
         self.state.read(app).await
     }
 
-    /// Whether an inbound record of `app` is processed or parked.
+    /// This process's memory of the gates; its partition changes must reach
+    /// [`Gates::forget_all`].
+    pub(crate) fn gates(&self) -> Arc<Gates> {
+        Arc::clone(&self.gates)
+    }
+
+    /// Whether an inbound record of `app` is processed or parked: from Redis, or as read there
+    /// less than [`gates::TRUSTED_FOR`] ago (`gates.rs` says why that keeps every promise).
     pub(crate) async fn gate(&self, app: &str) -> Result<Gate, StoreError> {
+        if let Some(gate) = self.gates.get(app) {
+            return Ok(gate);
+        }
+        let reading = self.gates.reading();
         let quota = self.state.read(app).await?;
-        Ok(if quota.paused(now_ms()) {
+        let gate = if quota.paused(now_ms()) {
             Gate::Paused
         } else if quota.backlog() > 0 {
             Gate::Backlog
         } else {
             Gate::Open
-        })
+        };
+        self.gates.learned(app, gate, reading);
+        Ok(gate)
     }
 
     /// WeChat answered 45009 for `app`: pause it until the quota resets.
     pub(crate) async fn pause(&self, app: &str) -> Result<(), StoreError> {
         let until = self.state.pause(app, self.reset.until_ms(now_ms())).await?;
+        self.gates.forget(app);
         self.metrics.quota_pauses.with_label_values(&[app]).inc();
         self.metrics
             .quota_paused_until
@@ -163,6 +185,7 @@ impl Quota {
         self.state
             .advance(app, Mark::Released, partition, offset + 1)
             .await?;
+        self.gates.forget(app);
         self.metrics.quota_released.with_label_values(&[app]).inc();
         Ok(())
     }

@@ -1,7 +1,8 @@
 //! The shared pause state of each app in Redis: [`QuotaState`].
 //!
 //! One hash per app, `<prefix>quota:{<app>}` (docs/redis-keys.md), read whole with one `HGETALL`
-//! before every inbound record of the app:
+//! when an inbound record of the app finds no recent gate in the process's memory
+//! ([`super::gates`]):
 //! - `until_ms`: the app is paused until then (Unix milliseconds). Written by the process that
 //!   met 45009, only ever later than a pause already in force; deleted by
 //!   `consumer quota resume`. A pause that has run out needs no write: it is simply past.
