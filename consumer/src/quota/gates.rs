@@ -3,15 +3,18 @@
 //! Every inbound record asks whether its app is open ([`super::Quota::gate`]). Reading the app's
 //! quota hash from Redis for each of them costs a round trip per record, for an answer that is
 //! nearly always "open" and changes a few times a day. So a gate read from Redis is trusted for
-//! [`TRUSTED_FOR`], and forgotten earlier when the process learns something that may change it:
+//! [`TRUSTED_FOR`], and forgotten earlier — everything remembered, and every read still under way
+//! ([`Gates::forget_all`]) — whenever the process does or learns something that may change a
+//! gate: **it parks a record, pauses an app or releases a held record**, and **its partitions
+//! change** (the consumer's rebalance callback).
 //!
-//! - **its own pause** (a 45009 here) and **its own releases**: [`Gates::forget`];
-//! - **any change of its partitions**: [`Gates::forget_all`], from the consumer's rebalance
-//!   callback. This is what keeps a user's records in order. A user's records are parked only by
-//!   the owner of the user's partition, after it read a closed gate; so a gate remembered as open
-//!   can only be stale for users whose partition this process did not own when it read it. When
-//!   partitions move, everything remembered is dropped, and a read that was under way when they
-//!   moved is not remembered at all (its epoch is older).
+//! This is what keeps a user's records in order. A user's records are parked only by the owner of
+//! the user's partition. When it parks one, it forgets every gate before the user's next record
+//! starts (a user's records run one after another), so that record reads Redis, where the park is
+//! already counted; and a read that was under way during the park, which may have seen the app
+//! open, is not remembered (its epoch is older). So a gate remembered as open can only be stale
+//! for users whose records this process has not parked — and when partitions move, everything is
+//! forgotten, so the records another owner parked are seen too.
 //!
 //! What the memory delays, by at most [`TRUSTED_FOR`]: another process's pause (a record sent
 //! meanwhile meets 45009 itself and is parked), an operator's `consumer quota resume`, and the end
@@ -83,11 +86,6 @@ impl Gates {
         }
     }
 
-    /// Forgets one app's gate: the next record of it reads Redis.
-    pub(crate) fn forget(&self, app: &str) {
-        self.known().remove(app);
-    }
-
     /// Forgets every gate, and every read under way: the partitions changed.
     pub(crate) fn forget_all(&self) {
         let mut known = self.known();
@@ -117,23 +115,13 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn forgetting_one_app_leaves_the_others() {
-        let gates = Gates::default();
-        gates.learned("shop", Gate::Open, gates.reading());
-        gates.learned("outlet", Gate::Backlog, gates.reading());
-        gates.forget("shop");
-        assert_eq!(gates.get("shop"), None);
-        assert_eq!(gates.get("outlet"), Some(Gate::Backlog));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_partition_change_forgets_everything_and_every_read_under_way() {
+    async fn forgetting_drops_everything_and_every_read_under_way() {
         let gates = Gates::default();
         gates.learned("shop", Gate::Open, gates.reading());
         let under_way = gates.reading();
         gates.forget_all();
         assert_eq!(gates.get("shop"), None);
-        // A read that started before the change found what the old partitions allowed.
+        // A read that started before a park (or a partition change) may have seen the app open.
         gates.learned("outlet", Gate::Open, under_way);
         assert_eq!(gates.get("outlet"), None);
         gates.learned("outlet", Gate::Paused, gates.reading());

@@ -127,7 +127,7 @@ impl Quota {
     /// WeChat answered 45009 for `app`: pause it until the quota resets.
     pub(crate) async fn pause(&self, app: &str) -> Result<(), StoreError> {
         let until = self.state.pause(app, self.reset.until_ms(now_ms())).await?;
-        self.gates.forget(app);
+        self.gates.forget_all();
         self.metrics.quota_pauses.with_label_values(&[app]).inc();
         self.metrics
             .quota_paused_until
@@ -165,9 +165,14 @@ impl Quota {
             .map_err(ProcessError::Park)?;
         // A crash before this write parks the record again when it is redelivered: a duplicate
         // further on in the hold topic, whose replies the send ledger answers as already sent.
-        self.state
+        let advanced = self
+            .state
             .advance(&env.app, Mark::Parked, partition, offset + 1)
-            .await?;
+            .await;
+        // Before the user's next record, whatever the mark's fate: it must read the park from
+        // Redis (`gates.rs`).
+        self.gates.forget_all();
+        advanced?;
         self.metrics
             .quota_held
             .with_label_values(&[env.app.as_str()])
@@ -185,7 +190,7 @@ impl Quota {
         self.state
             .advance(app, Mark::Released, partition, offset + 1)
             .await?;
-        self.gates.forget(app);
+        self.gates.forget_all();
         self.metrics.quota_released.with_label_values(&[app]).inc();
         Ok(())
     }
