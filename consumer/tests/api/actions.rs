@@ -228,7 +228,8 @@ topic = "{1}"
         1,
         2,
         Duration::from_secs(3),
-    );
+    )
+    .await;
     assert_eq!(handoffs.len(), 1, "exactly one hand-off record");
     let record: serde_json::Value =
         serde_json::from_slice(rdkafka::Message::payload(&handoffs[0]).expect("payload"))
@@ -237,7 +238,7 @@ topic = "{1}"
     assert_eq!(record["rule"], "human");
     assert_eq!(record["note"], "wants a person");
     assert_eq!(record["envelope"]["dedup_key"], "demo:msg:7");
-    let forwarded = read_topic(&forward_topic, 3, 2, Duration::from_secs(3));
+    let forwarded = read_topic(&forward_topic, 3, 2, Duration::from_secs(3)).await;
     assert_eq!(forwarded.len(), 1, "exactly one forwarded record");
     assert_eq!(
         rdkafka::Message::payload(&forwarded[0]),

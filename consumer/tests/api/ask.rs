@@ -353,7 +353,8 @@ async fn a_bot_answers_several_replies_and_hands_off() {
         1,
         1,
         Duration::from_secs(20),
-    );
+    )
+    .await;
     assert_eq!(handoffs.len(), 1);
 }
 

@@ -123,20 +123,26 @@ async fn explains_an_offset_range_without_joining_the_group() {
         "{out}"
     );
     assert_eq!(
-        total(&committed(
-            &format!("{}-explain", h.settings.kafka.group_id),
-            &h.settings.kafka.inbound_topic,
-            1
-        )),
+        total(
+            &committed(
+                &format!("{}-explain", h.settings.kafka.group_id),
+                &h.settings.kafka.inbound_topic,
+                1
+            )
+            .await
+        ),
         0,
         "explain commits nothing"
     );
     assert_eq!(
-        total(&committed(
-            &h.settings.kafka.group_id,
-            &h.settings.kafka.inbound_topic,
-            1
-        )),
+        total(
+            &committed(
+                &h.settings.kafka.group_id,
+                &h.settings.kafka.inbound_topic,
+                1
+            )
+            .await
+        ),
         0
     );
     h.wechat.verify().await;

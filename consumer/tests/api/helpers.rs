@@ -433,56 +433,86 @@ pub async fn produce_envelopes(topic: &str, envs: &[EnvelopeV1]) {
 }
 
 /// Reads `count` records from every partition of `topic` (from the start), within `timeout`.
-pub fn read_topic(
+///
+/// librdkafka's calls block, so the reading runs on a blocking thread: the test's runtime may be
+/// the one running the consumers under test, and must not stall while this waits.
+pub async fn read_topic(
     topic: &str,
     partitions: i32,
     count: usize,
     timeout: Duration,
 ) -> Vec<OwnedMessage> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", kafka_brokers())
-        .set("group.id", unique("reader"))
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("reader");
-    let mut list = TopicPartitionList::new();
-    for p in 0..partitions {
-        list.add_partition_offset(topic, p, Offset::Beginning)
-            .expect("partition");
-    }
-    consumer.assign(&list).expect("assign");
-    let deadline = std::time::Instant::now() + timeout;
-    let mut out = Vec::new();
-    while out.len() < count && std::time::Instant::now() < deadline {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            out.push(m.detach());
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", kafka_brokers())
+            .set("group.id", unique("reader"))
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("reader");
+        let mut list = TopicPartitionList::new();
+        for p in 0..partitions {
+            list.add_partition_offset(&topic, p, Offset::Beginning)
+                .expect("partition");
         }
-    }
-    out
+        consumer.assign(&list).expect("assign");
+        let deadline = std::time::Instant::now() + timeout;
+        let mut out = Vec::new();
+        while out.len() < count && std::time::Instant::now() < deadline {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                out.push(m.detach());
+            }
+        }
+        out
+    })
+    .await
+    .expect("the reader thread")
 }
 
 /// The group's committed offset per partition (-1001 = none).
-pub fn committed(group: &str, topic: &str, partitions: i32) -> Vec<i64> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", kafka_brokers())
-        .set("group.id", group)
-        .create()
-        .expect("client");
-    let mut list = TopicPartitionList::new();
-    for p in 0..partitions {
-        list.add_partition(topic, p);
-    }
-    let committed = consumer
-        .committed_offsets(list, Duration::from_secs(10))
-        .expect("committed offsets");
-    (0..partitions)
-        .map(
-            |p| match committed.find_partition(topic, p).map(|e| e.offset()) {
-                Some(Offset::Offset(o)) => o,
-                _ => -1001,
-            },
-        )
-        .collect()
+///
+/// The lookup (a new client, a coordinator lookup, an offset fetch) blocks for a good part of a
+/// second, so it runs on a blocking thread: on the test's own runtime it would stall the
+/// consumers under test, which share that thread, every time a test polls for their progress.
+pub async fn committed(group: &str, topic: &str, partitions: i32) -> Vec<i64> {
+    let (group, topic) = (group.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", kafka_brokers())
+            .set("group.id", &group)
+            .create()
+            .expect("client");
+        let mut list = TopicPartitionList::new();
+        for p in 0..partitions {
+            list.add_partition(&topic, p);
+        }
+        let committed = consumer
+            .committed_offsets(list, Duration::from_secs(10))
+            .expect("committed offsets");
+        (0..partitions)
+            .map(
+                |p| match committed.find_partition(&topic, p).map(|e| e.offset()) {
+                    Some(Offset::Offset(o)) => o,
+                    _ => -1001,
+                },
+            )
+            .collect()
+    })
+    .await
+    .expect("the lookup thread")
+}
+
+/// How many records of the harness's inbound topic its group has committed, over all partitions.
+pub async fn total_committed(h: &Harness) -> i64 {
+    committed(
+        &h.settings.kafka.group_id,
+        &h.settings.kafka.inbound_topic,
+        h.settings.kafka.topics.inbound_partitions,
+    )
+    .await
+    .into_iter()
+    .map(|o| o.max(0))
+    .sum()
 }
 
 /// Polls `condition` until it holds or `timeout` passes; returns whether it held.

@@ -14,18 +14,6 @@ use crate::helpers::*;
 const ECHO: &str =
     "[[rule]]\nname = \"echo\"\n[[rule.actions]]\ntype = \"text\"\ncontent = \"{content}\"\n";
 
-fn total_committed(h: &Harness) -> i64 {
-    let partitions = h.settings.kafka.topics.inbound_partitions;
-    committed(
-        &h.settings.kafka.group_id,
-        &h.settings.kafka.inbound_topic,
-        partitions,
-    )
-    .into_iter()
-    .map(|o| o.max(0))
-    .sum()
-}
-
 fn finished(app: &TestApp) -> f64 {
     ["replied", "skipped", "dead_lettered"]
         .iter()
@@ -54,7 +42,7 @@ async fn poison_records_are_dead_lettered_with_the_reason_and_offsets_advance() 
 
     assert!(
         eventually(Duration::from_secs(30), || async {
-            total_committed(&h) == 3
+            total_committed(&h).await == 3
         })
         .await,
         "all three offsets are committed, poison included"
@@ -64,7 +52,8 @@ async fn poison_records_are_dead_lettered_with_the_reason_and_offsets_advance() 
         1,
         2,
         Duration::from_secs(10),
-    );
+    )
+    .await;
     assert_eq!(letters.len(), 2);
     let mut reasons = HashMap::new();
     for letter in &letters {
@@ -252,7 +241,11 @@ async fn a_crash_mid_batch_redelivers_everything_without_a_second_send() {
         before < 12,
         "the crash happened mid-batch ({before} of 12 sent)"
     );
-    assert_eq!(total_committed(&h), 0, "a crashed process commits nothing");
+    assert_eq!(
+        total_committed(&h).await,
+        0,
+        "a crashed process commits nothing"
+    );
 
     let app = spawn_app(&h).await;
     assert!(
@@ -281,7 +274,7 @@ async fn a_crash_mid_batch_redelivers_everything_without_a_second_send() {
         "a reply never sent is held as ambiguous, not lost silently"
     );
     app.stop().await;
-    assert_eq!(total_committed(&h), 12);
+    assert_eq!(total_committed(&h).await, 12);
 }
 
 #[tokio::test]
@@ -332,7 +325,7 @@ async fn shutdown_finishes_records_in_flight_commits_and_answers_the_endpoints()
     app.stop().await;
 
     assert_eq!(
-        total_committed(&h),
+        total_committed(&h).await,
         3,
         "in-flight records finished and were committed"
     );
@@ -374,7 +367,7 @@ async fn two_processes_share_the_partitions_and_a_rebalance_sends_nothing_twice(
     let second = spawn_app(&h).await;
     assert!(
         eventually(Duration::from_secs(60), || async {
-            total_committed(&h) == 60
+            total_committed(&h).await == 60
         })
         .await,
         "every record finished and committed"
@@ -475,7 +468,7 @@ async fn records_held_up_past_the_poll_interval_pause_fetching_and_keep_the_part
     );
     assert!(
         eventually(Duration::from_secs(10), || async {
-            total_committed(&h) == 3
+            total_committed(&h).await == 3
         })
         .await,
         "all three offsets are committed"

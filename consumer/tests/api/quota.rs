@@ -110,7 +110,8 @@ async fn after_a_daily_quota_answer_the_next_record_of_the_app_does_not_call_wec
         h.settings.kafka.topics.inbound_partitions,
         2,
         Duration::from_secs(10),
-    );
+    )
+    .await;
     assert_eq!(held.len(), 2, "both records are in the app's hold topic");
     assert_eq!(
         h.metric("consumer_quota_held_records_total", &[("app", APP)]),

@@ -81,13 +81,14 @@ async fn show(h: &Harness, position: &str) -> String {
     String::from_utf8(out).expect("utf8")
 }
 
-fn dead_letters(h: &Harness, count: usize) -> Vec<(i64, DeadLetterRecord)> {
+async fn dead_letters(h: &Harness, count: usize) -> Vec<(i64, DeadLetterRecord)> {
     read_topic(
         &h.settings.kafka.dead_letter_topic,
         1,
         count,
         Duration::from_secs(15),
     )
+    .await
     .iter()
     .map(|m| {
         let record = serde_json::from_slice(m.payload().expect("body")).expect("dead letter");
@@ -122,9 +123,10 @@ async fn after_the_api_is_healed_a_redrive_sends_exactly_the_missing_replies() {
     ];
     produce_envelopes(&h.settings.kafka.inbound_topic, &envs).await;
     consume(&h, 3).await;
-    assert_eq!(dead_letters(&h, 3).len(), 3);
+    assert_eq!(dead_letters(&h, 3).await.len(), 3);
     assert!(
         dead_letters(&h, 3)
+            .await
             .iter()
             .all(|(_, d)| d.reason == "retries_exhausted" && d.action_index == Some(1)),
         "each record failed at its second reply"
@@ -182,7 +184,7 @@ async fn a_redrive_that_fails_again_goes_back_to_the_dead_letter_topic_with_the_
     let env = text("o-1", "1", "hello");
     produce_envelopes(&h.settings.kafka.inbound_topic, std::slice::from_ref(&env)).await;
     consume(&h, 1).await;
-    let (first_offset, first) = dead_letters(&h, 1).remove(0);
+    let (first_offset, first) = dead_letters(&h, 1).await.remove(0);
     assert_eq!(first.reason, "retries_exhausted");
     h.wechat.reset().await;
     h.mount_token().await;
@@ -197,7 +199,7 @@ async fn a_redrive_that_fails_again_goes_back_to_the_dead_letter_topic_with_the_
         "{out}"
     );
     assert_eq!(summary.dead_letters_written, 1, "{out}");
-    let letters = dead_letters(&h, 2);
+    let letters = dead_letters(&h, 2).await;
     assert_eq!(
         letters.len(),
         2,
@@ -261,7 +263,7 @@ async fn a_redrive_that_fails_again_goes_back_to_the_dead_letter_topic_with_the_
         (1, 1),
         "{out}"
     );
-    let third = dead_letters(&h, 3).remove(2).1;
+    let third = dead_letters(&h, 3).await.remove(2).1;
     assert_eq!(
         third.redrive.map(|r| (r.count, r.previous.offset)),
         Some((2, *again_offset))
@@ -280,7 +282,7 @@ async fn ambiguous_replies_are_redriven_only_when_the_operator_says_so() {
         .await;
     produce_envelopes(&h.settings.kafka.inbound_topic, &[text("o-1", "1", "hi")]).await;
     consume(&h, 1).await;
-    assert_eq!(dead_letters(&h, 1)[0].1.reason, "ambiguous");
+    assert_eq!(dead_letters(&h, 1).await[0].1.reason, "ambiguous");
     h.wechat.verify().await;
     h.wechat.reset().await;
     h.mount_token().await;

@@ -83,24 +83,12 @@ pub async fn nothing_may_be_called(h: &Harness) {
 }
 
 /// Every offset of the inbound topic committed by the live group.
-pub fn total_committed(h: &Harness) -> i64 {
-    let partitions = h.settings.kafka.topics.inbound_partitions;
-    committed(
-        &h.settings.kafka.group_id,
-        &h.settings.kafka.inbound_topic,
-        partitions,
-    )
-    .into_iter()
-    .map(|o| o.max(0))
-    .sum()
-}
-
 /// Runs the live consumer until it committed `records` offsets, then stops it.
 pub async fn consume(h: &Harness, records: i64) {
     let app = spawn_app(h).await;
     assert!(
         eventually(Duration::from_secs(40), || async {
-            total_committed(h) == records
+            total_committed(h).await == records
         })
         .await,
         "the live consumer finished and committed {records} records"
@@ -216,6 +204,7 @@ async fn a_dry_run_prints_the_exact_requests_and_sends_nothing() {
             1,
             Duration::from_secs(2)
         )
+        .await
         .is_empty(),
         "a dry run writes no dead letter"
     );
@@ -240,7 +229,8 @@ async fn a_live_replay_of_answered_records_sends_nothing_new_and_leaves_the_grou
         &h.settings.kafka.group_id,
         &h.settings.kafka.inbound_topic,
         partitions,
-    );
+    )
+    .await;
 
     let (dry, out) = replay(&h, &["--since", "1h", "--dry-run"]).await;
     assert_eq!(
@@ -265,7 +255,8 @@ async fn a_live_replay_of_answered_records_sends_nothing_new_and_leaves_the_grou
             &h.settings.kafka.group_id,
             &h.settings.kafka.inbound_topic,
             partitions
-        ),
+        )
+        .await,
         group_before,
         "the live group's committed offsets are unchanged"
     );
@@ -278,6 +269,7 @@ async fn a_live_replay_of_answered_records_sends_nothing_new_and_leaves_the_grou
     );
     assert!(
         committed(&summary.group, &h.settings.kafka.inbound_topic, partitions)
+            .await
             .iter()
             .all(|o| *o == -1001),
         "the replay's own group committed nothing"
@@ -360,7 +352,8 @@ async fn old_records_meet_a_closed_window_and_the_summary_says_it_is_expected() 
         1,
         2,
         Duration::from_secs(10),
-    );
+    )
+    .await;
     assert_eq!(letters.len(), 2, "written, and only by the second replay");
     h.wechat.verify().await;
 }

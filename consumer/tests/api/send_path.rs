@@ -46,17 +46,6 @@ fn ledger_entries(h: &Harness) -> Vec<(String, String)> {
         .collect()
 }
 
-fn total_committed(h: &Harness) -> i64 {
-    committed(
-        &h.settings.kafka.group_id,
-        &h.settings.kafka.inbound_topic,
-        h.settings.kafka.topics.inbound_partitions,
-    )
-    .into_iter()
-    .map(|o| o.max(0))
-    .sum()
-}
-
 /// Leases: a 45011 answer and its minute-quota backoff outlast the lease. A redelivery of the
 /// record meanwhile (another process after a rebalance) must wait for the first sender's outcome,
 /// not dead-letter a reply that is about to be sent as ambiguous.
@@ -368,7 +357,7 @@ async fn a_panicking_record_is_dead_lettered_and_the_partition_moves_on() {
     let app = spawn_app(&h).await;
 
     let moved_on = eventually(Duration::from_secs(30), || async {
-        total_committed(&h) == 2
+        total_committed(&h).await == 2
     })
     .await;
     app.stop().await;
@@ -378,7 +367,8 @@ async fn a_panicking_record_is_dead_lettered_and_the_partition_moves_on() {
         1,
         1,
         Duration::from_secs(10),
-    );
+    )
+    .await;
     assert_eq!(letters.len(), 1, "one dead letter");
     let reason = letters[0]
         .headers()
