@@ -26,7 +26,8 @@
 //!
 //! **Keeping the mark.** The sender renews its lease before every attempt and while it waits
 //! (backoff, uploads, a slow call), so a live sender never looks dead however long WeChat makes it
-//! wait. When a renewal finds the mark is no longer its own, the sender stops and sends nothing
+//! wait. The first attempt skips the renewal while the claim is fresh ([`Lease::fresh`]): the
+//! claim was the same check a moment earlier. When a renewal finds the mark is no longer its own, the sender stops and sends nothing
 //! more ([`Ledger::renew`]).
 //!
 //! **Failover.** Redis replicates asynchronously, so a `sent` mark can vanish when its primary
@@ -35,7 +36,7 @@
 
 mod replicated;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::Script;
 use tokio_util::sync::CancellationToken;
@@ -105,6 +106,17 @@ pub enum Claim {
 pub struct Lease {
     key: String,
     owner: String,
+    /// When the claim wrote the mark (and its deadline).
+    taken: Instant,
+}
+
+impl Lease {
+    /// Whether the claim is recent enough to stand for a renewal: written less than a third of
+    /// the lease ago, the mark still has two thirds of its lease ahead, and it cannot have been
+    /// taken over meanwhile (a claim takes a `sending` mark only after its deadline).
+    pub fn fresh(&self, sending_lease: Duration) -> bool {
+        self.taken.elapsed() < sending_lease / 3
+    }
 }
 
 /// Who holds a `sending` mark, and until when: one value for every retry of one run of a record
@@ -215,6 +227,8 @@ impl Ledger {
         }
         let key = self.key(idempotency_key);
         let owner = owner.id.clone();
+        // Taken before the deadline is computed, so `Lease::fresh` never overstates what is left.
+        let taken = Instant::now();
         let deadline = now_ms() + self.sending_lease.as_millis() as i64;
         let mut conn = self.store.conn();
         let existing: Option<String> = self
@@ -229,7 +243,7 @@ impl Ledger {
             )
             .await?;
         match existing {
-            None => Ok(Claim::Acquired(Lease { key, owner })),
+            None => Ok(Claim::Acquired(Lease { key, owner, taken })),
             Some(value) => parse_entry(&value),
         }
     }

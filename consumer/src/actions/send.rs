@@ -13,9 +13,9 @@
 //!    quota, from the send, the upload or the token endpoint) is such a failure, answered
 //!    [`Done::DailyQuotaSpent`]: the record waits for the quota (`crate::quota`).
 //!
-//! The lease is renewed before every attempt and every `lease / 3` while anything is awaited with
-//! the mark held (the upload, the call, a backoff), so no wait, however long, lets it expire under
-//! a live sender. A renewal that finds the mark taken over stops the send: nothing more is sent,
+//! The lease is renewed before every attempt (before the first only when the claim is older than
+//! `lease / 3`) and every `lease / 3` while anything is awaited with the mark held (the upload,
+//! the call, a backoff), so no wait, however long, lets it expire under a live sender. A renewal that finds the mark taken over stops the send: nothing more is sent,
 //! and the record is dead-lettered as `superseded` (visible, and safe to redrive: the ledger
 //! decides). The end of the record's run — shutdown, or its partition revoked by a rebalance
 //! (see [`ClaimOwner`]) — ends every wait: a claim with no call in flight is given back (mark
@@ -132,12 +132,17 @@ impl Actions {
         }
         let mut attempt = 1;
         loop {
-            // Before every attempt (the first too: an upload or a slow token may have taken a
-            // while): the mark must still be ours, or someone else now owns this reply.
-            match self.ledger.renew(lease).await {
-                Ok(true) => {}
-                Ok(false) => return Ok(self.superseded(msgtype)),
-                Err(e) => return self.abandon(lease, allowance, e.into()).await,
+            // Before every attempt the mark must still be ours, or someone else now owns this
+            // reply. A retry always asks Redis (a failure and a backoff came before it); the
+            // first attempt does too unless the claim itself is still fresh (no upload or slow
+            // window took a third of the lease): then the claim was that check, one round trip
+            // ago, and its deadline still has two thirds of the lease to run.
+            if attempt > 1 || !lease.fresh(self.ledger.sending_lease()) {
+                match self.ledger.renew(lease).await {
+                    Ok(true) => {}
+                    Ok(false) => return Ok(self.superseded(msgtype)),
+                    Err(e) => return self.abandon(lease, allowance, e.into()).await,
+                }
             }
             let api = &self.api;
             let body = &request;
