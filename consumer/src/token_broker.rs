@@ -17,12 +17,16 @@
 //! - **Compare-and-expire.** On 40001/40014/42001 the caller expires the token only if its `gen`
 //!   is still the current one, so a failure seen with an old token never wipes a fresh one; then
 //!   it asks again and gets the refreshed token. `stable_token` is never force-refreshed.
+//! - **Read once a second.** A process reuses the token it last read for up to a second
+//!   (`REMEMBER_FOR`) instead of reading the hash before every send; a token WeChat rejects is
+//!   forgotten at once, so the compare-and-expire above still decides what comes next.
 //! - **Replacement.** When an app's credentials change (an AppSecret reset, `crate::apps`),
 //!   [`TokenBroker::replace_token`] fetches with the new ones at once and stores over the cached
 //!   token, through the same lock and fencing, without waiting for the old token to fail.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -64,6 +68,20 @@ return 0
 /// How often a waiting caller looks again for the refreshed token.
 const WAIT_POLL: Duration = Duration::from_millis(25);
 
+/// How long a process keeps using the token it last read before reading Redis again. Short, so
+/// a token another process stored is picked up within a second, and long against a send (every
+/// send would otherwise read it). A token WeChat rejects is forgotten at once
+/// ([`TokenBroker::expire_if_current`]), so a stale one costs at most the calls of that second.
+const REMEMBER_FOR: Duration = Duration::from_secs(1);
+
+/// The token this process last read for an app, and when.
+#[derive(Debug)]
+struct Remembered {
+    token: Token,
+    expires_ms: i64,
+    read_at: Instant,
+}
+
 /// A token and the generation it was stored as.
 #[derive(Debug, Clone)]
 pub struct Token {
@@ -95,6 +113,7 @@ pub struct TokenBroker {
     wait: Duration,
     owner_prefix: String,
     owner_seq: AtomicU64,
+    remembered: Mutex<HashMap<String, Remembered>>,
     store_script: Script,
     expire_script: Script,
     unlock_script: Script,
@@ -121,6 +140,7 @@ impl TokenBroker {
             wait: w.token_wait,
             owner_prefix: uuid::Uuid::new_v4().to_string(),
             owner_seq: AtomicU64::new(0),
+            remembered: Mutex::default(),
             store_script: Script::new(STORE_SCRIPT),
             expire_script: Script::new(EXPIRE_SCRIPT),
             unlock_script: Script::new(UNLOCK_SCRIPT),
@@ -138,16 +158,21 @@ impl TokenBroker {
     /// The current token of `app`, refreshing it (once across all processes) when needed.
     pub async fn token(&self, app: &str) -> Result<Token, TokenError> {
         let credentials = self.credentials(app)?;
+        if let Some(token) = self.recall(app) {
+            return Ok(token);
+        }
         let started = Instant::now();
         loop {
             let (cached, generation) = self.read(app).await?;
             let now = now_ms();
             if let Some((token, expires_ms)) = &cached {
                 if now < expires_ms - self.refresh_ahead_ms {
-                    return Ok(Token {
+                    let token = Token {
                         value: token.clone(),
                         generation,
-                    });
+                    };
+                    self.remember(app, &token, *expires_ms);
+                    return Ok(token);
                 }
             }
             let usable = cached.as_ref().filter(|(_, expires_ms)| now < *expires_ms);
@@ -190,6 +215,35 @@ impl TokenBroker {
         }
     }
 
+    fn remembered(&self) -> std::sync::MutexGuard<'_, HashMap<String, Remembered>> {
+        // Every update is a single insert or remove: a panic elsewhere cannot leave it half-done.
+        self.remembered.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The token last read for `app`, if read less than [`REMEMBER_FOR`] ago and not yet due
+    /// for its refresh ahead of expiry.
+    fn recall(&self, app: &str) -> Option<Token> {
+        let remembered = self.remembered();
+        let r = remembered.get(app)?;
+        (r.read_at.elapsed() < REMEMBER_FOR && now_ms() < r.expires_ms - self.refresh_ahead_ms)
+            .then(|| r.token.clone())
+    }
+
+    fn remember(&self, app: &str, token: &Token, expires_ms: i64) {
+        self.remembered().insert(
+            app.to_owned(),
+            Remembered {
+                token: token.clone(),
+                expires_ms,
+                read_at: Instant::now(),
+            },
+        );
+    }
+
+    fn forget(&self, app: &str) {
+        self.remembered().remove(app);
+    }
+
     fn credentials(&self, app: &str) -> Result<Arc<AppCredentials>, TokenError> {
         self.apps
             .get(app)
@@ -201,6 +255,7 @@ impl TokenBroker {
     /// another refresher at most `token_wait`) and storing with the usual fencing.
     pub async fn replace_token(&self, app: &str) -> Result<Token, TokenError> {
         let credentials = self.credentials(app)?;
+        self.forget(app);
         let started = Instant::now();
         loop {
             if let Some(owner) = self.try_lock(app).await? {
@@ -218,6 +273,8 @@ impl TokenBroker {
     /// After WeChat rejected `failed` as stale: expires it if it is still the current token.
     /// Returns whether it did (false: someone already replaced it).
     pub async fn expire_if_current(&self, app: &str, failed: &Token) -> Result<bool, TokenError> {
+        // Whatever Redis says, the next call reads it again instead of reusing `failed`.
+        self.forget(app);
         let mut conn = self.store.conn();
         let expired: i64 = self
             .store

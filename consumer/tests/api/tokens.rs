@@ -162,14 +162,39 @@ async fn tokens_refresh_ahead_of_expiry_and_not_before() {
     let t = services.tokens.token(APP).await.expect("token");
     assert_eq!(t.value.expose(), "LONG-LIVED", "far from expiry: no fetch");
 
+    // Another process, which has not read the token yet (each process reuses what it read for
+    // up to a second), finds it inside the margin.
     seed_token(&h, "ALMOST-DUE", now_ms() + 60_000, 1).await;
-    let t = services.tokens.token(APP).await.expect("token");
+    let other = h.services().await;
+    let t = other.tokens.token(APP).await.expect("token");
     assert_eq!(
         t.value.expose(),
         "ROLLED",
         "inside the refresh-ahead margin: refreshed"
     );
     h.wechat.verify().await;
+}
+
+/// A process reuses the token it read, but one WeChat rejected is never reused: the next call
+/// reads what Redis holds now (here, the token another process stored meanwhile).
+#[tokio::test]
+async fn a_rejected_token_is_forgotten_at_once() {
+    let h = Harness::new(REPLY).await;
+    let services = h.services().await;
+    seed_token(&h, "FIRST", now_ms() + 3_600_000, 1).await;
+    let first = services.tokens.token(APP).await.expect("token");
+    assert_eq!(first.value.expose(), "FIRST");
+
+    seed_token(&h, "SECOND", now_ms() + 3_600_000, 2).await;
+    let expired = services
+        .tokens
+        .expire_if_current(APP, &first)
+        .await
+        .expect("expire");
+    assert!(!expired, "another process already replaced it");
+    let next = services.tokens.token(APP).await.expect("token");
+    assert_eq!(next.value.expose(), "SECOND");
+    assert_eq!(next.generation, 2);
 }
 
 #[tokio::test]
