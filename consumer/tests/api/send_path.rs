@@ -336,6 +336,11 @@ async fn a_reply_recorded_under_the_old_key_is_not_sent_again() {
             already_sent: 1
         }
     );
+    // The claim made under the new key while the old one was read is given back: no `sending`
+    // mark is left for a later redelivery to wait on and give up as ambiguous.
+    let entries = ledger_entries(&h);
+    assert_eq!(entries.len(), 1, "only the old entry: {entries:?}");
+    assert_eq!(entries[0].1, "sent:1");
     h.wechat.verify().await;
 }
 
