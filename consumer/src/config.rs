@@ -370,6 +370,16 @@ pub struct LedgerSettings {
     /// primary and logged. Below `redis.command_timeout`.
     #[serde(with = "humantime_serde")]
     pub sent_replica_timeout: Duration,
+    /// Look for each reply's entry under its key from before stable reply keys too
+    /// (`{dedup key}:{rule}:{index}`), so that a record processed before that upgrade is not
+    /// replied again. One Redis read per reply; once every consumer has run the upgraded version
+    /// for longer than `entry_ttl`, no such entry is left and this can be turned off.
+    #[serde(default = "read_legacy_keys_by_default")]
+    pub read_legacy_keys: bool,
+}
+
+fn read_legacy_keys_by_default() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Deserialize)]

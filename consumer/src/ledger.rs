@@ -176,6 +176,9 @@ pub struct Ledger {
     /// Replicas that must acknowledge a `sent` mark (0: no wait) and how long to wait for them.
     sent_replicas: u32,
     sent_replica_timeout: Duration,
+    /// Whether entries under a reply's key from before stable reply keys still count
+    /// (`ledger.read_legacy_keys`).
+    read_legacy_keys: bool,
     claim_script: Script,
     owned_script: Script,
     sent_script: Script,
@@ -190,6 +193,7 @@ impl Ledger {
             store,
             sending_lease: settings.sending_lease,
             entry_ttl: settings.entry_ttl,
+            read_legacy_keys: settings.read_legacy_keys,
             claim_script: Script::new(CLAIM_SCRIPT),
             owned_script: Script::new(OWNED_SCRIPT),
             sent_script: Script::new(SENT_SCRIPT),
@@ -220,7 +224,7 @@ impl Ledger {
         legacy_key: Option<&str>,
         owner: &ClaimOwner,
     ) -> Result<Claim, StoreError> {
-        if let Some(legacy) = legacy_key {
+        if let Some(legacy) = legacy_key.filter(|_| self.read_legacy_keys) {
             if let Some(value) = self.get(&self.key(legacy)).await? {
                 return parse_entry(&value);
             }
@@ -303,6 +307,7 @@ impl Ledger {
         idempotency_key: &str,
         legacy_key: Option<&str>,
     ) -> Result<bool, StoreError> {
+        let legacy_key = legacy_key.filter(|_| self.read_legacy_keys);
         for key in std::iter::once(idempotency_key).chain(legacy_key) {
             if self
                 .get(&self.key(key))

@@ -344,6 +344,38 @@ async fn a_reply_recorded_under_the_old_key_is_not_sent_again() {
     h.wechat.verify().await;
 }
 
+/// With `ledger.read_legacy_keys` off (every entry under an old key has expired), the old key is
+/// not read: a reply is decided by its stable key alone, one Redis read less per reply.
+#[tokio::test]
+async fn with_legacy_keys_off_an_entry_under_the_old_key_is_not_read() {
+    let mut h = Harness::new(REPLY).await;
+    h.settings.ledger.read_legacy_keys = false;
+    h.mount_token().await;
+    h.expect_calls(SEND, ok(), 1).await;
+    let env = text("o-old-off", "1", "q");
+    let _: () = redis::cmd("SET")
+        .arg(format!(
+            "{}ledger:{}:r:0",
+            h.settings.redis.key_prefix,
+            env.dedup_key.as_str()
+        ))
+        .arg("sent:1")
+        .query(&mut redis_conn())
+        .expect("seed");
+    let services = h.services().await;
+
+    let outcome = services.processor.process(&env).await.expect("processed");
+
+    assert_eq!(
+        outcome,
+        Outcome::Replied {
+            sent: 1,
+            already_sent: 0
+        }
+    );
+    h.wechat.verify().await;
+}
+
 /// Panics: a record whose handler panics becomes a `panic` dead letter and its partition moves
 /// on. The panic is real, set off by a hook the tests arm for one record (`consumer::test_hooks`,
 /// only in builds of the tests): the product keeps no panic for a test to reach.
