@@ -2,10 +2,10 @@
 //!
 //! WeChat re-sends a push it got no timely answer for, so the same message can arrive several
 //! times, even concurrently. Before publishing, a push takes a *claim* on its dedup key
-//! (`SET key pending:<owner> NX PX <lease> GET`, which also answers what held the key). After
-//! Kafka acknowledged the record, the claim becomes `done` with a TTL longer than WeChat's retry
-//! horizon. If publishing fails the claim is released — compare-and-delete, so only its owner
-//! can — and WeChat's next retry goes through. A claim whose owner died expires with its lease.
+//! (`SET key pending:<owner> NX PX <lease>`). After Kafka acknowledged the record, the claim
+//! becomes `done` with a TTL longer than WeChat's retry horizon. If publishing fails the claim is
+//! released — compare-and-delete, so only its owner can — and WeChat's next retry goes through.
+//! A claim whose owner died expires with its lease.
 //!
 //! Redis is an optimisation of correctness here, not a precondition of it: when it cannot answer
 //! within the command timeout the caller publishes anyway and marks the record unchecked
@@ -16,7 +16,7 @@
 //! failover loses the marks the dead primary had not yet replicated; the effect is described in
 //! docs/redis-keys.md.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -109,9 +109,6 @@ pub struct DedupStore {
     connection: OnceCell<RedisConnection>,
     last_connect_failure: Mutex<Option<Instant>>,
     settings: RedisSettings,
-    /// Set once the server refused `SET ... NX GET` (Redis before 7.0): claims then go through
-    /// the claim script for the rest of the process's life.
-    claim_by_script: Arc<AtomicBool>,
     claim_script: Script,
     release_script: Script,
     signature_script: Script,
@@ -143,13 +140,12 @@ impl DedupStore {
             connection: OnceCell::new(),
             last_connect_failure: Mutex::new(None),
             settings,
-            claim_by_script: Arc::new(AtomicBool::new(false)),
-            // The claim for servers older than 7.0, which refuse NX together with GET.
+            // Claim, and on failure say what holds the key, in one atomic round trip.
             claim_script: Script::new(
                 r"if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-                    return false
+                    return 'acquired'
                   end
-                  return redis.call('GET', KEYS[1]) or 'pending:'",
+                  return redis.call('GET', KEYS[1]) or 'pending'",
             ),
             // Only the owner of a pending claim may drop it; a `done` mark or another owner's
             // claim (after our lease expired) stays.
@@ -182,24 +178,10 @@ impl DedupStore {
             connection: OnceCell::new(),
             last_connect_failure: Mutex::new(None),
             settings: self.settings.clone(),
-            claim_by_script: Arc::clone(&self.claim_by_script),
             claim_script: self.claim_script.clone(),
             release_script: self.release_script.clone(),
             signature_script: self.signature_script.clone(),
         }
-    }
-
-    /// Whether claims go through the script for servers before 7.0 (see [`DedupStore::claim`]).
-    pub fn claims_by_script(&self) -> bool {
-        self.claim_by_script.load(Ordering::Relaxed)
-    }
-
-    /// Claims through the script from the start, as after a refusal of `SET ... NX GET`; for the
-    /// tests of that path against a server that does not refuse it.
-    #[doc(hidden)]
-    pub fn claiming_by_script(self) -> DedupStore {
-        self.claim_by_script.store(true, Ordering::Relaxed);
-        self
     }
 
     /// The Redis key of a dedup key.
@@ -207,58 +189,20 @@ impl DedupStore {
         format!("{}{dedup_key}", self.settings.key_prefix)
     }
 
-    /// Takes the claim on `dedup_key`, or says who holds it, in one round trip:
-    /// `SET key pending:<owner> NX PX <lease> GET` sets the key only if it is absent and answers
-    /// what it held — nothing when the claim is ours, `done` or another owner's `pending:`
-    /// otherwise. A server older than 7.0 refuses NX with GET as a syntax error; from then on the
-    /// same claim runs as a script (`SET NX`, else `GET`), still one atomic round trip.
+    /// Takes the claim on `dedup_key`, or says who holds it.
     pub async fn claim(&self, dedup_key: &str) -> Result<Claim, DedupError> {
         let key = self.redis_key(dedup_key);
         let value = self.owners.next();
         let lease_ms = self.settings.claim_lease.as_millis() as u64;
         let mut conn = self.connection().await?;
-        let held: Option<String> = if self.claim_by_script.load(Ordering::Relaxed) {
-            self.claim_with_script(&mut conn, &key, &value, lease_ms)
-                .await?
-        } else {
-            let mut set = redis::cmd("SET");
-            set.arg(&key)
-                .arg(&value)
-                .arg("NX")
-                .arg("PX")
-                .arg(lease_ms)
-                .arg("GET");
-            match self.bounded(set.query_async(&mut conn)).await {
-                Err(DedupError::Redis(e)) if refuses_set_nx_get(&e) => {
-                    self.claim_by_script.store(true, Ordering::Relaxed);
-                    tracing::info!(
-                        "this Redis refuses SET with both NX and GET (before 7.0); \
-                         claiming with a script from now on"
-                    );
-                    self.claim_with_script(&mut conn, &key, &value, lease_ms)
-                        .await?
-                }
-                other => other?,
-            }
-        };
-        Ok(match held.as_deref() {
-            None => Claim::Acquired(ClaimToken { key, value }),
-            Some(DONE) => Claim::Done,
-            Some(_) => Claim::Pending,
+        let mut invocation = self.claim_script.key(&key);
+        invocation.arg(&value).arg(lease_ms);
+        let found: String = self.bounded(invocation.invoke_async(&mut conn)).await?;
+        Ok(match found.as_str() {
+            "acquired" => Claim::Acquired(ClaimToken { key, value }),
+            DONE => Claim::Done,
+            _ => Claim::Pending,
         })
-    }
-
-    /// The claim as a script, for servers that refuse `SET ... NX GET`; answers as the command does.
-    async fn claim_with_script(
-        &self,
-        conn: &mut RedisConnection,
-        key: &str,
-        value: &str,
-        lease_ms: u64,
-    ) -> Result<Option<String>, DedupError> {
-        let mut invocation = self.claim_script.key(key);
-        invocation.arg(value).arg(lease_ms);
-        Ok(self.bounded(invocation.invoke_async(conn)).await?)
     }
 
     /// Marks the claimed push stored: later deliveries answer `success` without publishing.
@@ -367,12 +311,6 @@ impl DedupStore {
             .unwrap_or_else(|p| p.into_inner())
             .is_some_and(|at| at.elapsed() < RECONNECT_BACKOFF)
     }
-}
-
-/// Whether the server refused `SET ... NX ... GET` as a command it does not know that way.
-fn refuses_set_nx_get(e: &redis::RedisError) -> bool {
-    e.kind() == redis::ErrorKind::ResponseError
-        && e.to_string().to_ascii_lowercase().contains("syntax")
 }
 
 #[cfg(test)]

@@ -2,7 +2,6 @@
 
 use common::codec::Format;
 use common::envelope::{DedupStatus, Envelope};
-use ingest::dedup::{Claim, DedupStore};
 
 use crate::helpers::*;
 
@@ -136,33 +135,4 @@ async fn every_stored_push_is_marked_done_after_its_answer() {
     let retry = app.post("json", &pushes[0]).await;
     assert_eq!(retry.status(), 200);
     assert_eq!(record_count(app.topic()), 24);
-}
-
-#[tokio::test]
-async fn a_claim_answers_alike_as_one_command_and_as_the_script_for_servers_before_7() {
-    let settings = test_settings().redis;
-    let command = DedupStore::new(settings.clone()).unwrap();
-    let script = DedupStore::new(settings).unwrap().claiming_by_script();
-    for store in [&command, &script] {
-        let stored = format!("app:msg:{}", unique_msg_id());
-        let Claim::Acquired(token) = store.claim(&stored).await.unwrap() else {
-            panic!("a fresh key is free");
-        };
-        assert_eq!(store.claim(&stored).await.unwrap(), Claim::Pending);
-        store.complete(&token).await.unwrap();
-        assert_eq!(store.claim(&stored).await.unwrap(), Claim::Done);
-
-        let failed = format!("app:msg:{}", unique_msg_id());
-        let Claim::Acquired(token) = store.claim(&failed).await.unwrap() else {
-            panic!("a fresh key is free");
-        };
-        store.release(&token).await.unwrap();
-        assert!(matches!(
-            store.claim(&failed).await.unwrap(),
-            Claim::Acquired(_)
-        ));
-    }
-    // The test server is 7.0 or newer: the single command was taken, never the fallback.
-    assert!(!command.claims_by_script());
-    assert!(script.claims_by_script());
 }
