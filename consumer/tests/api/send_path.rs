@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::envelope::EnvelopeV1;
 use consumer::error::ProcessError;
 use consumer::processor::{ClaimOwner, Outcome};
 use rdkafka::message::{Headers, Message as _};
@@ -308,14 +309,9 @@ async fn a_renamed_rule_with_an_inserted_action_does_not_send_a_reply_again() {
     h.wechat.verify().await;
 }
 
-/// Stable reply keys, the transition: a reply recorded under the old key (`{dedup key}:{rule}:{index}`)
-/// before the upgrade is not sent again by a redelivery after it.
-#[tokio::test]
-async fn a_reply_recorded_under_the_old_key_is_not_sent_again() {
-    let h = Harness::new(REPLY).await;
-    h.mount_token().await;
-    h.expect_calls(SEND, ok(), 0).await;
-    let env = text("o-old", "1", "q");
+/// Writes a `sent` entry for the record's first reply under the key it had before reply keys
+/// were stable (`{dedup key}:{rule}:{index}`), as an older version left it.
+fn seed_sent_under_the_old_key(h: &Harness, env: &EnvelopeV1) {
     let _: () = redis::cmd("SET")
         .arg(format!(
             "{}ledger:{}:r:0",
@@ -325,6 +321,17 @@ async fn a_reply_recorded_under_the_old_key_is_not_sent_again() {
         .arg("sent:1")
         .query(&mut redis_conn())
         .expect("seed");
+}
+
+/// Stable reply keys, the transition: a reply recorded under the old key (`{dedup key}:{rule}:{index}`)
+/// before the upgrade is not sent again by a redelivery after it.
+#[tokio::test]
+async fn a_reply_recorded_under_the_old_key_is_not_sent_again() {
+    let h = Harness::new(REPLY).await;
+    h.mount_token().await;
+    h.expect_calls(SEND, ok(), 0).await;
+    let env = text("o-old", "1", "q");
+    seed_sent_under_the_old_key(&h, &env);
     let services = h.services().await;
 
     let outcome = services.processor.process(&env).await.expect("processed");
@@ -353,15 +360,7 @@ async fn with_legacy_keys_off_an_entry_under_the_old_key_is_not_read() {
     h.mount_token().await;
     h.expect_calls(SEND, ok(), 1).await;
     let env = text("o-old-off", "1", "q");
-    let _: () = redis::cmd("SET")
-        .arg(format!(
-            "{}ledger:{}:r:0",
-            h.settings.redis.key_prefix,
-            env.dedup_key.as_str()
-        ))
-        .arg("sent:1")
-        .query(&mut redis_conn())
-        .expect("seed");
+    seed_sent_under_the_old_key(&h, &env);
     let services = h.services().await;
 
     let outcome = services.processor.process(&env).await.expect("processed");
