@@ -4,7 +4,8 @@
 //! (`msg_signature` in safe mode) and the timestamp window → decrypt → parse (`routes/push.rs`) →
 //! claim the dedup key in Redis → write the record durably: Kafka's acknowledgement, or the local
 //! spool when Kafka cannot in time (`intake.rs`, `durable.rs`, `spool/`) → answer → mark the
-//! claim done, gathered with other marks (`done_marks.rs`). Every step is bounded by the ack budget, so WeChat always hears back inside its 5 s.
+//! claim done, gathered with other marks (`done_marks.rs`). Every step is bounded by the ack
+//! budget, so WeChat always hears back inside its 5 s.
 //!
 //! The promises this crate keeps (`docs/architecture.md`): ack only after a durable write; answer
 //! inside the budget; two-phase dedup released on failure; fail open on Redis, durable on Kafka
