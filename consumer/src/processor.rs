@@ -18,6 +18,7 @@ pub use crate::ledger::ClaimOwner;
 use crate::metrics::Metrics;
 use crate::quota::{Gate, Quota};
 use crate::rules::RulesHandle;
+use crate::window::RecordWindow;
 
 /// How a record ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,9 +132,21 @@ impl Processor {
 
     /// The record's window, rules and actions.
     async fn run(&self, env: &EnvelopeV1, owner: &ClaimOwner) -> Result<Ran, ProcessError> {
-        // Before the rules: a user message opens its reply window even when no rule replies,
-        // so a later rule (or an operator) can still answer inside it.
-        self.actions.windows.observe(env).await?;
+        // A user message opens its reply window even when no rule replies, so a later rule (or
+        // an operator) can still answer inside it. The opening is written with the record's first
+        // reply (one round trip for both) or, failing that, once the run has finished.
+        let window = self.actions.windows.for_record(env);
+        let ran = self.run_rules(env, owner, &window).await?;
+        window.settle().await?;
+        Ok(ran)
+    }
+
+    async fn run_rules(
+        &self,
+        env: &EnvelopeV1,
+        owner: &ClaimOwner,
+        window: &RecordWindow<'_>,
+    ) -> Result<Ran, ProcessError> {
         let rules = self.rules.current();
         let matches = rules.evaluate(env);
         let Some(first) = matches.first() else {
@@ -148,7 +161,7 @@ impl Processor {
         }
         let (mut sent, mut already_sent) = (0, 0);
         for action in plan(env, &matches) {
-            match self.actions.run(env, &action, owner).await? {
+            match self.actions.run(env, &action, owner, window).await? {
                 Done::Sent => sent += 1,
                 Done::AlreadySent => already_sent += 1,
                 Done::Replies {

@@ -10,6 +10,10 @@
 //!   an older action never replaces a newer one, so quota already spent stays spent;
 //! - a reply is taken from the allowance *before* the API call, atomically (Lua), and given back
 //!   only when WeChat definitely did not deliver it;
+//! - a record's opening is written before anything of its own reads the window: with its first
+//!   take, in the same script ([`RecordWindow`]), or before a peek, or at the end of its run. The
+//!   user's other records wait for that end (one user's records run in order), so none of them
+//!   sees the window before the record that opened it is done;
 //! - a take is idempotent per reply: the hash remembers `taken:{idempotency key}` = the anchor it
 //!   was taken from, so a take repeated after its answer was lost (a Redis timeout) spends the
 //!   reply once. A new window forgets them.
@@ -21,6 +25,7 @@
 //! window never lasts longer than its length from now and a later genuine action still replaces
 //! it. A time long past opens a window that is already closed.
 
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use common::envelope::EnvelopeV1;
@@ -35,30 +40,38 @@ pub const MESSAGE_ALLOWANCE: (i64, Duration) = (5, Duration::from_secs(48 * 3600
 /// Replies allowed after the user enters the session, and for how long.
 pub const ENTER_ALLOWANCE: (i64, Duration) = (2, Duration::from_secs(60));
 
-const OPEN_SCRIPT: &str = r"
-local anchor_time = tonumber(redis.call('HGET', KEYS[1], 'anchor_time') or '-1')
-if redis.call('HGET', KEYS[1], 'anchor_key') == ARGV[2] then return 0 end
-if tonumber(ARGV[1]) < anchor_time then return 0 end
-for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
-  if string.sub(field, 1, 6) == 'taken:' then redis.call('HDEL', KEYS[1], field) end
+/// Opens (resets) the window of KEYS[1] for an action at `anchor_time` whose dedup key is
+/// `anchor_key`; 1 if it did. Not when this very record opened it already (a redelivery), and not
+/// when a newer action did.
+const OPEN_FN: &str = r"
+local function open(anchor_time, anchor_key, replies, expires_ms, ttl_ms)
+  local current = tonumber(redis.call('HGET', KEYS[1], 'anchor_time') or '-1')
+  if redis.call('HGET', KEYS[1], 'anchor_key') == anchor_key then return 0 end
+  if tonumber(anchor_time) < current then return 0 end
+  for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
+    if string.sub(field, 1, 6) == 'taken:' then redis.call('HDEL', KEYS[1], field) end
+  end
+  redis.call('HSET', KEYS[1], 'remaining', replies, 'expires_ms', expires_ms,
+    'anchor_time', anchor_time, 'anchor_key', anchor_key)
+  redis.call('PEXPIRE', KEYS[1], ttl_ms)
+  return 1
 end
-redis.call('HSET', KEYS[1], 'remaining', ARGV[3], 'expires_ms', ARGV[4], 'anchor_time', ARGV[1], 'anchor_key', ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
-return 1
 ";
 
-/// ARGV[2] is the reply's `taken:` field: a reply already taken from this window is not taken
-/// twice.
-const TAKE_SCRIPT: &str = r"
-local anchor = redis.call('HGET', KEYS[1], 'anchor_key')
-if anchor and redis.call('HGET', KEYS[1], ARGV[2]) == anchor then return {'ok', anchor} end
-local expires = tonumber(redis.call('HGET', KEYS[1], 'expires_ms') or '0')
-if expires <= tonumber(ARGV[1]) then return {'window_closed', ''} end
-local remaining = tonumber(redis.call('HGET', KEYS[1], 'remaining') or '0')
-if remaining <= 0 then return {'quota_exhausted', ''} end
-redis.call('HINCRBY', KEYS[1], 'remaining', -1)
-redis.call('HSET', KEYS[1], ARGV[2], anchor)
-return {'ok', anchor}
+/// Takes one reply from the window of KEYS[1] at `now` (ms). `field` is the reply's `taken:`
+/// field: a reply already taken from this window is not taken twice.
+const TAKE_FN: &str = r"
+local function take(now, field)
+  local anchor = redis.call('HGET', KEYS[1], 'anchor_key')
+  if anchor and redis.call('HGET', KEYS[1], field) == anchor then return {'ok', anchor} end
+  local expires = tonumber(redis.call('HGET', KEYS[1], 'expires_ms') or '0')
+  if expires <= tonumber(now) then return {'window_closed', ''} end
+  local remaining = tonumber(redis.call('HGET', KEYS[1], 'remaining') or '0')
+  if remaining <= 0 then return {'quota_exhausted', ''} end
+  redis.call('HINCRBY', KEYS[1], 'remaining', -1)
+  redis.call('HSET', KEYS[1], field, anchor)
+  return {'ok', anchor}
+end
 ";
 
 /// Gives a reply back (once: only while its `taken:` field ARGV[3] is there), or (ARGV[2] = '0')
@@ -118,7 +131,32 @@ pub struct ReplyWindows {
     enabled: bool,
     open_script: Script,
     take_script: Script,
+    open_and_take_script: Script,
     adjust_script: Script,
+}
+
+/// The opening of a user's window that one qualifying record makes, ready to be written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Opening {
+    key: String,
+    anchor_key: String,
+    replies: i64,
+    opened: Opened,
+}
+
+/// One record's view of its user's window. A qualifying record opens the window whether or not a
+/// rule replies, but the opening is written lazily: together with the record's first reply, in
+/// the same script and round trip as its take, or by [`RecordWindow::settle`] when the record's
+/// run ends without one. The user's records run one at a time, so nothing reads the window
+/// between the record's start and that write but the record itself, and [`RecordWindow::peek`]
+/// writes the opening first.
+#[derive(Debug)]
+pub(crate) struct RecordWindow<'a> {
+    windows: &'a ReplyWindows,
+    env: &'a EnvelopeV1,
+    /// The opening not yet written; `None` once written or when the record opens nothing.
+    /// Held only between awaits.
+    opening: Mutex<Option<Opening>>,
 }
 
 impl ReplyWindows {
@@ -126,8 +164,14 @@ impl ReplyWindows {
         ReplyWindows {
             store,
             enabled,
-            open_script: Script::new(OPEN_SCRIPT),
-            take_script: Script::new(TAKE_SCRIPT),
+            open_script: Script::new(&format!(
+                "{OPEN_FN}\nreturn open(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])"
+            )),
+            take_script: Script::new(&format!("{TAKE_FN}\nreturn take(ARGV[1], ARGV[2])")),
+            open_and_take_script: Script::new(&format!(
+                "{OPEN_FN}\n{TAKE_FN}\nopen(ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])\n\
+                 return take(ARGV[1], ARGV[2])"
+            )),
             adjust_script: Script::new(ADJUST_SCRIPT),
         }
     }
@@ -139,43 +183,53 @@ impl ReplyWindows {
         ))
     }
 
-    /// Opens (resets) the user's window when `env` is a qualifying action. Called for every
-    /// record before its rules run, whether or not a rule replies.
-    pub async fn observe(&self, env: &EnvelopeV1) -> Result<(), StoreError> {
+    /// `env`'s window, for the length of its run.
+    pub(crate) fn for_record<'a>(&'a self, env: &'a EnvelopeV1) -> RecordWindow<'a> {
+        RecordWindow {
+            windows: self,
+            env,
+            opening: Mutex::new(self.opening(env)),
+        }
+    }
+
+    /// The window `env` opens, if it is a qualifying action and windows are tracked.
+    fn opening(&self, env: &EnvelopeV1) -> Option<Opening> {
         let msg = &env.message;
         let (replies, length) = match &msg.body {
             MessageBody::EnterSession { .. } => ENTER_ALLOWANCE,
             _ if msg.is_user_message() => MESSAGE_ALLOWANCE,
-            _ => return Ok(()),
+            _ => return None,
         };
         if !self.enabled {
-            return Ok(());
+            return None;
         }
-        let now = now_ms();
-        let opened = Opened::at(msg.create_time, length, now);
+        Some(Opening {
+            key: self.key(env),
+            anchor_key: env.dedup_key.as_str().to_owned(),
+            replies,
+            opened: Opened::at(msg.create_time, length, now_ms()),
+        })
+    }
+
+    async fn open(&self, opening: &Opening) -> Result<(), StoreError> {
         let mut conn = self.store.conn();
+        let mut invocation = self.open_script.key(&opening.key);
+        opening.args(&mut invocation);
         let _changed: i64 = self
             .store
-            .bounded(
-                self.open_script
-                    .key(self.key(env))
-                    .arg(opened.anchor_time)
-                    .arg(env.dedup_key.as_str())
-                    .arg(replies)
-                    .arg(opened.expires_ms)
-                    .arg(opened.ttl_ms)
-                    .invoke_async(&mut conn),
-            )
+            .bounded(invocation.invoke_async(&mut conn))
             .await?;
         Ok(())
     }
 
     /// Takes one reply (`idempotency_key`) from the user's allowance, or says why WeChat would
-    /// refuse it. Taking the same reply again within the same window takes nothing more.
-    pub async fn take(
+    /// refuse it; with `opening`, writes that first, in the same script. Taking the same reply
+    /// again within the same window takes nothing more.
+    async fn take(
         &self,
         env: &EnvelopeV1,
         idempotency_key: &str,
+        opening: Option<&Opening>,
     ) -> Result<Result<Allowance, Refusal>, StoreError> {
         let key = self.key(env);
         let field = format!("taken:{idempotency_key}");
@@ -186,16 +240,19 @@ impl ReplyWindows {
                 field,
             }));
         }
+        let script = match opening {
+            Some(_) => &self.open_and_take_script,
+            None => &self.take_script,
+        };
+        let mut invocation = script.key(&key);
+        invocation.arg(now_ms()).arg(&field);
+        if let Some(opening) = opening {
+            opening.args(&mut invocation);
+        }
         let mut conn = self.store.conn();
         let (verdict, anchor): (String, String) = self
             .store
-            .bounded(
-                self.take_script
-                    .key(&key)
-                    .arg(now_ms())
-                    .arg(&field)
-                    .invoke_async(&mut conn),
-            )
+            .bounded(invocation.invoke_async(&mut conn))
             .await?;
         match verdict.as_str() {
             "ok" => Ok(Ok(Allowance { key, anchor, field })),
@@ -260,6 +317,64 @@ impl ReplyWindows {
             )
             .await?;
         Ok(())
+    }
+}
+
+impl Opening {
+    /// The opening's arguments, after those already on `invocation`.
+    fn args(&self, invocation: &mut redis::ScriptInvocation<'_>) {
+        invocation
+            .arg(self.opened.anchor_time)
+            .arg(&self.anchor_key)
+            .arg(self.replies)
+            .arg(self.opened.expires_ms)
+            .arg(self.opened.ttl_ms);
+    }
+}
+
+impl RecordWindow<'_> {
+    /// Takes one reply from the window (see [`ReplyWindows::take`]), writing the record's
+    /// opening in the same round trip if it is not written yet.
+    pub(crate) async fn take(
+        &self,
+        idempotency_key: &str,
+    ) -> Result<Result<Allowance, Refusal>, StoreError> {
+        let opening = self.pending();
+        let taken = self
+            .windows
+            .take(self.env, idempotency_key, opening.as_ref())
+            .await?;
+        if opening.is_some() {
+            self.written();
+        }
+        Ok(taken)
+    }
+
+    /// Whether a reply could be taken now (see [`ReplyWindows::peek`]), the opening written first.
+    pub(crate) async fn peek(&self) -> Result<Result<i64, Refusal>, StoreError> {
+        self.settle().await?;
+        self.windows.peek(self.env).await
+    }
+
+    /// Writes the record's opening if nothing wrote it yet; the end of every run that finished.
+    /// Writing it again is harmless: the window remembers the record that opened it.
+    pub(crate) async fn settle(&self) -> Result<(), StoreError> {
+        if let Some(opening) = self.pending() {
+            self.windows.open(&opening).await?;
+            self.written();
+        }
+        Ok(())
+    }
+
+    fn pending(&self) -> Option<Opening> {
+        self.opening
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn written(&self) {
+        *self.opening.lock().unwrap_or_else(PoisonError::into_inner) = None;
     }
 }
 

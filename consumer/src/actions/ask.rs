@@ -37,9 +37,11 @@ use crate::dead_letter::Reason;
 use crate::error::ProcessError;
 use crate::ledger::ClaimOwner;
 use crate::wechat_api::{SendRequest, TypingCommand, TypingRequest};
-use crate::window::Refusal;
+use crate::window::{RecordWindow, Refusal};
 
 impl Actions {
+    // The step's three fields and the record's context (env, owner, window) are each used apart.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn ask(
         &self,
         env: &EnvelopeV1,
@@ -48,6 +50,7 @@ impl Actions {
         touser: &str,
         fallback: &AskFallback,
         owner: &ClaimOwner,
+        window: &RecordWindow<'_>,
     ) -> Result<Done, ProcessError> {
         let key = &action.idempotency_key;
         let store = &self.ask.store;
@@ -63,7 +66,10 @@ impl Actions {
                 self.ask.count("reused");
                 (answer, false)
             }
-            None => match self.decide(env, action, backend, touser, fallback).await? {
+            None => match self
+                .decide(env, action, backend, touser, fallback, window)
+                .await?
+            {
                 Decided::Answer(answer, typing_on) => match store.keep(env, key, &answer).await {
                     Ok(Kept::Pending { answer }) => (answer, typing_on),
                     // Another run of this record finished the ask meanwhile.
@@ -100,7 +106,10 @@ impl Actions {
                     media_file: None,
                 },
             };
-            match self.send(env, &planned, &request, None, owner).await? {
+            match self
+                .send(env, &planned, &request, None, owner, window)
+                .await?
+            {
                 Done::Sent => sent += 1,
                 Done::AlreadySent => already_sent += 1,
                 Done::DeadLetter(reason) => return Ok(Done::DeadLetter(reason)),
@@ -150,8 +159,9 @@ impl Actions {
         backend: &str,
         touser: &str,
         fallback: &AskFallback,
+        window: &RecordWindow<'_>,
     ) -> Result<Decided, ProcessError> {
-        let window_end = match self.windows.peek(env).await? {
+        let window_end = match window.peek().await? {
             Ok(end) => end,
             Err(refusal) => {
                 let (outcome, reason) = match refusal {

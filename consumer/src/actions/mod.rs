@@ -42,7 +42,7 @@ use crate::rules::{field, Action, Fallback, ForwardTarget, MediaSource, RuleMatc
 use crate::token_broker::TokenBroker;
 use crate::wechat_api::body::{CardBody, ImageBody, LinkBody, TextBody};
 use crate::wechat_api::{OutgoingMessage, SendRequest, TypingRequest, WechatApi};
-use crate::window::ReplyWindows;
+use crate::window::{RecordWindow, ReplyWindows};
 use calls::{Caller, RetryPolicy};
 use media::MediaCache;
 use sinks::{SinkError, Sinks};
@@ -301,18 +301,19 @@ impl Actions {
     }
 
     /// Runs one step for `env`.
-    pub async fn run(
+    pub(crate) async fn run(
         &self,
         env: &EnvelopeV1,
         action: &PlannedAction,
         owner: &ClaimOwner,
+        window: &RecordWindow<'_>,
     ) -> Result<Done, ProcessError> {
         match &action.step {
             Step::Send {
                 request,
                 media_file,
             } => {
-                self.send(env, action, request, media_file.as_deref(), owner)
+                self.send(env, action, request, media_file.as_deref(), owner, window)
                     .await
             }
             Step::Typing(request) => {
@@ -336,7 +337,7 @@ impl Actions {
                 touser,
                 fallback,
             } => {
-                self.ask(env, action, backend, touser, fallback, owner)
+                self.ask(env, action, backend, touser, fallback, owner, window)
                     .await
             }
             Step::Drop => Ok(Done::Nothing),

@@ -41,7 +41,7 @@ use crate::wechat_api::error::{
     ERRCODE_DAILY_QUOTA, ERRCODE_INVALID_MEDIA, ERRCODE_QUOTA_EXHAUSTED, ERRCODE_WINDOW_CLOSED,
 };
 use crate::wechat_api::{ErrorClass, SendRequest};
-use crate::window::{Allowance, Refusal};
+use crate::window::{Allowance, RecordWindow, Refusal};
 
 /// How often a record waiting on another attempt's live `sending` mark looks again.
 const IN_PROGRESS_POLL: Duration = Duration::from_millis(100);
@@ -54,6 +54,7 @@ impl Actions {
         request: &SendRequest,
         media_file: Option<&Path>,
         owner: &ClaimOwner,
+        window: &RecordWindow<'_>,
     ) -> Result<Done, ProcessError> {
         let msgtype = request.message.msgtype();
         let lease = loop {
@@ -87,7 +88,7 @@ impl Actions {
                 }
             }
         };
-        let allowance = match self.windows.take(env, &action.idempotency_key).await {
+        let allowance = match window.take(&action.idempotency_key).await {
             Ok(Ok(allowance)) => allowance,
             Ok(Err(refusal)) => {
                 self.ledger.release(&lease).await?;

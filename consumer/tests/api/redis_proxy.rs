@@ -51,6 +51,11 @@ impl RedisProxy {
         (proxy, url)
     }
 
+    /// Requests seen containing the armed trigger's pattern since it was armed.
+    pub fn seen(&self) -> usize {
+        self.seen.load(Ordering::SeqCst)
+    }
+
     /// Arms the trigger (counting matches from now).
     pub fn arm(&self, trigger: Trigger) {
         self.seen.store(0, Ordering::SeqCst);
