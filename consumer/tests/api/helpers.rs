@@ -74,6 +74,14 @@ fn use_test_redis(s: &mut Settings) {
     }
 }
 
+/// A blocking connection to the test Redis, for reading and seeding keys directly.
+pub fn redis_conn() -> redis::Connection {
+    redis::Client::open(redis_url())
+        .expect("redis url")
+        .get_connection()
+        .expect("redis connection")
+}
+
 /// A connection to the test's Redis, for tests that look at or seed keys directly.
 pub async fn redis_connection(settings: &Settings) -> common::redis::RedisConnection {
     let target = settings.redis.target().expect("redis settings");

@@ -26,13 +26,6 @@ fn reason_kind(outcome: &Outcome) -> &'static str {
     }
 }
 
-fn redis_conn() -> redis::Connection {
-    redis::Client::open(redis_url())
-        .expect("redis url")
-        .get_connection()
-        .expect("redis connection")
-}
-
 fn ledger_entries(h: &Harness) -> Vec<(String, String)> {
     let mut conn = redis_conn();
     let keys: Vec<String> = redis::cmd("KEYS")
@@ -306,6 +299,48 @@ async fn a_renamed_rule_with_an_inserted_action_does_not_send_a_reply_again() {
             already_sent: 1
         }
     );
+    h.wechat.verify().await;
+}
+
+/// Reply windows: a replied record opens its user's window and takes its reply from it in one
+/// Redis request, not two.
+#[tokio::test]
+async fn a_reply_opens_its_window_and_takes_from_it_in_one_request() {
+    let mut h = Harness::new(REPLY).await;
+    let (proxy, url) = RedisProxy::start(&redis_url()).await;
+    h.settings.redis.url = secrecy::SecretString::from(url);
+    h.mount_token().await;
+    h.expect_calls(SEND, ok(), 1).await;
+    let services = h.services().await;
+    proxy.arm(Trigger {
+        pattern: b"window:".to_vec(),
+        nth: usize::MAX,
+        delay: Duration::ZERO,
+    });
+
+    let outcome = services
+        .processor
+        .process(&text("o-one-request", "1", "q"))
+        .await
+        .expect("processed");
+
+    assert_eq!(
+        outcome,
+        Outcome::Replied {
+            sent: 1,
+            already_sent: 0
+        }
+    );
+    assert_eq!(proxy.seen(), 1, "the opening went with the take");
+    let remaining: i64 = redis::cmd("HGET")
+        .arg(format!(
+            "{}window:demo:o-one-request",
+            h.settings.redis.key_prefix
+        ))
+        .arg("remaining")
+        .query(&mut redis_conn())
+        .expect("the window is open");
+    assert_eq!(remaining, 4, "opened with five, one taken");
     h.wechat.verify().await;
 }
 
