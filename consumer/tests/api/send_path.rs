@@ -359,55 +359,37 @@ fn seed_sent_under_the_old_key(h: &Harness, env: &EnvelopeV1) {
 }
 
 /// Stable reply keys, the transition: a reply recorded under the old key (`{dedup key}:{rule}:{index}`)
-/// before the upgrade is not sent again by a redelivery after it.
+/// before the upgrade is not sent again by a redelivery after it — while `ledger.read_legacy_keys`
+/// is on. Off (every entry under an old key has expired), the old key is not read: the reply is
+/// decided by its stable key alone.
 #[tokio::test]
-async fn a_reply_recorded_under_the_old_key_is_not_sent_again() {
-    let h = Harness::new(REPLY).await;
-    h.mount_token().await;
-    h.expect_calls(SEND, ok(), 0).await;
-    let env = text("o-old", "1", "q");
-    seed_sent_under_the_old_key(&h, &env);
-    let services = h.services().await;
+async fn a_reply_recorded_under_the_old_key_counts_while_old_keys_are_read() {
+    for read_legacy_keys in [true, false] {
+        let mut h = Harness::new(REPLY).await;
+        h.settings.ledger.read_legacy_keys = read_legacy_keys;
+        h.mount_token().await;
+        let (sent, already_sent) = if read_legacy_keys { (0, 1) } else { (1, 0) };
+        h.expect_calls(SEND, ok(), sent as u64).await;
+        let env = text("o-old", "1", "q");
+        seed_sent_under_the_old_key(&h, &env);
+        let services = h.services().await;
 
-    let outcome = services.processor.process(&env).await.expect("processed");
+        let outcome = services.processor.process(&env).await.expect("processed");
 
-    assert_eq!(
-        outcome,
-        Outcome::Replied {
-            sent: 0,
-            already_sent: 1
+        assert_eq!(
+            outcome,
+            Outcome::Replied { sent, already_sent },
+            "read_legacy_keys = {read_legacy_keys}"
+        );
+        if read_legacy_keys {
+            // The claim made under the new key while the old one was read is given back: no
+            // `sending` mark is left for a later redelivery to wait on and give up as ambiguous.
+            let entries = ledger_entries(&h);
+            assert_eq!(entries.len(), 1, "only the old entry: {entries:?}");
+            assert_eq!(entries[0].1, "sent:1");
         }
-    );
-    // The claim made under the new key while the old one was read is given back: no `sending`
-    // mark is left for a later redelivery to wait on and give up as ambiguous.
-    let entries = ledger_entries(&h);
-    assert_eq!(entries.len(), 1, "only the old entry: {entries:?}");
-    assert_eq!(entries[0].1, "sent:1");
-    h.wechat.verify().await;
-}
-
-/// With `ledger.read_legacy_keys` off (every entry under an old key has expired), the old key is
-/// not read: a reply is decided by its stable key alone, one Redis read less per reply.
-#[tokio::test]
-async fn with_legacy_keys_off_an_entry_under_the_old_key_is_not_read() {
-    let mut h = Harness::new(REPLY).await;
-    h.settings.ledger.read_legacy_keys = false;
-    h.mount_token().await;
-    h.expect_calls(SEND, ok(), 1).await;
-    let env = text("o-old-off", "1", "q");
-    seed_sent_under_the_old_key(&h, &env);
-    let services = h.services().await;
-
-    let outcome = services.processor.process(&env).await.expect("processed");
-
-    assert_eq!(
-        outcome,
-        Outcome::Replied {
-            sent: 1,
-            already_sent: 0
-        }
-    );
-    h.wechat.verify().await;
+        h.wechat.verify().await;
+    }
 }
 
 /// Panics: a record whose handler panics becomes a `panic` dead letter and its partition moves
