@@ -16,9 +16,9 @@
 #   3. the bare handler at saturation (closed loop: --connections connections, each sending its
 #      next push as soon as the last is answered, for --seconds): its rate, and the generator's CPU;
 #   4. ingest at saturation, the same way: its rate; CPU per push of ingest, Kafka, Redis, generator.
-# When Debian's `wrk` is installed, each run also loads the bare handler with it (same connections,
-# same time, a fixed POST body), as a reference: what a compiled generator gets from the same
-# handler at the same minute. Then prints medians over --repeat runs with their ranges, and each
+# With Debian's `wrk` (installed here when missing and possible), each run also loads the bare
+# handler with it (same connections, same time, a fixed POST body), as a reference: what a
+# compiled generator gets from the same handler at the same minute. Then prints medians over --repeat runs with their ranges, and each
 # run's load average.
 #
 #   scripts/bench-ingest.sh [--repeat 3] [--seconds 5] [--fixed-seconds 20] [--fixed-rate 2000]
@@ -72,6 +72,14 @@ cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; r
 trap cleanup EXIT
 
 scripts/setup.sh
+if ! command -v wrk >/dev/null; then
+  # The reference generator (Debian's package); without it the runs leave the reference out.
+  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  { DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends wrk \
+      || { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+             $sudo apt-get install -y -qq --no-install-recommends wrk; }; } >/dev/null 2>&1 \
+    || echo "[bench] could not install wrk; the runs leave its reference out" >&2
+fi
 scripts/services.sh up
 cargo build --release --locked -p ingest --features sim --bins
 BIN=${CARGO_TARGET_DIR:-target}/release
