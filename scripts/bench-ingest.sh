@@ -18,8 +18,8 @@
 #   4. ingest at saturation, the same way: its rate; CPU per push of ingest, Kafka, Redis, generator.
 # With Debian's `wrk` (installed here when missing and possible), each run also loads the bare
 # handler with it (same connections, same time, a fixed POST body), as a reference: what a
-# compiled generator gets from the same handler at the same minute. Then prints medians over --repeat runs with their ranges, and each
-# run's load average.
+# compiled generator gets from the same handler at the same minute. Then prints medians over
+# --repeat runs with their ranges, and each run's load average.
 #
 #   scripts/bench-ingest.sh [--repeat 3] [--seconds 5] [--fixed-seconds 20] [--fixed-rate 2000]
 #                           [--connections 128] [--partitions 12] [--fixed-only] [--baseline REV]
