@@ -1,10 +1,10 @@
 //! The operator's tools: every `consumer` subcommand but `run` — `setup`, `explain`, `replay`,
 //! `dlq list|show|redrive` and `quota status|resume`. The runtime (the group loop and everything
 //! it calls) lives outside this folder and never depends on it; the tools are built on the
-//! runtime's parts, so what they do is what the live consumer does: [`crate::processor::Processor::process`] and the
-//! rules for every record, the send ledger for at-most-once replies, the dead-letter record
-//! format ([`crate::dead_letter`]) and writer, the group's per-user
-//! [`crate::pipeline::dispatch`] for concurrency.
+//! runtime's parts, so what they do is what the live consumer does:
+//! [`crate::processor::Processor::process`] and the rules for every record, the send ledger for
+//! at-most-once replies, the dead-letter record format ([`crate::dead_letter`]) and writer, the
+//! group's per-user [`crate::pipeline::dispatch`] for concurrency.
 //!
 //! Adding a command: a module here with its arguments (a clap `Args` struct) and its `run`, a
 //! variant of [`Command`] and its arm in [`Command::run`]. Arguments several commands share are

@@ -82,6 +82,19 @@ pub fn redis_conn() -> redis::Connection {
         .expect("redis connection")
 }
 
+/// What is left of `openid`'s reply window in the harness's app (`None`: no window).
+pub async fn window_remaining(h: &Harness, openid: &str) -> Option<i64> {
+    redis::cmd("HGET")
+        .arg(format!(
+            "{}window:demo:{openid}",
+            h.settings.redis.key_prefix
+        ))
+        .arg("remaining")
+        .query_async(&mut redis_connection(&h.settings).await)
+        .await
+        .expect("HGET")
+}
+
 /// A connection to the test's Redis, for tests that look at or seed keys directly.
 pub async fn redis_connection(settings: &Settings) -> common::redis::RedisConnection {
     let target = settings.redis.target().expect("redis settings");

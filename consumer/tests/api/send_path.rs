@@ -225,12 +225,11 @@ async fn a_window_take_whose_answer_timed_out_spends_one_reply() {
         1,
         "the take's answer was held back"
     );
-    let remaining: i64 = redis::cmd("HGET")
-        .arg(format!("{}window:demo:o-w", h.settings.redis.key_prefix))
-        .arg("remaining")
-        .query(&mut redis_conn())
-        .expect("window");
-    assert_eq!(remaining, 4, "one reply sent, one reply spent");
+    assert_eq!(
+        window_remaining(&h, "o-w").await,
+        Some(4),
+        "one reply sent, one reply spent"
+    );
     h.wechat.verify().await;
 }
 
@@ -332,15 +331,11 @@ async fn a_reply_opens_its_window_and_takes_from_it_in_one_request() {
         }
     );
     assert_eq!(proxy.seen(), 1, "the opening went with the take");
-    let remaining: i64 = redis::cmd("HGET")
-        .arg(format!(
-            "{}window:demo:o-one-request",
-            h.settings.redis.key_prefix
-        ))
-        .arg("remaining")
-        .query(&mut redis_conn())
-        .expect("the window is open");
-    assert_eq!(remaining, 4, "opened with five, one taken");
+    assert_eq!(
+        window_remaining(&h, "o-one-request").await,
+        Some(4),
+        "opened with five, one taken"
+    );
     h.wechat.verify().await;
 }
 
@@ -460,12 +455,11 @@ async fn shutdown_during_a_backoff_gives_the_claim_back() {
         entries.is_empty(),
         "no mark left behind for a reply never sent: {entries:?}"
     );
-    let remaining: i64 = redis::cmd("HGET")
-        .arg(format!("{}window:demo:o-sd", h.settings.redis.key_prefix))
-        .arg("remaining")
-        .query(&mut redis_conn())
-        .expect("window");
-    assert_eq!(remaining, 5, "the reply was given back to the allowance");
+    assert_eq!(
+        window_remaining(&h, "o-sd").await,
+        Some(5),
+        "the reply was given back to the allowance"
+    );
     h.wechat.verify().await;
 }
 

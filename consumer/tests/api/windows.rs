@@ -186,19 +186,6 @@ async fn the_window_check_can_be_turned_off() {
     h.wechat.verify().await;
 }
 
-/// The window a record's run leaves: its allowance left, read where the harness keeps its keys.
-async fn remaining(h: &Harness, openid: &str) -> Option<i64> {
-    redis::cmd("HGET")
-        .arg(format!(
-            "{}window:demo:{openid}",
-            h.settings.redis.key_prefix
-        ))
-        .arg("remaining")
-        .query_async(&mut redis_connection(&h.settings).await)
-        .await
-        .expect("HGET")
-}
-
 #[tokio::test]
 async fn a_message_no_rule_answers_still_opens_its_window() {
     let h = Harness::new(
@@ -216,7 +203,7 @@ async fn a_message_no_rule_answers_still_opens_its_window() {
 
     assert_eq!(outcome, Outcome::Skipped(Skip::NoMatch));
     assert_eq!(
-        remaining(&h, "o-no-rule").await,
+        window_remaining(&h, "o-no-rule").await,
         Some(5),
         "the window is open"
     );
