@@ -253,6 +253,11 @@ pub fn check_replication(replication_factor: i32, min_insync_replicas: i32) -> R
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProcessingSettings {
+    /// Threads that run the pipeline: 1 (the default) runs it all on one thread; N > 1 on a
+    /// work-stealing runtime of N threads; 0 one thread per core
+    /// ([`crate::startup::runtime`]).
+    #[serde(default = "one_thread")]
+    pub threads: usize,
     /// Users (record keys) processed at the same time by one process.
     pub max_in_flight_keys: usize,
     /// Records received but not finished, across all users; the consumer stops fetching above it.
@@ -289,6 +294,10 @@ pub struct RedisSettings {
     /// Bound on every Redis command.
     #[serde(with = "humantime_serde")]
     pub command_timeout: Duration,
+}
+
+fn one_thread() -> usize {
+    1
 }
 
 fn no_secret() -> SecretString {

@@ -10,8 +10,7 @@ use consumer::config::Settings;
 use consumer::{startup, telemetry};
 use tokio_util::sync::CancellationToken;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = match Settings::load() {
         Ok(settings) => settings,
@@ -23,7 +22,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => {
             telemetry::init(settings.telemetry.log_format);
-            run(settings).await
+            startup::runtime(settings.processing.threads)?.block_on(run(settings))
         }
         Command::Operator(command) => {
             if command.reports_on_stdout() {
@@ -31,7 +30,9 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 telemetry::init(settings.telemetry.log_format);
             }
-            exit(command.run(&settings).await)
+            // Operator commands read Kafka synchronously in places: a pool, whatever the setting.
+            let runtime = startup::runtime(0)?;
+            exit(runtime.block_on(command.run(&settings)))
         }
     }
 }

@@ -263,3 +263,24 @@ impl Application {
         result
     }
 }
+
+/// The runtime `consumer run` processes records on, for `processing.threads`.
+///
+/// A record spends its time waiting on Redis, Kafka and WeChat's API, and what it costs is its
+/// wake-ups: on one thread a wake-up is a queue push and the next poll, while a work-stealing
+/// runtime also hands tasks between threads (notifying and parking its workers, with a futex each
+/// time). One thread took about two thirds of the CPU per record of two for the same replies per
+/// second (BENCHMARKS.md, `consumer`); a process that needs more than a core is better joined by
+/// another process of the group than given more threads.
+pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        if threads > 1 {
+            builder.worker_threads(threads);
+        }
+        builder
+    };
+    builder.enable_all().build()
+}

@@ -116,3 +116,19 @@ fn validation_messages_read_as_one_sentence_each() {
     );
     assert!(!refused.contains("  "), "a run of spaces in: {refused}");
 }
+
+#[test]
+fn records_run_on_one_thread_unless_the_setting_asks_for_a_pool() {
+    use consumer::startup::runtime;
+    use tokio::runtime::RuntimeFlavor;
+
+    let threads = load(&[]).unwrap().processing.threads;
+    assert_eq!(threads, 1, "the defaults file's value");
+    let flavor = |threads| runtime(threads).unwrap().handle().runtime_flavor();
+    assert_eq!(flavor(threads), RuntimeFlavor::CurrentThread);
+    assert_eq!(flavor(0), RuntimeFlavor::MultiThread);
+    let workers = |threads| runtime(threads).unwrap().metrics().num_workers();
+    assert_eq!(workers(3), 3);
+    let from_env = load(&[("CONSUMER__PROCESSING__THREADS", "3")]).unwrap();
+    assert_eq!(workers(from_env.processing.threads), 3);
+}
