@@ -24,6 +24,8 @@
 //!   redacted when printed;
 //! - `app_file` (feature `app-files`) — the app file both services read, one per mini program:
 //!   its shared shape, secret references, the directory listing and the change detection;
+//! - [`settle`] — a polled file's new contents taken only once two reads in a row agree (the
+//!   app files and the consumer's rules file), so a file caught half-written is never in force;
 //! - `redis` (feature `redis`) — one Redis server or a Redis Cluster behind one connection type,
 //!   and the check at start that the nodes are what the configuration says.
 //!
@@ -54,6 +56,7 @@ pub mod redis;
 pub mod reply;
 pub mod seal;
 pub mod secrets;
+pub mod settle;
 pub mod signature;
 
 pub use codec::{CodecError, Format};

@@ -245,6 +245,42 @@ fn a_changed_secret_file_is_a_change_and_a_broken_state_is_reported_once() {
     );
 }
 
+/// A secret file written in place (truncated, then written) can be read cut short: a wrong
+/// secret that is otherwise a valid app. A version is taken only once two loads in a row read it.
+#[test]
+fn a_secret_file_caught_half_written_is_never_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join(".secret");
+    write(&secret, "one\n");
+    write(
+        &dir.path().join("shop.toml"),
+        &format!(
+            "appid = \"wx1\"\n[consumer]\nsecret = {{ file = \"{}\" }}\n",
+            secret.display()
+        ),
+    );
+    let (_, seen) = load(dir.path(), false);
+    let mut changes = Changes::new(seen);
+
+    write(&secret, "tw");
+    let (half_written, sources) = load(dir.path(), false);
+    assert!(matches!(
+        changes.observe(half_written, sources),
+        Change::None
+    ));
+    write(&secret, "two\n");
+    let (whole, sources) = load(dir.path(), false);
+    assert!(
+        matches!(changes.observe(whole, sources), Change::None),
+        "read once: not yet"
+    );
+    let (whole, sources) = load(dir.path(), false);
+    match changes.observe(whole, sources) {
+        Change::Valid(apps) => assert_eq!(apps[0].1.secret, "two"),
+        other => panic!("expected the whole secret on the second read, got {other:?}"),
+    }
+}
+
 #[test]
 fn the_handle_swaps_the_apps_whole() {
     let handle = AppsHandle::new(HashMap::from([("a".to_owned(), Arc::new(1))]));

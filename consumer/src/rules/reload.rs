@@ -84,7 +84,8 @@ impl RulesWatcher {
     }
 
     /// Polls until `shutdown`; `seen` is the contents the current rules came from.
-    pub async fn run(self, mut seen: String, shutdown: CancellationToken) {
+    pub async fn run(self, seen: String, shutdown: CancellationToken) {
+        let mut reads = Reads::new(seen);
         let mut ticker = tokio::time::interval(self.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -92,36 +93,115 @@ impl RulesWatcher {
                 _ = shutdown.cancelled() => return,
                 _ = ticker.tick() => {}
             }
-            let source = match tokio::fs::read_to_string(&self.path).await {
-                Ok(source) => source,
+            match tokio::fs::read_to_string(&self.path).await {
+                Ok(source) => self.take(&mut reads, source),
                 Err(e) => {
                     // Mid-rename or deleted: keep the rules, look again next tick.
                     tracing::debug!(path = %self.path.display(), error = %e, "rules file unreadable");
-                    continue;
-                }
-            };
-            if source == seen {
-                continue;
-            }
-            match parse_rules(&source, &self.path, &self.context) {
-                Ok(rules) => {
-                    tracing::info!(
-                        path = %self.path.display(),
-                        rules = rules.rules.len(),
-                        "rules reloaded"
-                    );
-                    self.handle.replace(rules);
-                    self.metrics.rules_reloads.with_label_values(&["ok"]).inc();
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "new rules file refused; the running rules stay");
-                    self.metrics
-                        .rules_reloads
-                        .with_label_values(&["refused"])
-                        .inc();
                 }
             }
-            seen = source;
         }
+    }
+
+    /// One read of the file: swaps in the rules of a changed file that compiles, refuses one
+    /// that does not.
+    fn take(&self, reads: &mut Reads, source: String) {
+        if source == reads.seen {
+            return;
+        }
+        match parse_rules(&source, &self.path, &self.context) {
+            Ok(rules) => {
+                tracing::info!(
+                    path = %self.path.display(),
+                    rules = rules.rules.len(),
+                    "rules reloaded"
+                );
+                self.handle.replace(rules);
+                self.metrics.rules_reloads.with_label_values(&["ok"]).inc();
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "new rules file refused; the running rules stay");
+                self.metrics
+                    .rules_reloads
+                    .with_label_values(&["refused"])
+                    .inc();
+            }
+        }
+        reads.seen = source;
+    }
+}
+
+/// What the watcher remembers between reads: the contents last taken (in force, or refused).
+#[derive(Debug)]
+struct Reads {
+    seen: String,
+}
+
+impl Reads {
+    fn new(seen: String) -> Reads {
+        Reads { seen }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FIRST: &str = "[[rule]]\nname = \"first\"\n[[rule.actions]]\ntype = \"drop\"\n";
+    const SECOND: &str = "[[rule]]\nname = \"second\"\n[[rule.actions]]\ntype = \"drop\"\n";
+    const BROKEN: &str = "[[rule]]\nname = \"third\"\n[[rule.actions]]\ntype = \"txt\"\n";
+
+    fn in_force(watcher: &RulesWatcher) -> Vec<String> {
+        let rules = watcher.handle.current();
+        rules.rules.iter().map(|rule| rule.name.clone()).collect()
+    }
+
+    fn reloads(watcher: &RulesWatcher, result: &str) -> u64 {
+        watcher
+            .metrics
+            .rules_reloads
+            .with_label_values(&[result])
+            .get()
+    }
+
+    /// An editor or a script writing the file in place truncates it, then writes it: a read in
+    /// between finds nothing, or half a file. Neither is ever in force, nor reported as refused.
+    #[test]
+    fn a_file_caught_half_written_is_never_in_force() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let path = dir.path().join("rules.toml");
+        std::fs::write(&path, FIRST).expect("write rules");
+        let metrics = Metrics::new(&prometheus::Registry::new()).expect("metrics");
+        let (watcher, source) = RulesWatcher::initial(
+            path,
+            Duration::from_secs(1),
+            RulesContext::default(),
+            metrics,
+        )
+        .expect("rules load");
+        let mut reads = Reads::new(source);
+
+        for half_written in ["", &SECOND[..20]] {
+            watcher.take(&mut reads, half_written.to_owned());
+            assert_eq!(in_force(&watcher), ["first"], "{half_written:?} taken");
+        }
+        watcher.take(&mut reads, SECOND.to_owned());
+        assert_eq!(in_force(&watcher), ["first"], "read once: not yet");
+        watcher.take(&mut reads, SECOND.to_owned());
+        assert_eq!(in_force(&watcher), ["second"], "read twice in a row: taken");
+        assert_eq!(
+            (reloads(&watcher, "ok"), reloads(&watcher, "refused")),
+            (1, 0)
+        );
+
+        for _ in 0..3 {
+            watcher.take(&mut reads, BROKEN.to_owned());
+        }
+        assert_eq!(in_force(&watcher), ["second"]);
+        assert_eq!(
+            reloads(&watcher, "refused"),
+            1,
+            "refused once it held still, once"
+        );
     }
 }
