@@ -22,6 +22,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 
+use crate::settle::Settle;
 use crate::{AppId, AppName};
 
 /// `[app_files]` of either service: apps defined one file per app in a directory, reloaded while
@@ -162,7 +163,7 @@ fn resolve(
 }
 
 /// Every file read for one load, in order, as digests: two equal ones mean nothing changed.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Sources {
     read: Vec<(PathBuf, Option<u64>)>,
 }
@@ -403,11 +404,14 @@ pub enum Change<A> {
 }
 
 /// The reload's memory: the sources of the apps in force and of the last refused state, so a
-/// change is applied once and the same broken state is reported once, not at every tick.
+/// change is applied once and the same broken state is reported once, not at every tick; and a
+/// change read once, taken only if the next load reads the same ([`Settle`]), so files caught
+/// half-written (a secret cut short is a wrong secret) are never in force.
 #[derive(Debug)]
 pub struct Changes {
     seen: Sources,
     refused: Option<Sources>,
+    settle: Settle<Sources>,
 }
 
 impl Changes {
@@ -416,12 +420,17 @@ impl Changes {
         Changes {
             seen,
             refused: None,
+            settle: Settle::new(),
         }
     }
 
     /// Classifies one load (its result and the sources it read).
     pub fn observe<A>(&mut self, result: Result<A, String>, sources: Sources) -> Change<A> {
         if sources == self.seen || self.refused.as_ref() == Some(&sources) {
+            self.settle.forget();
+            return Change::None;
+        }
+        if !self.settle.held(&sources) {
             return Change::None;
         }
         match result {

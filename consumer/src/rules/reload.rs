@@ -3,14 +3,17 @@
 //! [`RulesHandle`] holds the current [`RuleSet`] behind an `Arc`; a record takes a snapshot at
 //! its start, so one record always sees one consistent rule set even if a reload lands midway.
 //! [`RulesWatcher`] reads the file every `reload_interval` and compares the *contents* with the
-//! last ones it saw (mtime alone misses two writes within the filesystem's time resolution). A
-//! changed file that fails to compile is refused: the running rules stay, the reason is logged
-//! with its line number, and the refusal is counted; the same bad contents are not re-reported.
+//! last ones it saw (mtime alone misses two writes within the filesystem's time resolution). New
+//! contents are taken when the next read finds them again ([`Settle`]): a file caught half-written
+//! by an in-place save is never in force, nor reported. A changed file that fails to compile is
+//! refused: the running rules stay, the reason is logged with its line number, and the refusal is
+//! counted; the same bad contents are not re-reported.
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use common::settle::Settle;
 use tokio_util::sync::CancellationToken;
 
 use super::compile::parse_rules;
@@ -107,6 +110,11 @@ impl RulesWatcher {
     /// that does not.
     fn take(&self, reads: &mut Reads, source: String) {
         if source == reads.seen {
+            reads.settle.forget();
+            return;
+        }
+        if !reads.settle.held(&source) {
+            // Maybe half-written: taken if the next read finds the same.
             return;
         }
         match parse_rules(&source, &self.path, &self.context) {
@@ -131,15 +139,20 @@ impl RulesWatcher {
     }
 }
 
-/// What the watcher remembers between reads: the contents last taken (in force, or refused).
+/// What the watcher remembers between reads: the contents last taken (in force, or refused), and
+/// a change read once, taken if the next read agrees.
 #[derive(Debug)]
 struct Reads {
     seen: String,
+    settle: Settle<String>,
 }
 
 impl Reads {
     fn new(seen: String) -> Reads {
-        Reads { seen }
+        Reads {
+            seen,
+            settle: Settle::new(),
+        }
     }
 }
 
