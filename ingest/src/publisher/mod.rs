@@ -5,15 +5,23 @@
 //! by `message.timeout.ms` (the configured delivery timeout, below the ack budget) and by the
 //! push's deadline. The producer queue is bounded too; a full queue is an immediate error (the edge
 //! then spools the record, or answers 503 when it cannot) — backpressure instead of memory growth.
+//!
+//! Acknowledgements reach the waiting task without a polling thread in between (`acks.rs`).
+
+mod acks;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::ClientConfig;
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
+
+use acks::{Inner, Pump};
 
 use crate::config::KafkaSettings;
 
@@ -34,14 +42,12 @@ pub struct Stored {
     pub offset: i64,
 }
 
-/// A record handed to the producer, awaiting Kafka's acknowledgement.
-pub struct PendingAck(DeliveryFuture);
+/// Kafka's answer for one record: where it landed, or why it was not stored.
+type Report = Result<Stored, KafkaError>;
 
-impl std::fmt::Debug for PendingAck {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PendingAck").finish_non_exhaustive()
-    }
-}
+/// A record handed to the producer, awaiting Kafka's acknowledgement.
+#[derive(Debug)]
+pub struct PendingAck(oneshot::Receiver<Report>);
 
 impl PendingAck {
     /// Waits for the acknowledgement, at most until `deadline`.
@@ -56,13 +62,10 @@ impl PendingAck {
     /// [`Publisher::unbounded`] reports only success or a permanent failure).
     pub async fn settled(self) -> Result<Stored, PublishError> {
         match self.0.await {
-            Ok(Ok(d)) => Ok(Stored {
-                partition: d.partition,
-                offset: d.offset,
-            }),
-            Ok(Err((e, _))) => Err(PublishError::Kafka(e)),
+            Ok(Ok(stored)) => Ok(stored),
+            Ok(Err(e)) => Err(PublishError::Kafka(e)),
             // The producer dropped the delivery report: it is shutting down.
-            Err(_canceled) => Err(PublishError::Kafka(KafkaError::Canceled)),
+            Err(_closed) => Err(PublishError::Kafka(KafkaError::Canceled)),
         }
     }
 }
@@ -101,17 +104,34 @@ impl ProducerHealth {
     }
 }
 
-/// What librdkafka calls back into: the shared [`ProducerHealth`].
-struct HealthContext(Arc<ProducerHealth>);
+/// What librdkafka calls back into: global errors to the shared [`ProducerHealth`], each
+/// record's delivery report to the task waiting for it.
+pub(crate) struct AckContext(Arc<ProducerHealth>);
 
-impl ClientContext for HealthContext {
+impl ClientContext for AckContext {
     fn error(&self, error: KafkaError, reason: &str) {
         self.0.record(error, reason);
     }
 }
 
+impl ProducerContext for AckContext {
+    type DeliveryOpaque = Box<oneshot::Sender<Report>>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, waiting: Self::DeliveryOpaque) {
+        let report = match result {
+            Ok(message) => Ok(Stored {
+                partition: message.partition(),
+                offset: message.offset(),
+            }),
+            Err((e, _)) => Err(e.clone()),
+        };
+        // The waiting task may have given up (its deadline): nobody to tell.
+        let _ = waiting.send(report);
+    }
+}
+
 pub struct Publisher {
-    producer: FutureProducer<HealthContext>,
+    inner: Arc<Inner>,
     health: Arc<ProducerHealth>,
     topic: String,
 }
@@ -176,8 +196,11 @@ impl Publisher {
             }
         }
         let health = Arc::new(ProducerHealth::default());
+        let producer: BaseProducer<AckContext> =
+            config.create_with_context(AckContext(health.clone()))?;
+        let inner = Inner::new(producer).map_err(|e| KafkaError::ClientCreation(e.to_string()))?;
         Ok(Publisher {
-            producer: config.create_with_context(HealthContext(health.clone()))?,
+            inner,
             health,
             topic: settings.topic.clone(),
         })
@@ -203,9 +226,13 @@ impl Publisher {
     /// Hands one record to the producer without waiting. Records sent one after another keep
     /// their order within a partition (the producer is idempotent).
     pub fn send(&self, key: &[u8], payload: &[u8]) -> Result<PendingAck, PublishError> {
-        let record = FutureRecord::to(&self.topic).key(key).payload(payload);
-        match self.producer.send_result(record) {
-            Ok(delivery) => Ok(PendingAck(delivery)),
+        Pump::ensure(&self.inner);
+        let (tx, rx) = oneshot::channel();
+        let record = BaseRecord::with_opaque_to(&self.topic, Box::new(tx))
+            .key(key)
+            .payload(payload);
+        match self.inner.producer.send(record) {
+            Ok(()) => Ok(PendingAck(rx)),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                 Err(PublishError::QueueFull)
             }
@@ -220,7 +247,7 @@ impl Publisher {
 
     /// Records handed to the producer and not yet acknowledged or failed.
     pub fn queued(&self) -> i32 {
-        self.producer.in_flight_count()
+        self.inner.producer.in_flight_count()
     }
 
     /// Kafka answers a metadata request for our topic within `timeout`, and the producer has not
@@ -229,10 +256,13 @@ impl Publisher {
         if self.health().fatal().is_some() {
             return Err(KafkaError::Global(RDKafkaErrorCode::Fatal));
         }
-        let producer = self.producer.clone();
+        let inner = Arc::clone(&self.inner);
         let topic = self.topic.clone();
         tokio::task::spawn_blocking(move || {
-            let metadata = producer.client().fetch_metadata(Some(&topic), timeout)?;
+            let metadata = inner
+                .producer
+                .client()
+                .fetch_metadata(Some(&topic), timeout)?;
             match metadata.topics().first().and_then(|t| t.error()) {
                 Some(e) => Err(KafkaError::MetadataFetch(e.into())),
                 None => Ok(()),
@@ -244,7 +274,7 @@ impl Publisher {
 
     /// Waits until every queued record is acknowledged or failed, at most `timeout`.
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
-        self.producer.flush(timeout)
+        self.inner.producer.flush(timeout)
     }
 }
 
@@ -255,7 +285,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_fatal_error_is_recorded_and_announced_and_others_are_not() {
-        let context = HealthContext(Arc::new(ProducerHealth::default()));
+        let context = AckContext(Arc::new(ProducerHealth::default()));
         let health = &context.0;
         context.error(
             KafkaError::Global(RDKafkaErrorCode::BrokerTransportFailure),
