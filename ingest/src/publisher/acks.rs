@@ -9,7 +9,9 @@
 //! own record's report is then woken by the broker thread directly.
 //!
 //! The pump runs on the runtime of the first task that sends. If that runtime goes away, the
-//! pump's guard notices and the next send starts a new one where it runs ([`Pump::ensure`]).
+//! pump's guard notices and the next send starts a new one where it runs ([`Pump::ensure`]); what
+//! arrives meanwhile with no send after it, and the error events before the first send, are
+//! served within a second by a sweep thread that never waits on the queue ([`sweep`]).
 //! The only `unsafe` of the crate is here: three calls into librdkafka's queue API, which the
 //! `rdkafka` crate does not wrap.
 #![allow(unsafe_code)]
@@ -29,6 +31,9 @@ use super::AckContext;
 
 /// Events served per wake-up at most; one event carries many delivery reports.
 const MAX_ROUNDS: usize = 10_000;
+
+/// How often the sweep ([`sweep`]) serves the queue, pump or no pump.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// A reference of our own to a producer's main queue, taken to ask for wake-ups and to read the
 /// queue's length. Destroyed (and the wake-ups turned off) before the producer is.
@@ -101,13 +106,18 @@ impl Inner {
         wake_write.set_nonblocking(true)?;
         wake_read.set_nonblocking(true)?;
         queue.wake_on(&wake_write);
-        Ok(Arc::new(Inner {
+        let inner = Arc::new(Inner {
             queue,
             wake_write,
             wake_read,
             pumping: AtomicBool::new(false),
             producer,
-        }))
+        });
+        let swept = Arc::downgrade(&inner);
+        std::thread::Builder::new()
+            .name("kafka-acks-sweep".into())
+            .spawn(move || sweep(swept))?;
+        Ok(inner)
     }
 
     /// Serves every event waiting in the main queue: delivery reports complete their senders'
@@ -130,6 +140,20 @@ impl std::fmt::Debug for Inner {
             .field("pumping", &self.pumping.load(Ordering::Relaxed))
             .field("wake_write", &self.wake_write.as_raw_fd())
             .finish_non_exhaustive()
+    }
+}
+
+/// Serves the queue every [`SWEEP_EVERY`] from a thread of its own, until the producer is gone.
+/// It never waits on the queue, so it takes none of the pump's wake-ups; it serves what no pump
+/// would: the reports of records whose pump went away with its runtime when no send came after
+/// to start another, and librdkafka's error events before the first send starts a pump.
+fn sweep(inner: Weak<Inner>) {
+    loop {
+        std::thread::sleep(SWEEP_EVERY);
+        match inner.upgrade() {
+            Some(inner) => inner.serve(),
+            None => return,
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! They fail, never skip, when either is unreachable.
 #![allow(clippy::unwrap_used)]
 
+mod acks;
 mod bad_input;
 mod dedup;
 mod failures;
