@@ -199,6 +199,22 @@ fn every_problem_of_every_file_is_collected() {
     assert!(missing.starts_with("app_files.dir "), "{missing}");
 }
 
+/// A directory with the app `shop`, whose AppSecret is read from the file returned beside it,
+/// holding `secret`.
+fn shop_with_secret_file(secret: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(".secret");
+    write(&path, secret);
+    write(
+        &dir.path().join("shop.toml"),
+        &format!(
+            "appid = \"wx1\"\n[consumer]\nsecret = {{ file = \"{}\" }}\n",
+            path.display()
+        ),
+    );
+    (dir, path)
+}
+
 /// Loads `dir` twice and observes both loads: a change is taken on its second read in a row.
 fn observe_twice(changes: &mut Changes, dir: &Path) -> Change<Vec<(String, App)>> {
     let (first, sources) = load(dir, false);
@@ -218,16 +234,7 @@ fn observe_twice(changes: &mut Changes, dir: &Path) -> Change<Vec<(String, App)>
 
 #[test]
 fn a_changed_secret_file_is_a_change_and_a_broken_state_is_reported_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join(".secret");
-    write(&secret, "one\n");
-    write(
-        &dir.path().join("shop.toml"),
-        &format!(
-            "appid = \"wx1\"\n[consumer]\nsecret = {{ file = \"{}\" }}\n",
-            secret.display()
-        ),
-    );
+    let (dir, secret) = shop_with_secret_file("one\n");
     let (first, seen) = load(dir.path(), false);
     assert_eq!(first.unwrap()[0].1.secret, "one");
     let mut changes = Changes::new(seen);
@@ -266,16 +273,7 @@ fn a_changed_secret_file_is_a_change_and_a_broken_state_is_reported_once() {
 /// secret that is otherwise a valid app. A version is taken only once two loads in a row read it.
 #[test]
 fn a_secret_file_caught_half_written_is_never_taken() {
-    let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join(".secret");
-    write(&secret, "one\n");
-    write(
-        &dir.path().join("shop.toml"),
-        &format!(
-            "appid = \"wx1\"\n[consumer]\nsecret = {{ file = \"{}\" }}\n",
-            secret.display()
-        ),
-    );
+    let (dir, secret) = shop_with_secret_file("one\n");
     let (_, seen) = load(dir.path(), false);
     let mut changes = Changes::new(seen);
 
