@@ -1,6 +1,6 @@
 /// A record allocates and frees many small buffers (the envelope, Redis commands and replies, the
-/// HTTP request and response) across the runtime's threads; mimalloc's per-thread free lists
-/// spend less of a record's CPU on that than glibc's allocator (BENCHMARKS.md, `consumer`).
+/// HTTP request and response); mimalloc's per-thread free lists spend less of a record's CPU on
+/// that than glibc's allocator (BENCHMARKS.md, `consumer`).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
